@@ -1,0 +1,164 @@
+"""conv2d and deconv2d: forward, handwritten gradients, adjointness, matrix form."""
+
+import subprocess
+import sys
+import textwrap
+from functools import partial
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+
+from strategies import conv_configs, deconv_configs
+from tinyfn import gradcheck, reference as R
+from tinyfn.layers import conv as conv_module
+from tinyfn.layers import conv2d, conv2d_matrix, deconv2d, deconv2d_matrix, unrolled_filter_matrix
+
+SEED_X = np.arange(1.0, 10.0, dtype=np.float32).reshape(1, 1, 3, 3)  # a11..a33 = 1..9
+SEED_W = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)  # b11, b12, b21, b22 = 1, 2, 3, 4
+
+
+def test_conv2d_matches_the_seed_example_worked_by_hand():
+    # y11 = a11 b11 + a12 b12 + a21 b21 + a22 b22 = 1 + 4 + 12 + 20, and so on.
+    y = conv2d(SEED_X, SEED_W)
+    np.testing.assert_array_equal(np.asarray(y), [[[[37.0, 47.0], [67.0, 77.0]]]])
+
+
+def test_unrolled_filter_matrix_is_the_seeds_4x9_matrix():
+    b11, b12, b21, b22 = 1.0, 2.0, 3.0, 4.0
+    expected = np.array(
+        [
+            [b11, b12, 0, b21, b22, 0, 0, 0, 0],
+            [0, b11, b12, 0, b21, b22, 0, 0, 0],
+            [0, 0, 0, b11, b12, 0, b21, b22, 0],
+            [0, 0, 0, 0, b11, b12, 0, b21, b22],
+        ]
+    )
+    wstar = unrolled_filter_matrix(SEED_W, (3, 3))
+    np.testing.assert_array_equal(np.asarray(wstar), expected)
+    # Y* = W* X*, and W*ᵀ g is the transposed convolution of g.
+    np.testing.assert_array_equal(np.asarray(wstar @ SEED_X.reshape(9)), [37.0, 47.0, 67.0, 77.0])
+    g = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
+    np.testing.assert_allclose(np.asarray(deconv2d(g.reshape(1, 1, 2, 2), SEED_W)).reshape(9), expected.T @ g, rtol=1e-6)
+
+
+@given(conv_configs())
+def test_conv2d_forward_and_handwritten_vjp_match_references(cfg):
+    rng = np.random.default_rng(1)
+    args = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][:1]))
+    kw = dict(stride=cfg["stride"], padding=cfg["padding"])
+    y = jax.jit(partial(conv2d, **kw))(*args)
+    np.testing.assert_allclose(y, jax.jit(partial(R.conv2d_lax, **kw))(*args), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, jax.jit(partial(conv2d_matrix, **kw))(*args), rtol=1e-5, atol=1e-5)
+    # against the gather reference: its forward, its autodiff (float32) and central differences (float64)
+    report = gradcheck.check_vjp(partial(conv2d, **kw), args, reference=partial(R.conv2d, **kw), argnames=("x", "w", "b"))
+    assert report.passed and [a.fd_checked for a in report.args] == [int(np.prod(a.shape)) for a in args]
+    np.testing.assert_allclose(y, jax.jit(partial(R.conv2d, **kw))(*args), rtol=1e-5, atol=1e-5)
+
+
+@given(deconv_configs())
+def test_deconv2d_forward_and_handwritten_vjp_match_references(cfg):
+    rng = np.random.default_rng(3)
+    shapes = (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][1:2])
+    args = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes)
+    kw = dict(stride=cfg["stride"], padding=cfg["padding"], output_padding=cfg["output_padding"])
+    y = jax.jit(partial(deconv2d, **kw))(*args)
+    for ref in (R.deconv2d, R.deconv2d_lax, deconv2d_matrix):
+        np.testing.assert_allclose(y, jax.jit(partial(ref, **kw))(*args), rtol=1e-5, atol=1e-5)
+    gradcheck.check_vjp(partial(deconv2d, **kw), args, reference=partial(R.deconv2d, **kw), argnames=("x", "w", "b"))
+
+
+@given(conv_configs())
+def test_deconv2d_is_the_adjoint_of_conv2d(cfg):
+    with jax.enable_x64(True):
+        _check_adjoint(cfg)
+
+
+def _check_adjoint(cfg):
+    rng = np.random.default_rng(4)
+    u, w = rng.standard_normal(cfg["x_shape"]), rng.standard_normal(cfg["w_shape"])
+    s, p = cfg["stride"], cfg["padding"]
+    y = conv2d(u, w, stride=s, padding=p)
+    v = rng.standard_normal(y.shape)
+    # the output_padding that makes deconv land exactly on u's size
+    op = tuple((n + 2 * pi - k) % si for n, k, si, pi in zip(cfg["x_shape"][2:], cfg["w_shape"][2:], s, p))
+    back = deconv2d(v, w, stride=s, padding=p, output_padding=op)
+    assert back.shape == u.shape
+    np.testing.assert_allclose(np.vdot(y, v), np.vdot(u, back), rtol=1e-12)
+
+
+def test_bilinear_finite_difference_with_unit_step_is_exact(rng, x64):
+    # conv2d is linear in x: conv(x + d) - conv(x) = conv(d) exactly, whatever the step size.
+    x, d, w = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2))
+    kw = dict(stride=(2, 1), padding=1)
+    np.testing.assert_allclose(conv2d(x + d, w, **kw) - conv2d(x, w, **kw), conv2d(d, w, **kw), atol=1e-12)
+
+
+# The configuration on which XLA aborts when differentiating lax.conv_general_dilated (jax 0.10.2).
+CRASH = dict(x_shape=(2, 3, 6, 4), w_shape=(3, 3, 2, 4), stride=(2, 3), padding=(1, 2))
+
+
+def test_handwritten_rule_handles_the_configuration_that_aborts_xla_autodiff(rng):
+    x = jnp.asarray(rng.standard_normal(CRASH["x_shape"]), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(CRASH["w_shape"]), jnp.float32)
+    kw = dict(stride=CRASH["stride"], padding=CRASH["padding"])
+    gradcheck.check_vjp(partial(conv2d, **kw), (x, w), reference=partial(R.conv2d, **kw))
+
+
+LAX_GRAD_SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, jax, jax.numpy as jnp
+    from tinyfn import reference as R
+    x, w, g = (np.load(sys.argv[1])[k] for k in ("x", "w", "g"))
+    f = lambda x, w: R.conv2d_lax(x, w, stride=(2, 3), padding=(1, 2))
+    dx, dw = jax.vjp(f, jnp.asarray(x), jnp.asarray(w))[1](jnp.asarray(g))
+    np.savez(sys.argv[2], dx=np.asarray(dx), dw=np.asarray(dw))
+    """
+)
+
+
+def test_lax_autodiff_of_the_crash_configuration_in_a_subprocess(rng, tmp_path):
+    """Compare with XLA's own conv autodiff where it survives; it runs in a child so an abort cannot end the run."""
+    x = rng.standard_normal(CRASH["x_shape"]).astype(np.float32)
+    w = rng.standard_normal(CRASH["w_shape"]).astype(np.float32)
+    kw = dict(stride=CRASH["stride"], padding=CRASH["padding"])
+    y, vjp = jax.vjp(partial(conv2d, **kw), jnp.asarray(x), jnp.asarray(w))
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw = vjp(jnp.asarray(g))
+    np.savez(tmp_path / "in.npz", x=x, w=w, g=g)
+    proc = subprocess.run(
+        [sys.executable, "-c", LAX_GRAD_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        assert proc.returncode < 0 or "Check failed" in proc.stderr, proc.stderr[-2000:]
+        pytest.xfail("XLA aborts when differentiating lax.conv_general_dilated here (jax 0.10.2); tinyfn's rule is checked above")
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(dx, out["dx"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, out["dw"], rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_comes_from_the_handwritten_rule(rng):
+    x = jnp.asarray(rng.standard_normal((1, 2, 5, 5)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 2, 3, 3)), jnp.float32)
+    loss = lambda x, w: conv2d(x, w).sum()  # noqa: E731
+    assert "custom_vjp_call" in str(jax.make_jaxpr(jax.grad(loss))(x, w))
+    marker = lambda g, w, stride, padding, in_hw: jnp.full((g.shape[0], w.shape[1], *in_hw), 42.0, g.dtype)  # noqa: E731
+    with mock.patch.object(conv_module, "_conv_input_grad", marker):
+        dx = jax.grad(loss)(x, w)
+    np.testing.assert_array_equal(np.asarray(dx), 42.0)
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_both_formulations_agree(rng, gemm):
+    x = jnp.asarray(rng.standard_normal((2, 3, 7, 6)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((4, 3, 3, 2)), jnp.float32)
+    kw = dict(stride=(2, 1), padding=(1, 0))
+    with mock.patch.object(conv_module, "_use_gemm", lambda *a: gemm):
+        report = gradcheck.check_vjp(partial(conv2d, **kw), (x, w), reference=partial(R.conv2d, **kw))
+        y = conv2d(x, w, **kw)
+    assert report.passed
+    np.testing.assert_allclose(y, R.conv2d(x, w, **kw), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,50 @@
+"""tinyfn: a small functional deep-learning library on JAX with handwritten, verified gradients.
+
+Layers are pure ``(init, apply)`` pairs over parameter pytrees (``tinyfn.layers``);
+the ops they use carry handwritten ``jax.custom_vjp`` rules, each checked against
+autodiff of an independent reference (``tinyfn.reference``) and finite
+differences (``tinyfn.gradcheck``).
+"""
+
+from tinyfn import gradcheck, initializers, layers, losses, models, reference
+from tinyfn.layers import (
+    conv2d,
+    deconv2d,
+    dropout,
+    flatten,
+    linear,
+    log_softmax,
+    max_pool2d,
+    max_pool2d_with_switches,
+    max_unpool2d,
+    relu,
+    serial,
+    softmax,
+)
+from tinyfn.losses import mse, softmax_cross_entropy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "gradcheck",
+    "initializers",
+    "layers",
+    "losses",
+    "models",
+    "reference",
+    "serial",
+    "linear",
+    "conv2d",
+    "deconv2d",
+    "max_pool2d",
+    "max_pool2d_with_switches",
+    "max_unpool2d",
+    "relu",
+    "softmax",
+    "log_softmax",
+    "flatten",
+    "dropout",
+    "softmax_cross_entropy",
+    "mse",
+    "__version__",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from tinyfn.cli import main
+
+sys.exit(main())

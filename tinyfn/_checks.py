@@ -1,0 +1,77 @@
+"""Argument checks shared by the ops and layers.
+
+Every check raises at trace time (shapes and dtypes are static under ``jit``)
+with a message that names the argument, the value it got and what it expected.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def int_pair(name: str, value, *, minimum: int = 0) -> tuple[int, int]:
+    """``value`` as a pair of ints ``>= minimum``; an int ``k`` means ``(k, k)``."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r} (length {len(value)})")
+        items = tuple(value)
+    else:
+        items = (value, value)
+    try:
+        pair = tuple(operator.index(v) for v in items)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a positive int, got {value!r}") from None
+    if v < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return v
+
+
+def float_array(name: str, x, *, ndim: int | None = None, layout: str = ""):
+    """``x`` as a jax array of a floating dtype, optionally of rank ``ndim``."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype} (convert with .astype(jnp.float32))")
+    if ndim is not None and x.ndim != ndim:
+        hint = f" {layout}" if layout else ""
+        raise ValueError(f"{name} must have rank {ndim}{hint}, got shape {tuple(x.shape)}")
+    return jnp.asarray(x)
+
+
+def same_dtype(op: str, **arrays) -> None:
+    """All given arrays (``None`` skipped) share one dtype, as PyTorch requires."""
+    named = [(k, a) for k, a in arrays.items() if a is not None]
+    first_name, first = named[0]
+    for name, a in named[1:]:
+        if a.dtype != first.dtype:
+            raise TypeError(
+                f"{op}: {name} has dtype {a.dtype} but {first_name} has dtype {first.dtype}; "
+                "expected one floating dtype for all arrays"
+            )
+
+
+def rate(name: str, value) -> float:
+    try:
+        r = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a float in [0, 1], got {value!r}") from None
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1] (the probability of dropping), got {value!r}")
+    return r

@@ -1,0 +1,285 @@
+"""Verify handwritten gradients: against autodiff of a reference and against finite differences.
+
+For ``y = f(*args)`` and a random cotangent ``v`` shaped like ``y``, the
+vector-Jacobian product ``vᵀ ∂f/∂args`` is the gradient of the scalar
+``φ(args) = <f(args), v>``. ``check_vjp`` computes it three ways:
+
+1. ``jax.vjp(f)``: the rule under test (for a ``custom_vjp`` function, the handwritten one);
+2. ``jax.vjp(reference)``: JAX's autodiff of an independent implementation, same dtype;
+3. two-sided finite differences ``(φ(x + ε e_i) - φ(x - ε e_i)) / 2ε``, in float64.
+
+Finite differences are only meaningful away from kinks (ReLU at 0, max-pool
+ties): build inputs that keep a margin larger than ``eps`` from them.
+
+>>> import jax.numpy as jnp
+>>> from tinyfn.layers import linear
+>>> from tinyfn import reference
+>>> x, w, b = jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.zeros(4)
+>>> report = check_vjp(linear, (x, w, b), reference=reference.linear)
+>>> report.passed
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["numerical_grad", "numerical_vjp", "check_vjp", "GradcheckReport", "ArgReport", "default_tolerance"]
+
+_TOL = {  # (rtol, atol) for comparing two gradients computed in the same dtype
+    np.dtype("float64"): (1e-10, 1e-12),
+    np.dtype("float32"): (1e-5, 1e-6),
+    np.dtype("float16"): (1e-2, 1e-3),
+}
+
+
+def default_tolerance(dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` used for the reference comparison in ``dtype``."""
+    return _TOL.get(np.dtype(dtype), (2e-2, 1e-3))
+
+
+def _is_float(a) -> bool:
+    return hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+
+
+def _to64(a):
+    return jnp.asarray(np.asarray(a, np.float64)) if _is_float(a) else a
+
+
+def numerical_grad(f: Callable, x, eps: float = 1e-6, *, indices=None, chunk: int = 256):
+    """Two-sided finite-difference gradient of a scalar function ``f`` at ``x``, in float64.
+
+    ``g_i = (f(x + ε e_i) - f(x - ε e_i)) / 2ε``, with truncation error
+    ``O(ε²)``. All coordinates by default, or only the flat ``indices`` given
+    (then the result holds those entries and NaN elsewhere). ``f`` is
+    evaluated under ``vmap``, ``chunk`` perturbations at a time.
+    """
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(np.asarray(x, np.float64))
+        size = x64.size
+        idx = np.arange(size) if indices is None else np.asarray(indices, np.int64)
+
+        @jax.jit
+        def central(batch):
+            basis = jax.nn.one_hot(batch, size, dtype=jnp.float64).reshape((-1, *x64.shape)) * eps
+            fp = jax.vmap(f)(x64[None] + basis)
+            fm = jax.vmap(f)(x64[None] - basis)
+            return (fp - fm) / (2.0 * eps)
+
+        out = np.full(size, np.nan)
+        for start in range(0, len(idx), chunk):
+            part = idx[start : start + chunk]
+            padded = np.pad(part, (0, chunk - len(part)), mode="edge") if len(part) < chunk else part
+            out[part] = np.asarray(central(jnp.asarray(padded)))[: len(part)]
+        return out.reshape(x64.shape)
+
+
+def _vdot(y, v) -> jax.Array:
+    leaves_y, leaves_v = jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(v)
+    return sum(jnp.vdot(a, b) for a, b in zip(leaves_y, leaves_v) if _is_float(a))
+
+
+def numerical_vjp(f: Callable, args: Sequence, cotangent, *, argnums=None, eps: float = 1e-6, max_elements: int | None = None, seed: int = 0):
+    """Finite-difference VJP ``vᵀ ∂f/∂args[i]`` for each ``i`` in ``argnums`` (float args by default), float64.
+
+    All checked arguments are perturbed one coordinate at a time through a
+    single compiled function. With ``max_elements``, an argument larger than
+    that is checked on a random subset of its coordinates (NaN elsewhere).
+    """
+    args = tuple(args)
+    argnums = _float_argnums(args) if argnums is None else tuple(argnums)
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(True):
+        args64 = tuple(_to64(a) for a in args)
+        v64 = jax.tree_util.tree_map(lambda c: _to64(c) if _is_float(c) else c, cotangent)
+        sizes = [args64[i].size for i in argnums]
+        offsets = np.cumsum([0] + sizes)
+
+        def phi(flat):
+            full = list(args64)
+            for i, lo, hi in zip(argnums, offsets[:-1], offsets[1:]):
+                full[i] = flat[lo:hi].reshape(args64[i].shape)
+            return _vdot(f(*full), v64)
+
+        flat = jnp.concatenate([args64[i].reshape(-1) for i in argnums])
+        picks = []
+        for size, lo in zip(sizes, offsets[:-1]):
+            if max_elements is not None and size > max_elements:
+                picks.append(lo + np.sort(rng.choice(size, max_elements, replace=False)))
+            else:
+                picks.append(lo + np.arange(size))
+        grad = numerical_grad(phi, flat, eps, indices=np.concatenate(picks) if picks else np.zeros(0, np.int64))
+    return tuple(grad[lo:hi].reshape(args64[i].shape) for i, lo, hi in zip(argnums, offsets[:-1], offsets[1:]))
+
+
+def _float_argnums(args) -> tuple[int, ...]:
+    return tuple(i for i, a in enumerate(args) if _is_float(a))
+
+
+@dataclasses.dataclass
+class ArgReport:
+    """Errors of one argument's gradient: largest absolute and (normwise) relative."""
+
+    name: str
+    shape: tuple
+    ref_abs: float | None = None
+    ref_rel: float | None = None
+    ref_ok: bool | None = None
+    fd_abs: float | None = None
+    fd_rel: float | None = None
+    fd_ok: bool | None = None
+    fd_checked: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return self.ref_ok is not False and self.fd_ok is not False
+
+
+@dataclasses.dataclass
+class GradcheckReport:
+    """Result of ``check_vjp``: one ``ArgReport`` per checked argument."""
+
+    args: list[ArgReport]
+    ref_tolerance: tuple[float, float] | None
+    fd_tolerance: tuple[float, float] | None
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.args)
+
+    @property
+    def max_ref_rel(self) -> float | None:
+        vals = [a.ref_rel for a in self.args if a.ref_rel is not None]
+        return max(vals) if vals else None
+
+    @property
+    def max_fd_rel(self) -> float | None:
+        vals = [a.fd_rel for a in self.args if a.fd_rel is not None]
+        return max(vals) if vals else None
+
+    def __str__(self) -> str:
+        fmt = lambda v: "-" if v is None else f"{v:.1e}"  # noqa: E731
+        lines = [f"{'arg':<10} {'shape':<18} {'vs autodiff abs/rel':<22} {'vs finite diff abs/rel':<24} ok"]
+        for a in self.args:
+            lines.append(
+                f"{a.name:<10} {str(a.shape):<18} {fmt(a.ref_abs) + ' / ' + fmt(a.ref_rel):<22} "
+                f"{fmt(a.fd_abs) + ' / ' + fmt(a.fd_rel):<24} {'yes' if a.passed else 'NO'}"
+            )
+        return "\n".join(lines)
+
+
+def _compare(a, b, rtol, atol):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    keep = ~np.isnan(b)
+    if not keep.any():
+        return 0.0, 0.0, True
+    a, b = a[keep], b[keep]
+    err = float(np.max(np.abs(a - b))) if a.size else 0.0
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
+    return err, rel, bool(np.isfinite(err) and err <= atol + rtol * scale)
+
+
+def _random_cotangent(y, rng):
+    def one(leaf):
+        if _is_float(leaf):
+            return jnp.asarray(rng.standard_normal(leaf.shape), leaf.dtype)
+        return np.zeros(leaf.shape, jax.dtypes.float0)
+
+    return jax.tree_util.tree_map(one, y)
+
+
+def check_vjp(
+    f: Callable,
+    args: Sequence,
+    *,
+    reference: Callable | None = None,
+    argnums: Sequence[int] | None = None,
+    argnames: Sequence[str] | None = None,
+    cotangent=None,
+    seed: int = 0,
+    rtol: float | None = None,
+    atol: float | None = None,
+    finite_differences: bool = True,
+    eps: float = 1e-6,
+    fd_rtol: float = 1e-6,
+    fd_atol: float = 1e-9,
+    max_elements: int | None = 4096,
+    raise_on_failure: bool = True,
+) -> GradcheckReport:
+    """Check ``f``'s VJP (its handwritten rule) against autodiff of ``reference`` and finite differences.
+
+    Args:
+      f: the function under test, called as ``f(*args)``; bind static options with
+        ``functools.partial`` or a lambda. Its output may be a pytree; integer
+        outputs get no cotangent.
+      args: the arguments. Floating ones are checked (or those in ``argnums``);
+        others (integer labels, switches) are passed through.
+      reference: an independent implementation differentiated by JAX, compared in
+        the arguments' own dtype with ``rtol``/``atol`` (``default_tolerance`` of the
+        dtype when ``None``): pass if ``max|a - b| <= atol + rtol · max|b|``.
+      cotangent: the ``v`` of ``vᵀ J``; standard normal (seeded) by default.
+      finite_differences: also compare ``f``'s VJP, recomputed in float64, with
+        central differences (``eps``, ``fd_rtol``, ``fd_atol``); arguments with more
+        than ``max_elements`` entries are checked on that many random coordinates.
+      raise_on_failure: raise ``AssertionError`` naming the argument and its error.
+
+    Returns:
+      A ``GradcheckReport`` with, per argument, the largest absolute and relative errors.
+    """
+    args = tuple(args)
+    argnums = _float_argnums(args) if argnums is None else tuple(argnums)
+    for i in argnums:
+        if not 0 <= i < len(args) or not _is_float(args[i]):
+            raise ValueError(f"check_vjp: argnums entry {i} must index a floating-point argument of args (len {len(args)})")
+    names = list(argnames) if argnames is not None else [f"args[{i}]" for i in range(len(args))]
+    if len(names) != len(args):
+        raise ValueError(f"check_vjp: argnames has {len(names)} names for {len(args)} args")
+    rng = np.random.default_rng(seed)
+
+    y, vjp_fn = jax.vjp(jax.jit(f), *args)
+    v = _random_cotangent(y, rng) if cotangent is None else cotangent
+    ours = vjp_fn(v)
+    reports = [ArgReport(names[i], tuple(args[i].shape)) for i in argnums]
+
+    ref_tol = None
+    if reference is not None:
+        dtype = args[argnums[0]].dtype if argnums else jnp.float32
+        r0, a0 = default_tolerance(dtype)
+        ref_tol = (r0 if rtol is None else rtol, a0 if atol is None else atol)
+        y_ref, vjp_ref = jax.vjp(jax.jit(reference), *args)
+        if jax.tree_util.tree_structure(y_ref) != jax.tree_util.tree_structure(y):
+            raise ValueError("check_vjp: reference returns a different output structure than f")
+        theirs = vjp_ref(v)
+        for rep, i in zip(reports, argnums):
+            rep.ref_abs, rep.ref_rel, rep.ref_ok = _compare(ours[i], theirs[i], *ref_tol)
+
+    fd_tol = None
+    if finite_differences:
+        fd_tol = (fd_rtol, fd_atol)
+        numeric = numerical_vjp(f, args, v, argnums=argnums, eps=eps, max_elements=max_elements, seed=seed)
+        with jax.enable_x64(True):
+            args64 = tuple(_to64(a) for a in args)
+            v64 = jax.tree_util.tree_map(lambda c: _to64(c) if _is_float(c) else c, v)
+            ours64 = jax.vjp(jax.jit(f), *args64)[1](v64)
+            for rep, i, num in zip(reports, argnums, numeric):
+                rep.fd_abs, rep.fd_rel, rep.fd_ok = _compare(ours64[i], num, *fd_tol)
+                rep.fd_checked = int(np.sum(~np.isnan(num)))
+
+    report = GradcheckReport(reports, ref_tol, fd_tol)
+    if raise_on_failure and not report.passed:
+        bad = next(a for a in reports if not a.passed)
+        parts = []
+        if bad.ref_ok is False:
+            parts.append(f"vs autodiff of the reference: max abs error {bad.ref_abs:.3e}, rel {bad.ref_rel:.3e} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})")
+        if bad.fd_ok is False:
+            parts.append(f"vs finite differences: max abs error {bad.fd_abs:.3e}, rel {bad.fd_rel:.3e} (rtol {fd_rtol:g}, atol {fd_atol:g})")
+        raise AssertionError(f"gradient of {bad.name} {bad.shape} is wrong: " + "; ".join(parts) + f"\n{report}")
+    return report

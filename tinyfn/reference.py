@@ -1,0 +1,171 @@
+"""Independent reference implementations of every op, with no custom rules.
+
+Each is written from the definition in plain ``jnp`` (indexing, gathers,
+scatters, one-hot sums) and differentiated by JAX's own autodiff, so its
+gradients share no code with tinyfn's handwritten rules. ``conv2d_lax`` and
+``deconv2d_lax`` use XLA's convolution instead; use them for forward checks:
+on jax 0.10.2 differentiating ``lax.conv_general_dilated`` aborts the whole
+process for some strided configurations (an XLA ``Check failed``), which the
+indexing formulations never hit.
+
+Same signatures and semantics as the ops in ``tinyfn.layers`` and
+``tinyfn.losses``; they do not validate arguments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from tinyfn._checks import int_pair
+
+__all__ = [
+    "linear",
+    "conv2d",
+    "conv2d_lax",
+    "deconv2d",
+    "deconv2d_lax",
+    "max_pool2d",
+    "max_pool2d_with_switches",
+    "max_unpool2d",
+    "relu",
+    "softmax",
+    "log_softmax",
+    "flatten",
+    "dropout",
+    "softmax_cross_entropy",
+    "mse",
+]
+
+
+def linear(x, w, b=None):
+    y = jnp.dot(x, w)
+    return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + (-1,))
+
+
+def _window_index(size, kernel, stride, padding, out):
+    """``idx[r, i] = r * stride + i - padding``: input coordinate under output ``r``, tap ``i``."""
+    return np.arange(out)[:, None] * stride + np.arange(kernel)[None, :] - padding
+
+
+def _windows(x, kernel, stride, padding, fill):
+    """All windows by gathering: ``(N, C, Ho, kh, Wo, kw)``; out-of-range taps read ``fill``."""
+    (kh, kw), (sh, sw), (ph, pw) = int_pair("kernel", kernel), int_pair("stride", stride), int_pair("padding", padding)
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    rows = _window_index(h, kh, sh, 0, ho)  # indices into the padded array
+    cols = _window_index(w, kw, sw, 0, wo)
+    return xp[:, :, rows[:, :, None, None], cols[None, None, :, :]]
+
+
+def conv2d(x, w, b=None, *, stride=1, padding=0):
+    """Convolution as a sum over gathered windows: ``y[n,k,r,q] = Σ w[k,c,i,j] x_pad[n,c,r s+i,q s+j]``."""
+    win = _windows(x, w.shape[2:], stride, padding, 0.0)
+    y = jnp.einsum("ncriqj,kcij->nkrq", win, w)
+    return y if b is None else y + b[None, :, None, None]
+
+
+def conv2d_lax(x, w, b=None, *, stride=1, padding=0):
+    """Convolution by XLA (``lax.conv_general_dilated``), for forward checks."""
+    (ph, pw) = int_pair("padding", padding)
+    y = lax.conv_general_dilated(x, w, int_pair("stride", stride), [(ph, ph), (pw, pw)], dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y if b is None else y + b[None, :, None, None]
+
+
+def deconv2d(x, w, b=None, *, stride=1, padding=0, output_padding=0):
+    """Transposed convolution by scattering: each ``x[n,c,r,q] w[c,o,i,j]`` is added at ``(r s+i-p, q s+j-p)``."""
+    (sh, sw), (ph, pw), (oh, ow) = int_pair("stride", stride), int_pair("padding", padding), int_pair("output_padding", output_padding)
+    n, c, h, wd = x.shape
+    _, o, kh, kw = w.shape
+    hout, wout = (h - 1) * sh - 2 * ph + kh + oh, (wd - 1) * sw - 2 * pw + kw + ow
+    contrib = jnp.einsum("ncrq,coij->norqij", x, w)
+    rows = (np.arange(h)[:, None] * sh + np.arange(kh)[None, :])[:, None, :, None]  # (h, 1, kh, 1) in padded coords
+    cols = (np.arange(wd)[:, None] * sw + np.arange(kw)[None, :])[None, :, None, :]
+    full = jnp.zeros((n, o, hout + 2 * ph + kh, wout + 2 * pw + kw), x.dtype)  # room for taps past the end
+    full = full.at[:, :, rows, cols].add(contrib)
+    y = full[:, :, ph : ph + hout, pw : pw + wout]
+    return y if b is None else y + b[None, :, None, None]
+
+
+def deconv2d_lax(x, w, b=None, *, stride=1, padding=0, output_padding=0):
+    """Transposed convolution by XLA (``lax.conv_transpose`` with ``transpose_kernel=True``), for forward checks."""
+    (ph, pw), (oh, ow) = int_pair("padding", padding), int_pair("output_padding", output_padding)
+    kh, kw = w.shape[2:]
+    pads = [(kh - 1 - ph, kh - 1 - ph + oh), (kw - 1 - pw, kw - 1 - pw + ow)]
+    y = lax.conv_transpose(
+        x, w, int_pair("stride", stride), pads, dimension_numbers=("NCHW", "OIHW", "NCHW"), transpose_kernel=True
+    )
+    return y if b is None else y + b[None, :, None, None]
+
+
+def max_pool2d(x, window=2, *, stride=None, padding=0):
+    """Max-pooling by XLA's ``reduce_window`` (its autodiff is ``select_and_scatter``)."""
+    (kh, kw) = int_pair("window", window)
+    (sh, sw) = (kh, kw) if stride is None else int_pair("stride", stride)
+    (ph, pw) = int_pair("padding", padding)
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, kh, kw), (1, 1, sh, sw), [(0, 0), (0, 0), (ph, ph), (pw, pw)])
+
+
+def max_pool2d_with_switches(x, window=2, *, stride=None, padding=0):
+    """Max-pooling by gathering every window and taking ``argmax`` (first maximum wins)."""
+    (kh, kw) = int_pair("window", window)
+    stride = (kh, kw) if stride is None else int_pair("stride", stride)
+    (sh, sw), (ph, pw) = stride, int_pair("padding", padding)
+    n, c, h, w = x.shape
+    win = _windows(x, (kh, kw), stride, padding, -jnp.inf)  # (N, C, Ho, kh, Wo, kw)
+    ho, wo = win.shape[2], win.shape[4]
+    flat = win.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, kh * kw)
+    arg = jnp.argmax(flat, axis=-1)
+    y = jnp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+    rows = jnp.arange(ho)[None, None, :, None] * sh - ph + arg // kw
+    cols = jnp.arange(wo)[None, None, None, :] * sw - pw + arg % kw
+    return y, (rows * w + cols).astype(jnp.int32)
+
+
+def max_unpool2d(y, switches, output_size):
+    """Unpooling as a dense one-hot sum: ``z[n,c,p] = Σ_l y[n,c,l] [switches[n,c,l] == p]``."""
+    h, w = tuple(output_size)[-2:]
+    n, c = y.shape[:2]
+    onehot = jax.nn.one_hot(switches.reshape(n, c, -1), h * w, dtype=y.dtype)
+    return jnp.einsum("ncl,nclp->ncp", y.reshape(n, c, -1), onehot).reshape(n, c, h, w)
+
+
+def relu(x):
+    return jnp.where(x > 0, x, jnp.zeros((), x.dtype))
+
+
+def log_softmax(x, axis=-1):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - jnp.log(jnp.sum(jnp.exp(x - m), axis=axis, keepdims=True))
+
+
+def softmax(x, axis=-1):
+    e = jnp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def flatten(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def dropout(key, x, rate, *, train):
+    """Same mask as ``tinyfn.layers.dropout`` for the same key."""
+    if not train or rate == 0.0:
+        return x
+    if rate == 1.0:
+        return jnp.zeros_like(x)
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return keep * x / (1.0 - rate)
+
+
+def softmax_cross_entropy(logits, labels):
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return -jnp.mean(jnp.sum(onehot * log_softmax(logits), axis=-1))
+
+
+def mse(pred, target):
+    return jnp.mean((pred - target) ** 2)
