@@ -1,0 +1,169 @@
+"""DeconvNet projections, saliency, guided backprop, top activations and the figures."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tinyfn import models, visualize as V
+from tinyfn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU, Softmax, serial
+
+
+def _set(params, index, **arrays):
+    params = list(params)
+    params[index] = {k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()}
+    return tuple(params)
+
+
+def _tiny(model, input_shape=(None, 1, 4, 4)):
+    _, params = model.init(jax.random.key(0), input_shape)
+    return params
+
+
+X4 = np.array([[1.0, -2.0, 0.5, 3.0], [4.0, 0.0, -1.0, 2.0], [-3.0, 2.5, 6.0, -0.5], [0.2, 1.0, 0.1, 5.0]], np.float32)[None, None]
+
+
+def test_projection_through_pool_relu_conv_worked_by_hand():
+    # conv 1x1 (w = 2, b = 0) -> relu -> pool 2x2. Pooled maps: max(2·x) per window = [[8, 6], [5, 12]].
+    model = serial(Conv2D(1, 1), ReLU(), MaxPool2D(2))
+    params = _set(_tiny(model), 0, w=[[[[2.0]]]], b=[0.0])
+    rec = V.record(model, params, X4)
+    np.testing.assert_array_equal(np.asarray(rec.outputs[2])[0, 0], [[8.0, 6.0], [5.0, 12.0]])
+    proj = np.asarray(V.deconvnet(model, params, X4[0], "pool1", 0))
+    # strongest = 12 from x[2, 2] = 6; unpool puts 12 at (2, 2); relu keeps it; deconv 1x1 multiplies by 2 -> 24
+    expected = np.zeros((1, 4, 4), np.float32)
+    expected[0, 2, 2] = 24.0
+    np.testing.assert_array_equal(proj, expected)
+    # "topk" with k = 2 keeps 12 and 8 (from x[1, 0] = 4): 24 at (2, 2) and 16 at (1, 0)
+    expected[0, 1, 0] = 16.0
+    np.testing.assert_array_equal(np.asarray(V.deconvnet(model, params, X4, "pool1", 0, mode="topk", k=2))[0], expected)
+
+
+def _relu_net():
+    # conv_a 1x1 (w = 1) -> relu -> conv_b 2x2 (w = [[1, -1], [0, 2]]); the 2x2 filter sends mixed signs down.
+    model = serial(Conv2D(1, 1), ReLU(), Conv2D(1, 2))
+    params = _set(_tiny(model), 0, w=[[[[1.0]]]], b=[0.0])
+    return model, _set(params, 2, w=[[[[1.0, -1.0], [0.0, 2.0]]]], b=[0.0])
+
+
+def test_deconvnet_rectifies_the_backward_signal_at_relu_regardless_of_the_forward_sign():
+    model, params = _relu_net()
+    x = X4
+    rec = V.record(model, params, x)
+    y = np.asarray(rec.outputs[2])[0, 0]
+    r, q = np.unravel_index(np.argmax(y), y.shape)
+    v = y[r, q]
+    proj = np.asarray(V.deconvnet(model, params, x, "conv2", 0))[0, 0]
+    # deconv of v at (r, q) with the 2x2 filter gives [[v, -v], [0, 2v]] at rows r..r+1, cols q..q+1;
+    # the ReLU step rectifies it to [[v, 0], [0, 2v]] even where the forward input was negative.
+    expected = np.zeros((4, 4), np.float32)
+    expected[r, q], expected[r + 1, q + 1] = v, 2 * v
+    np.testing.assert_allclose(proj, expected, rtol=1e-6)
+
+
+def test_the_three_rules_differ_exactly_where_their_relu_rules_differ():
+    model, params = _relu_net()
+    rec = V.record(model, params, X4)
+    seed = V.select(rec.outputs[2], 0, "all", values=False)  # the whole map, ones: signal below conv_b has both signs
+    down = {rule: np.asarray(V.project_down(model, params, rec, "conv2", seed, rule))[0, 0] for rule in V.RULES}
+    below = np.asarray(jax.vjp(lambda h: model.children[2].apply(params[2], h), rec.inputs[2])[1](seed)[0])[0, 0]
+    x = X4[0, 0]  # conv_a is the identity here, so the ReLU's forward input is x itself
+    assert ((x > 0) & (below < 0)).any() and ((x <= 0) & (below > 0)).any()  # both disagreements occur
+    np.testing.assert_allclose(down["deconvnet"], np.maximum(below, 0), rtol=1e-6)
+    np.testing.assert_allclose(down["saliency"], np.where(x > 0, below, 0), rtol=1e-6)
+    np.testing.assert_allclose(down["guided"], np.where((x > 0) & (below > 0), below, 0), rtol=1e-6)
+    differ = ~np.isclose(down["deconvnet"], down["saliency"])
+    np.testing.assert_array_equal(differ, ((x > 0) != (below > 0)) & (below != 0))
+    # where the forward input is positive and the signal coming down is positive, all three agree
+    agree = (x > 0) & (below > 0)
+    for rule in V.RULES:
+        np.testing.assert_allclose(down[rule][agree], below[agree], rtol=1e-6)
+
+
+def test_saliency_is_the_gradient_of_the_class_score():
+    model = models.lenet5()
+    _, params = model.init(jax.random.key(3), (None, 1, 28, 28))
+    x = jax.random.normal(jax.random.key(4), (1, 1, 28, 28))
+    grad = jax.grad(lambda x: model.apply(params, x)[0, 7])(x)
+    np.testing.assert_allclose(V.saliency(model, params, x, 7), grad, rtol=1e-5, atol=1e-6)
+    guided = np.asarray(V.guided_backprop(model, params, x, 7))
+    assert guided.shape == x.shape and np.isfinite(guided).all() and np.abs(guided).max() > 0
+
+
+def test_first_layer_projection_is_the_filter_at_the_receptive_field(rng):
+    model = serial(Conv2D(3, 3, padding=1))
+    _, params = model.init(jax.random.key(5), (None, 2, 7, 6))
+    x = rng.standard_normal((1, 2, 7, 6)).astype(np.float32)
+    for c in range(3):
+        y = np.asarray(model.apply(params, x))[0, c]
+        r, q = np.unravel_index(np.argmax(y), y.shape)
+        expected = np.zeros((2, 7 + 2, 6 + 2), np.float32)  # padded canvas, then crop the padding
+        expected[:, r : r + 3, q : q + 3] = y[r, q] * np.asarray(params[0]["w"][c])
+        proj = np.asarray(V.deconvnet(model, params, x, 0, c))[0]
+        np.testing.assert_allclose(proj, expected[:, 1:-1, 1:-1], rtol=1e-5, atol=1e-6)
+        r0, r1, c0, c1 = V.receptive_field(model, (None, 2, 7, 6), 0, (r, q))
+        assert (r0, r1, c0, c1) == (max(r - 1, 0), min(r + 2, 7), max(q - 1, 0), min(q + 2, 6))
+        outside = np.ones((7, 6), bool)
+        outside[r0:r1, c0:c1] = False
+        assert not proj[:, outside].any()
+
+
+def test_top_activations_are_the_true_top_k(rng):
+    model = serial(Conv2D(4, 3), ReLU(), MaxPool2D(2), Conv2D(3, 3))
+    _, params = model.init(jax.random.key(6), (None, 1, 12, 12))
+    images = rng.standard_normal((37, 1, 12, 12)).astype(np.float32)
+    top = V.top_activations(model, params, images, "conv2", channels=[2, 0], k=5, batch_size=8)
+    full = np.asarray(model.apply(params, images))  # brute force: every activation of every image
+    for row, c in enumerate([2, 0]):
+        per_image = full[:, c].reshape(37, -1)
+        order = np.argsort(-per_image.max(axis=1), kind="stable")[:5]
+        np.testing.assert_array_equal(top.images[row], order)
+        np.testing.assert_allclose(top.values[row], per_image.max(axis=1)[order], rtol=1e-5)
+        for (h, w), i in zip(top.positions[row], order):
+            assert full[i, c, h, w] == pytest.approx(per_image[i].max(), rel=1e-5)
+
+
+def test_linear_layers_are_handled_and_softmax_is_refused():
+    model = serial(Conv2D(2, 3), ReLU(), Flatten(), Linear(4), Softmax())
+    _, params = model.init(jax.random.key(7), (None, 1, 6, 6))
+    x = jax.random.normal(jax.random.key(8), (1, 1, 6, 6))
+    assert V.deconvnet(model, params, x, "linear1", 1).shape == x.shape
+    with pytest.raises(ValueError, match=r"cannot project through layer 'softmax1' \(Softmax\)"):
+        V.deconvnet(model, params, x, "softmax1", 0)
+
+
+def test_bad_layer_and_channel_give_clear_errors():
+    model = models.lenet5()
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    x = jnp.zeros((1, 28, 28))
+    with pytest.raises(ValueError, match=r"layer 'conv9' does not exist; expected one of conv1, relu1, pool1"):
+        V.deconvnet(model, params, x, "conv9", 0)
+    with pytest.raises(ValueError, match=r"layer index 12 is out of range: the model has 12 layers"):
+        V.deconvnet(model, params, x, 12, 0)
+    with pytest.raises(ValueError, match=r"channel 16 is out of range for layer 'conv2' with 16 channels"):
+        V.deconvnet(model, params, x, "conv2", 16)
+    with pytest.raises(ValueError, match=r"channel 6 is out of range for layer 'conv1' with 6 channels"):
+        V.top_activations(model, params, np.zeros((4, 1, 28, 28), np.float32), "conv1", channels=[6], k=2)
+    with pytest.raises(ValueError, match=r"mode must be one of"):
+        V.deconvnet(model, params, x, "conv2", 0, mode="best")
+
+
+def _png(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))
+
+
+def test_figures_are_written_with_the_expected_size_and_are_not_blank(tmp_path, rng):
+    imgs = rng.standard_normal((9, 1, 5, 5))
+    out = V.plot_deconv_grid([imgs, imgs[::-1]], [imgs ** 2, imgs], tmp_path / "grid.png", layer="conv2", channels=[0, 3], image_indices=[range(9), range(9, 18)])
+    pic = _png(out)
+    assert pic.shape[:2] == (650, 640) and pic[..., :3].var() > 1e-3
+    pic = _png(V.plot_filters(rng.standard_normal((6, 1, 5, 5)), tmp_path / "filters.png"))
+    assert pic.shape[:2] == (185, 780)  # figsize (1.3 * 6, 1.45 + 0.4) inches at 100 dpi
+    assert pic[..., :3].var() > 1e-3
+    pic = _png(V.plot_feature_maps(rng.standard_normal((16, 10, 10)), tmp_path / "maps.png", title="conv2 · image 0"))
+    assert pic.shape[:2] == (340, 1120) and pic[..., :3].var() > 1e-3
+    cols = {"deconvnet": rng.standard_normal((2, 1, 8, 8)), "saliency": rng.standard_normal((2, 1, 8, 8)), "guided backprop": rng.standard_normal((2, 1, 8, 8))}
+    pic = _png(V.plot_comparison(rng.standard_normal((2, 1, 8, 8)), cols, tmp_path / "cmp.png", row_titles=["image 0", "image 1"]))
+    assert pic.shape[:2] == (420, 760) and pic[..., :3].var() > 1e-3

@@ -1,0 +1,221 @@
+"""Map a chosen activation back to pixel space: DeconvNet, gradient saliency and guided backprop.
+
+All three walk the recorded network from the chosen layer down to the input,
+layer by layer, with the same transposed maps: ``max_unpool2d`` with the
+recorded switches through a max-pool, ``deconv2d`` with the conv's own filters
+(``W*ᵀ``, bias unused) through a convolution, ``g wᵀ`` through a linear layer.
+They differ only at a ReLU, where the signal ``g`` coming down meets the
+forward input ``x``:
+
+=====================  ===============================  ============================
+rule                   ReLU backward                    reference
+=====================  ===============================  ============================
+``"deconvnet"``        ``relu(g)`` (ignores ``x``)      Zeiler & Fergus, ECCV 2014
+``"saliency"``         ``g · [x > 0]`` (the gradient)   Simonyan et al., 2013
+``"guided"``           ``g · [x > 0] · [g > 0]``        Springenberg et al., 2014
+=====================  ===============================  ============================
+
+With ``"saliency"`` the walk is exactly the gradient of the selected
+activations with respect to the input.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from tinyfn.layers import conv2d, deconv2d, deconv_output_size, linear, max_unpool2d, relu
+from tinyfn.visualize.record import LayerInfo, Recording, layer_table, record, resolve_layer
+
+__all__ = ["RULES", "MODES", "select", "project_down", "deconvnet", "saliency", "guided_backprop", "make_projector", "receptive_field"]
+
+RULES = ("deconvnet", "saliency", "guided")
+MODES = ("max", "topk", "all")
+
+
+def _relu_back(rule, g, x):
+    zero = jnp.zeros((), g.dtype)
+    if rule == "deconvnet":
+        return relu(g)
+    if rule == "saliency":
+        return jnp.where(x > 0, g, zero)
+    return jnp.where((x > 0) & (g > 0), g, zero)
+
+
+def _step_down(info: LayerInfo, params, rec: Recording, g, rule: str):
+    """Carry the signal ``g`` from layer ``info``'s output space to its input space."""
+    layer, cfg, x = info.layer, info.layer.config, rec.inputs[info.index]
+    kind = layer.name
+    if kind == "Conv2D":
+        w = info.params(params)["w"]
+        out_hw = deconv_output_size(g.shape[2:], w.shape[2:], cfg["stride"], cfg["padding"], (0, 0))
+        extra = tuple(int(a - b) for a, b in zip(x.shape[2:], out_hw))  # rows the conv's stride skipped
+        return deconv2d(g, w, stride=cfg["stride"], padding=cfg["padding"], output_padding=extra)  # W*ᵀ g
+    if kind == "Deconv2D":
+        w = info.params(params)["w"]
+        return conv2d(g, w, stride=cfg["stride"], padding=cfg["padding"])  # (W*ᵀ)ᵀ g = W* g
+    if kind == "MaxPool2D":
+        return max_unpool2d(g, rec.switches[info.index], x.shape[2:])
+    if kind == "ReLU":
+        return _relu_back(rule, g, x)
+    if kind == "Linear":
+        return linear(g, info.params(params)["w"].T)  # Law 2: Y = X W  =>  back with Wᵀ
+    if kind == "Flatten":
+        return g.reshape(x.shape)
+    if kind == "Dropout":
+        return g  # evaluation mode: the identity
+    raise ValueError(
+        f"cannot project through layer {info.name!r} ({kind}): only Conv2D, Deconv2D, MaxPool2D, ReLU, Linear, "
+        "Flatten and Dropout have a transposed map here; choose a layer before it"
+    )
+
+
+def project_down(model, params, rec: Recording, layer, signal, rule: str = "deconvnet"):
+    """Walk ``signal`` (shaped like ``layer``'s output) down to the input through every layer up to ``layer``."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    info = resolve_layer(model, layer)
+    g = signal
+    for below in reversed(rec.layers[: info.index + 1]):
+        g = _step_down(below, params, rec, g, rule)
+    return g
+
+
+def select(a, channel, mode: str = "max", k: int = 9, *, values: bool = True):
+    """Zero every activation of ``a`` except those chosen in ``channel``, per image.
+
+    ``a`` is ``(N, C, H, W)`` (a feature map) or ``(N, F)`` (units; ``channel``
+    is then the unit). ``mode``: ``"max"`` keeps the strongest activation of the
+    map, ``"topk"`` its ``k`` strongest, ``"all"`` the whole map. Kept entries
+    hold their activation (``values=True``, as in the DeconvNet) or 1 (the
+    seed of a gradient).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    n, c = a.shape[:2]
+    if a.ndim not in (2, 4):
+        raise ValueError(f"can only select in (N, C, H, W) or (N, F) activations, got shape {tuple(a.shape)}")
+    chosen = lax.dynamic_index_in_dim(a, channel, axis=1, keepdims=False).reshape(n, -1)
+    size = chosen.shape[1]
+    if mode == "all":
+        keep = jnp.ones(chosen.shape, bool)
+    else:
+        kk = 1 if mode == "max" else min(k, size)
+        _, idx = lax.top_k(chosen, kk)  # ties: the lowest index first
+        keep = jnp.zeros(chosen.shape, bool).at[jnp.arange(n)[:, None], idx].set(True)
+    kept = jnp.where(keep, chosen if values else jnp.ones((), a.dtype), jnp.zeros((), a.dtype))
+    onehot = (jnp.arange(c) == channel).astype(a.dtype)
+    spatial = a.shape[2:]
+    return (kept.reshape(n, 1, *spatial) * onehot.reshape(1, c, *([1] * len(spatial)))).astype(a.dtype)
+
+
+def _as_batch(x):
+    x = jnp.asarray(x)
+    if x.ndim == 3:
+        return x[None], True
+    if x.ndim == 4:
+        return x, False
+    raise ValueError(f"x must be one image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def make_projector(model, layer, *, rule: str = "deconvnet", mode: str = "max", k: int = 9, values: bool | None = None):
+    """A jitted ``(params, x, channel) -> projection`` for repeated use (``channel`` is traced: one compile).
+
+    ``values`` (seed the walk with the kept activations, or with ones) defaults
+    to ``True`` for the DeconvNet and ``False`` (a gradient) for the others.
+    """
+    info = resolve_layer(model, layer)
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    values = rule == "deconvnet" if values is None else values
+
+    @jax.jit
+    def project(params, x, channel):
+        rec = record(model, params, x, upto=info.index)
+        seed = select(rec.outputs[info.index], channel, mode, k, values=values)
+        return project_down(model, params, rec, info.index, seed, rule)
+
+    return project
+
+
+def _project(model, params, x, layer, channel, rule, mode, k):
+    x, single = _as_batch(x)
+    info = resolve_layer(model, layer)
+    out = jax.eval_shape(lambda p, x: record(model, p, x, upto=info.index).outputs[-1], params, x)
+    if not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel < out.shape[1]:
+        raise ValueError(f"channel {channel!r} is out of range for layer {info.name!r} with {out.shape[1]} channels/units")
+    result = make_projector(model, info.index, rule=rule, mode=mode, k=k)(params, x, channel)
+    return result[0] if single else result
+
+
+def deconvnet(model, params, x, layer, channel, *, mode: str = "max", k: int = 9):
+    """Zeiler & Fergus's DeconvNet projection of feature map ``channel`` of ``layer`` into pixel space.
+
+    Keeps only the chosen activations (``mode``: the strongest, the top ``k`` or
+    the whole map) with their values, zeroes the rest of the layer, and walks
+    down: unpool with the switches, rectify at each ReLU, ``deconv2d`` with each
+    conv's filters. ``x`` is ``(C, H, W)`` or ``(N, C, H, W)``; the result has
+    its shape.
+    """
+    return _project(model, params, x, layer, channel, "deconvnet", mode, k)
+
+
+def _target(model, layer, target):
+    table = layer_table(model)
+    if layer is None:
+        layer = len(table) - 1
+    return resolve_layer(model, layer), target
+
+
+def saliency(model, params, x, target=None, *, layer=None, mode: str = "max", k: int = 9):
+    """Gradient saliency: ``∂ a / ∂ x`` for a unit ``a``: by default the class score ``target`` (the model's
+    last layer, the predicted class when ``target`` is None); or feature map ``target`` of ``layer``."""
+    return _gradient_like(model, params, x, target, layer, "saliency", mode, k)
+
+
+def guided_backprop(model, params, x, target=None, *, layer=None, mode: str = "max", k: int = 9):
+    """Guided backprop: the walk of ``saliency`` with ReLUs passing only positive signal where the input was positive."""
+    return _gradient_like(model, params, x, target, layer, "guided", mode, k)
+
+
+def _gradient_like(model, params, x, target, layer, rule, mode, k):
+    info, target = _target(model, layer, target)
+    xb, single = _as_batch(x)
+    if target is None:
+        out = record(model, params, xb, upto=info.index).outputs[-1]
+        if out.ndim != 2 or out.shape[0] != 1:
+            raise ValueError("target=None (the predicted class) needs one image and a layer with (N, classes) output")
+        target = int(jnp.argmax(out[0]))
+    out = _project(model, params, xb, info.index, target, rule, mode, k)
+    return out[0] if single else out
+
+
+def receptive_field(model, input_shape, layer, position):
+    """The input rows and columns ``(r0, r1, c0, c1)`` (half-open, clipped to the image) that unit
+    ``position = (h, w)`` of ``layer``'s output depends on. Below a linear or flatten layer: the whole image."""
+    info = resolve_layer(model, layer)
+    table = layer_table(model)[: info.index + 1]
+    shapes, shape = [], tuple(input_shape)
+    for t in table:
+        shapes.append(shape)
+        shape, _ = t.layer.init(jax.random.key(0), shape)
+    h, w = shapes[0][-2:]
+    r0, r1, c0, c1 = position[0], position[0] + 1, position[1], position[1] + 1
+    for t, in_shape in zip(reversed(table), reversed(shapes)):
+        kind, cfg = t.layer.name, t.layer.config
+        if kind in ("Linear", "Flatten"):
+            return 0, h, 0, w
+        if kind in ("Conv2D", "MaxPool2D"):
+            (kh, kw) = cfg["kernel_size"] if kind == "Conv2D" else cfg["window"]
+            (sh, sw), (ph, pw) = cfg["stride"], cfg["padding"]
+            r0, r1 = r0 * sh - ph, (r1 - 1) * sh - ph + kh
+            c0, c1 = c0 * sw - pw, (c1 - 1) * sw - pw + kw
+        elif kind == "Deconv2D":  # input i feeds outputs i*s - p ... i*s - p + k - 1
+            (kh, kw), (sh, sw), (ph, pw) = cfg["kernel_size"], cfg["stride"], cfg["padding"]
+            r0, r1 = -(-(r0 + ph - kh + 1) // sh), (r1 - 1 + ph) // sh + 1
+            c0, c1 = -(-(c0 + pw - kw + 1) // sw), (c1 - 1 + pw) // sw + 1
+        r0, r1, c0, c1 = max(r0, 0), min(r1, in_shape[-2]), max(c0, 0), min(c1, in_shape[-1])
+    return int(r0), int(r1), int(c0), int(c1)

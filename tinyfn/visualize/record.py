@@ -1,0 +1,121 @@
+"""Name a model's layers and record one forward pass: every layer's input, output and max-pool switches."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+
+from tinyfn.layers import Layer, max_pool2d_with_switches
+
+__all__ = ["LayerInfo", "Recording", "layer_table", "resolve_layer", "record"]
+
+_SHORT = {
+    "Conv2D": "conv",
+    "Deconv2D": "deconv",
+    "MaxPool2D": "pool",
+    "ReLU": "relu",
+    "Linear": "linear",
+    "Flatten": "flatten",
+    "Dropout": "dropout",
+    "Softmax": "softmax",
+    "LogSoftmax": "logsoftmax",
+}
+
+
+class LayerInfo(NamedTuple):
+    """One leaf layer of a (possibly nested) ``serial`` model."""
+
+    index: int  # position in the flat list of leaf layers
+    name: str  # kind and count, e.g. "conv2", "pool1", "linear3"
+    layer: Layer
+    path: tuple[int, ...]  # where its params sit in the params pytree
+
+    def params(self, params):
+        for i in self.path:
+            params = params[i]
+        return params
+
+
+def layer_table(model: Layer) -> list[LayerInfo]:
+    """The leaf layers of ``model`` in forward order, named ``conv1, relu1, pool1, conv2, ...``."""
+    leaves: list[tuple[Layer, tuple[int, ...]]] = []
+
+    def walk(layer, path):
+        if layer.name == "serial":
+            for i, child in enumerate(layer.children):
+                walk(child, path + (i,))
+        elif layer.children:
+            raise ValueError(f"visualize: only serial combinators can be walked, got a {layer.name} with children")
+        else:
+            leaves.append((layer, path))
+
+    if not isinstance(model, Layer):
+        raise TypeError(f"model must be a tinyfn Layer (a serial of layers), got {type(model).__name__}")
+    walk(model, ())
+    counts: dict[str, int] = {}
+    table = []
+    for index, (layer, path) in enumerate(leaves):
+        short = _SHORT.get(layer.name, layer.name.lower())
+        counts[short] = counts.get(short, 0) + 1
+        table.append(LayerInfo(index, f"{short}{counts[short]}", layer, path))
+    return table
+
+
+def resolve_layer(model: Layer, layer) -> LayerInfo:
+    """A layer by name (``"conv2"``) or flat index (``3``, ``"3"`` or negative), with a clear error otherwise."""
+    table = layer_table(model)
+    names = [t.name for t in table]
+    if isinstance(layer, str) and layer.lstrip("-").isdigit():
+        layer = int(layer)
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        if -len(table) <= layer < len(table):
+            return table[layer]
+        raise ValueError(f"layer index {layer} is out of range: the model has {len(table)} layers ({', '.join(names)})")
+    if isinstance(layer, str):
+        for t in table:
+            if t.name == layer:
+                return t
+        raise ValueError(f"layer {layer!r} does not exist; expected one of {', '.join(names)} or an index below {len(table)}")
+    raise TypeError(f"layer must be a name or an int index, got {layer!r}")
+
+
+class Recording(NamedTuple):
+    """What one forward pass left behind, per leaf layer (``None`` where not applicable)."""
+
+    layers: tuple[LayerInfo, ...]
+    inputs: tuple[Any, ...]  # the input of each layer
+    outputs: tuple[Any, ...]  # the output of each layer
+    switches: tuple[Any, ...]  # int32 max-pool switches for MaxPool2D layers, else None
+
+    def output(self, layer) -> Any:
+        return self.outputs[self._index(layer)]
+
+    def _index(self, layer) -> int:
+        if isinstance(layer, LayerInfo):
+            return layer.index
+        names = [t.name for t in self.layers]
+        return names.index(layer) if isinstance(layer, str) else int(layer)
+
+
+def record(model: Layer, params, x, *, upto=None) -> Recording:
+    """Run ``model`` in evaluation mode on ``x``, recording every layer's input, output and switches.
+
+    Max-pooling layers run as ``max_pool2d_with_switches`` so their switches can
+    later route a signal back with ``max_unpool2d``. ``upto`` (a name or index)
+    stops after that layer.
+    """
+    table = layer_table(model)
+    stop = resolve_layer(model, upto).index if upto is not None else len(table) - 1
+    x = jnp.asarray(x)
+    inputs, outputs, switches = [], [], []
+    for info in table[: stop + 1]:
+        inputs.append(x)
+        if info.layer.name == "MaxPool2D":
+            cfg = info.layer.config
+            x, sw = max_pool2d_with_switches(x, cfg["window"], stride=cfg["stride"], padding=cfg["padding"])
+        else:
+            x, sw = info.layer.apply(info.params(params), x, train=False), None
+        outputs.append(x)
+        switches.append(sw)
+    return Recording(tuple(table[: stop + 1]), tuple(inputs), tuple(outputs), tuple(switches))
