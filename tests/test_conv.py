@@ -152,13 +152,16 @@ def test_gradient_comes_from_the_handwritten_rule(rng):
     np.testing.assert_array_equal(np.asarray(dx), 42.0)
 
 
-@pytest.mark.parametrize("gemm", [False, True])
-def test_both_formulations_agree(rng, gemm):
+@pytest.mark.parametrize("few_channels", [False, True])
+@pytest.mark.parametrize("stride", [1, (2, 1)])
+def test_every_formulation_matches_the_reference(rng, few_channels, stride):
+    """Direct multiply-adds (few channels), XLA correlations (stride 1) and im2col GEMMs (strided) all agree."""
     x = jnp.asarray(rng.standard_normal((2, 3, 7, 6)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((4, 3, 3, 2)), jnp.float32)
-    kw = dict(stride=(2, 1), padding=(1, 0))
-    with mock.patch.object(conv_module, "_use_gemm", lambda *a: gemm):
-        report = gradcheck.check_vjp(partial(conv2d, **kw), (x, w), reference=partial(R.conv2d, **kw))
+    kw = dict(stride=stride, padding=(1, 0))
+    with mock.patch.object(conv_module, "_few_channels", lambda *a: few_channels):
+        gradcheck.check_vjp(partial(conv2d, **kw), (x, w), reference=partial(R.conv2d, **kw))
         y = conv2d(x, w, **kw)
-    assert report.passed
+        d = deconv2d(y, w, **kw)
     np.testing.assert_allclose(y, R.conv2d(x, w, **kw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d, R.deconv2d(y, w, **kw), rtol=1e-5, atol=1e-5)

@@ -9,10 +9,12 @@ two matrix laws without ever building ``W*``:
 * ``dW  = g X*ᵀ``: the weight gradient correlates ``g`` with the input patches;
 * deconvolution's forward *is* ``W*ᵀ``, so its backward is a convolution.
 
-All three are computed by the same three kernels below, each in two
-formulations chosen per shape: ``direct`` (one fused multiply-add per filter
-tap, fastest with few channels) and ``gemm`` (im2col: the taps stacked into
-one matrix and a single matrix product, fastest with many channels).
+All three are computed by the same three kernels below, each choosing its
+formulation by shape: ``direct`` (one fused multiply-add per filter tap:
+fastest with few channels, where XLA's convolution kernel is slow), XLA's own
+correlation (``lax.conv_general_dilated``, for stride 1 or a forward pass
+with many channels), and ``gemm`` (im2col: the taps stacked into one matrix
+and a single matrix product, for strided gradients).
 """
 
 from __future__ import annotations
@@ -91,23 +93,23 @@ def _pad(x, padding):
     return jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
 
 
-def _use_gemm(c, k, kernel) -> bool:
-    """Formulation choice: one GEMM over all taps once the per-tap products get big enough."""
-    return c * k >= 64 or c * kernel[0] * kernel[1] >= 128
+_DN = ("NCHW", "OIHW", "NCHW")
+
+
+def _few_channels(c, k) -> bool:
+    """XLA's convolution kernel is slow with few channels; there one fused multiply-add per tap wins."""
+    return c * k <= 32
 
 
 def _conv_forward(x, w, stride, padding):
     """``y[n,k] = Σ_{c,i,j} w[k,c,i,j] xp[n,c,i+s·r,j+s·q]``, i.e. ``Y* = W* X*``."""
     k, c, kh, kw = w.shape
+    if not _few_channels(c, k):
+        (ph, pw) = padding
+        return lax.conv_general_dilated(x, w, stride, ((ph, ph), (pw, pw)), dimension_numbers=_DN)
     out_hw = conv_output_size(x.shape[2:], (kh, kw), stride, padding)
-    taps = _taps(_pad(x, padding), (kh, kw), out_hw, stride)
-    if _use_gemm(c, k, (kh, kw)):
-        n = x.shape[0]
-        cols = jnp.stack(taps, axis=2).reshape(n, c * kh * kw, out_hw[0] * out_hw[1])  # im2col X*
-        y = jnp.einsum("kp,npl->nkl", w.reshape(k, c * kh * kw), cols)
-        return y.reshape(n, k, *out_hw)
     y = None
-    for t, tap in enumerate(taps):
+    for t, tap in enumerate(_taps(_pad(x, padding), (kh, kw), out_hw, stride)):
         term = jnp.einsum("nchw,kc->nkhw", tap, w[:, :, t // kw, t % kw])
         y = term if y is None else y + term
     return y
@@ -116,13 +118,18 @@ def _conv_forward(x, w, stride, padding):
 def _conv_input_grad(g, w, stride, padding, in_hw):
     """``W*ᵀ g``: the transposed convolution of ``g (N, K, Ho, Wo)`` back to ``(N, C, H, W)``."""
     k, c, kh, kw = w.shape
-    if _use_gemm(c, k, (kh, kw)):
+    (ph, pw), (h, wd) = padding, in_hw
+    if not _few_channels(c, k) and stride == (1, 1):
+        # stride 1: a plain correlation of the zero-padded g with the flipped, transposed filters
+        pads = ((kh - 1 - ph, h - g.shape[2] + ph), (kw - 1 - pw, wd - g.shape[3] + pw))
+        return lax.conv_general_dilated(g, jnp.flip(w, (2, 3)).transpose(1, 0, 2, 3), (1, 1), pads, dimension_numbers=_DN)
+    if _few_channels(c, k):
+        parts = (jnp.einsum("nkhw,kc->nchw", g, w[:, :, t // kw, t % kw]) for t in range(kh * kw))
+    else:
         n, _, ho, wo = g.shape
         dcols = jnp.einsum("nkl,kp->npl", g.reshape(n, k, ho * wo), w.reshape(k, c * kh * kw))
         dcols = dcols.reshape(n, c, kh * kw, ho, wo)
         parts = (dcols[:, :, t] for t in range(kh * kw))
-    else:
-        parts = (jnp.einsum("nkhw,kc->nchw", g, w[:, :, t // kw, t % kw]) for t in range(kh * kw))
     dx = None
     for t, part in enumerate(parts):
         placed = _untap(part, t // kw, t % kw, in_hw, stride, padding)
@@ -135,12 +142,12 @@ def _conv_weight_grad(x, g, stride, padding, kernel):
     n, c = x.shape[:2]
     k, (ho, wo) = g.shape[1], g.shape[2:]
     kh, kw = kernel
-    taps = _taps(_pad(x, padding), kernel, (ho, wo), stride)
-    if _use_gemm(c, k, kernel):
-        cols = jnp.stack(taps, axis=2).reshape(n, c * kh * kw, ho * wo)
-        return jnp.einsum("nkl,npl->kp", g.reshape(n, k, ho * wo), cols).reshape(k, c, kh, kw)
-    dw = jnp.stack([jnp.einsum("nkhw,nchw->kc", g, tap) for tap in taps], axis=-1)
-    return dw.reshape(k, c, kh, kw)
+    if stride == (1, 1):
+        # the same sum as a correlation of x with g over (n, r, q): batch and feature roles swapped
+        (ph, pw) = padding
+        return lax.conv_general_dilated(x, g, (1, 1), ((ph, ph), (pw, pw)), dimension_numbers=("CNHW", "IOHW", "CNHW"))
+    cols = jnp.stack(_taps(_pad(x, padding), kernel, (ho, wo), stride), axis=2).reshape(n, c * kh * kw, ho * wo)
+    return jnp.einsum("nkl,npl->kp", g.reshape(n, k, ho * wo), cols).reshape(k, c, kh, kw)
 
 
 def _add_bias(y, b):

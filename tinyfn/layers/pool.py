@@ -45,20 +45,33 @@ def _check_window(op, hw, window, padding):
             raise ValueError(f"{op}: window {tuple(window)} is larger than the padded input ({axis} {n} + 2*{p})")
 
 
-def _argmax_code(x, window, stride, padding):
-    """Pooled maxima ``(N, C, Ho, Wo)`` and the window-local tap ``i * kw + j`` of each (int32)."""
-    out_hw = conv_output_size(x.shape[2:], window, stride, padding)
-    ph, pw = padding
-    xp = jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-jnp.inf) if ph or pw else x
-    best, code = None, None
-    for t, tap in enumerate(_taps(xp, window, out_hw, stride)):
-        if best is None:
-            best, code = tap, jnp.zeros(tap.shape, jnp.int32)
-            continue
-        take = (tap > best) | (jnp.isnan(tap) & ~jnp.isnan(best))  # strict: the first maximum wins
-        best = jnp.where(take, tap, best)
-        code = jnp.where(take, jnp.int32(t), code)
-    return best, code
+def _first_max(a, b):
+    """Reduction of (value, flat index) pairs: the larger value, NaN above all, the lower index on ties."""
+    (va, ia), (vb, ib) = a, b
+    na, nb = jnp.isnan(va), jnp.isnan(vb)
+    take_b = (nb & ~na) | (~na & ~nb & (vb > va)) | (((va == vb) | (na & nb)) & (ib < ia))
+    return jnp.where(take_b, vb, va), jnp.where(take_b, ib, ia)
+
+
+def _pool_with_switches(x, window, stride, padding):
+    """Maxima ``(N, C, Ho, Wo)`` and their flat indices ``h * W + w`` (int32), in one variadic reduce-window.
+
+    XLA never fuses a reduce-window into its consumers, so the pooled map is
+    computed once and not recomputed inside every later slice that reads it.
+    """
+    h, w = x.shape[2:]
+    flat = lax.broadcasted_iota(jnp.int32, (h, w), 0) * w + lax.broadcasted_iota(jnp.int32, (h, w), 1)
+    inits = (jnp.array(-jnp.inf, x.dtype), jnp.array(jnp.iinfo(jnp.int32).max, jnp.int32))
+    pads = ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1]))
+    return lax.reduce_window((x, jnp.broadcast_to(flat, x.shape)), inits, _first_max, (1, 1, *window), (1, 1, *stride), pads)
+
+
+def _switches_to_code(switches, window, stride, padding, in_w):
+    """Flat input indices to window-local taps ``i * kw + j``."""
+    ho, wo = switches.shape[2:]
+    rows = switches // in_w - (jnp.arange(ho, dtype=jnp.int32)[None, None, :, None] * stride[0] - padding[0])
+    cols = switches % in_w - (jnp.arange(wo, dtype=jnp.int32)[None, None, None, :] * stride[1] - padding[1])
+    return rows * window[1] + cols
 
 
 def _route_back(g, code, window, stride, padding, in_hw):
@@ -71,27 +84,19 @@ def _route_back(g, code, window, stride, padding, in_hw):
     return dx
 
 
-def _code_to_switches(code, window, stride, padding, in_w):
-    """Window-local taps to PyTorch-style flat indices ``h * W + w`` in the input plane."""
-    ho, wo = code.shape[2:]
-    kw = window[1]
-    rows = jnp.arange(ho, dtype=jnp.int32)[None, None, :, None] * stride[0] - padding[0] + code // kw
-    cols = jnp.arange(wo, dtype=jnp.int32)[None, None, None, :] * stride[1] - padding[1] + code % kw
-    return rows * in_w + cols
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool(x, window, stride, padding, in_hw):
-    return _argmax_code(x, window, stride, padding)
+    return _pool_with_switches(x, window, stride, padding)
 
 
 def _max_pool_fwd(x, window, stride, padding, in_hw):
-    y, code = _argmax_code(x, window, stride, padding)
-    return (y, code), code
+    y, switches = _pool_with_switches(x, window, stride, padding)
+    return (y, switches), switches
 
 
-def _max_pool_bwd(window, stride, padding, in_hw, code, cotangents):
+def _max_pool_bwd(window, stride, padding, in_hw, switches, cotangents):
     g, _ = cotangents  # the switches are integers: no cotangent
+    code = _switches_to_code(switches, window, stride, padding, in_hw[1])
     # Routing is linear, y = S x with S a 0/1 selection matrix, so by Law 1: dx = Sᵀ g.
     return (_route_back(g, code, window, stride, padding, in_hw),)
 
@@ -126,8 +131,7 @@ def max_pool2d_with_switches(x, window=2, *, stride=None, padding=0):
     to ``max_unpool2d`` to put a signal back where the maxima were.
     """
     x, window, stride, padding = _pool_args(x, window, stride, padding, "max_pool2d_with_switches")
-    y, code = _max_pool(x, window, stride, padding, x.shape[2:])
-    return y, _code_to_switches(code, window, stride, padding, x.shape[3])
+    return _max_pool(x, window, stride, padding, x.shape[2:])
 
 
 def _unpool(y, switches, hw):
