@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random configurations (default 0)")
     p.add_argument("--repeats", type=int, default=3, help="random configurations per op (default 3)")
     p.set_defaults(run=_gradcheck)
+
+    from tinyfn.train import command as train_command
+
+    p = sub.add_parser("train", help="train a CNN (lenet5 on the embedded Fashion-MNIST subset by default) and write a run directory")
+    train_command.add_train_arguments(p)
+    p.set_defaults(run=train_command.train)
+    p = sub.add_parser("evaluate", help="test loss, accuracy and per-class accuracy of a checkpoint")
+    train_command.add_evaluate_arguments(p)
+    p.set_defaults(run=train_command.evaluate_command)
     return parser
 
 

@@ -6,22 +6,11 @@ All figures use matplotlib's Agg backend and are written as PNG atomically
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
+from tinyfn._plotting import _plt, _save
+
 __all__ = ["minmax", "plot_deconv_grid", "plot_filters", "plot_feature_maps", "plot_comparison"]
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def minmax(a) -> np.ndarray:
@@ -41,22 +30,6 @@ def _display(img) -> np.ndarray:
     if img.shape[0] == 3:
         return np.moveaxis(img, 0, -1)
     raise ValueError(f"can only draw images with 1 or 3 channels, got shape {img.shape}")
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        _plt().close(fig)
-    return path
 
 
 def _mosaic(tiles, ncols, pad=1, fill=1.0):

@@ -1,0 +1,142 @@
+"""Checkpoints: exact round trip, atomic writes, clear errors, and PyTorch-compatible layouts."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tinyfn import models
+from tinyfn.train import CheckpointError, load_checkpoint, load_model, save_checkpoint, sgd
+
+
+@pytest.fixture
+def lenet():
+    model = models.lenet5()
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    return model, params
+
+
+def test_round_trip_is_exact(lenet, tmp_path):
+    _, params = lenet
+    opt = sgd(0.1, momentum=0.9)
+    state = opt.init(params)
+    state["velocity"] = jax.tree_util.tree_map(lambda a: a + 0.5, state["velocity"])
+    key = jax.random.key(7)
+    meta = {"model": {"name": "lenet5"}, "normalization": {"mean": 0.2860, "std": 0.3530}, "note": [1, 2.5, "x"]}
+    save_checkpoint(tmp_path / "c.safetensors", params, opt_state=state, step=123, key=key, metadata=meta)
+    ck = load_checkpoint(tmp_path / "c.safetensors", like=params)
+    assert jax.tree_util.tree_structure(ck.params) == jax.tree_util.tree_structure(params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ck.params, params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ck.opt_state, state)
+    assert ck.step == 123 and ck.metadata == meta
+    np.testing.assert_array_equal(jax.random.key_data(ck.key), jax.random.key_data(key))
+
+
+def test_tensor_names_are_the_pytree_paths(lenet, tmp_path):
+    from safetensors.numpy import load_file
+
+    _, params = lenet
+    save_checkpoint(tmp_path / "c.safetensors", params)
+    names = set(load_file(tmp_path / "c.safetensors"))
+    assert names == {"0.w", "0.b", "3.w", "3.b", "7.w", "7.b", "9.w", "9.b", "11.w", "11.b"}
+
+
+def test_a_crash_mid_write_leaves_the_old_file_intact(lenet, tmp_path, monkeypatch):
+    _, params = lenet
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, params, step=1)
+    before = path.read_bytes()
+
+    def crash(fd):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(path, jax.tree_util.tree_map(lambda a: a + 1, params), step=2)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]  # no temporary file left behind
+    assert load_checkpoint(path).step == 1
+
+
+def test_mismatches_name_the_first_offending_key(lenet, tmp_path):
+    _, params = lenet
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, params)
+    wider = models.lenet5(num_classes=12).init(jax.random.key(0), (None, 1, 28, 28))[1]
+    with pytest.raises(CheckpointError, match=r"parameter '11.b' has shape \(10,\), expected \(12,\)"):
+        load_checkpoint(path, like=wider)
+    fewer = list(params)
+    fewer[11] = {"w": params[11]["w"]}
+    save_checkpoint(path, tuple(fewer))
+    with pytest.raises(CheckpointError, match=r"missing parameter '11.b'"):
+        load_checkpoint(path, like=params)
+    save_checkpoint(path, jax.tree_util.tree_map(lambda a: a.astype(jnp.float16), params))
+    with pytest.raises(CheckpointError, match=r"parameter '0.b' has dtype float16, expected float32"):
+        load_checkpoint(path, like=params)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "npz", "empty", "foreign"])
+def test_damaged_or_foreign_files_raise_a_clear_error(lenet, tmp_path, damage):
+    _, params = lenet
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, params)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)))
+    elif damage == "npz":
+        np.savez(path.with_suffix(".npz"), w=np.zeros(3))
+        path.write_bytes(path.with_suffix(".npz").read_bytes())
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"w": np.zeros(3, np.float32)}, path)
+    with pytest.raises(CheckpointError, match=str(path.name)):
+        load_checkpoint(path)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint("/nonexistent/c.safetensors")
+
+
+def test_load_model_rebuilds_the_model_and_refuses_a_mismatch(lenet, tmp_path):
+    model, params = lenet
+    meta = {"model": {"name": "lenet5", "kwargs": {"num_classes": 10}, "input_shape": [1, 28, 28]}}
+    save_checkpoint(tmp_path / "checkpoint.safetensors", params, metadata=meta)
+    model2, params2, meta2 = load_model(tmp_path)
+    x = jax.random.normal(jax.random.key(1), (2, 1, 28, 28))
+    np.testing.assert_array_equal(model2.apply(params2, x), model.apply(params, x))
+    save_checkpoint(tmp_path / "checkpoint.safetensors", params, metadata={"model": {"name": "wide_cnn", "kwargs": {"num_classes": 10}}})
+    with pytest.raises(CheckpointError, match=r"parameter '0.b' has shape \(6,\), expected \(32,\)"):
+        load_model(tmp_path)
+
+
+def test_a_lenet_checkpoint_loads_into_pytorch_with_the_same_logits(lenet, tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    model, params = lenet
+    save_checkpoint(tmp_path / "c.safetensors", params)
+    state = load_file(tmp_path / "c.safetensors")
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )  # fmt: skip
+    # same layouts: conv weights as they are; tinyfn's linear keeps w as (in, out), PyTorch as (out, in)
+    mapped = {}
+    for name, tensor in state.items():
+        layer, kind = name.split(".")
+        mapped[f"{layer}.{'weight' if kind == 'w' else 'bias'}"] = tensor.T if kind == "w" and tensor.ndim == 2 else tensor
+    net.load_state_dict(mapped)
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,95 @@
+"""The fit loop: it learns, a key reproduces a run, resume is bit-identical, NaN stops with the last good params."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tinyfn.data import load_embedded, normalize
+from tinyfn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU, serial
+from tinyfn.train import CHECKPOINT_NAME, StepInfo, fit, load_checkpoint, sgd
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    train, test = load_embedded("train"), load_embedded("test")
+    x, xt = normalize(train.images[:1024], 0.286, 0.353), normalize(test.images[:500], 0.286, 0.353)
+    return (x, train.labels[:1024]), (xt, test.labels[:500])
+
+
+def _model():
+    return serial(Conv2D(4, 5, stride=2), ReLU(), MaxPool2D(2), Flatten(), Linear(10))
+
+
+def _init():
+    return _model().init(jax.random.key(0), (None, 1, 28, 28))[1]
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_fit_learns_and_reports_history(small_data):
+    train, test = small_data
+    params, history = fit(_model(), _init(), train, epochs=3, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(1), eval_data=test, quiet=True)
+    assert history["epoch"] == [1, 2, 3]
+    assert history["train_loss"][-1] < 0.8 < history["train_loss"][0] + 1.0  # chance level is log 10 = 2.3
+    assert history["eval_accuracy"][-1] > 0.7
+    assert all(v > 0 for v in history["images_per_second"]) and history["wall_time"] == sorted(history["wall_time"])
+
+
+def test_the_key_reproduces_a_run_exactly(small_data):
+    train, _ = small_data
+    run = lambda k: fit(_model(), _init(), train, epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(k), quiet=True)[0]  # noqa: E731
+    a, b, c = run(3), run(3), run(4)
+    assert _same(a, b) and not _same(a, c)
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def test_resume_after_ctrl_c_is_bit_identical(small_data, tmp_path):
+    train, test = small_data
+    kw = dict(epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9, nesterov=True), key=jax.random.key(5), eval_data=test, quiet=True)
+    straight, hist_straight = fit(_model(), _init(), train, checkpoint_dir=tmp_path / "a", **kw)
+
+    def interrupt(info: StepInfo):
+        if info.step == 21:  # in the middle of the second epoch (16 steps per epoch)
+            raise Stop()
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), _init(), train, checkpoint_dir=tmp_path / "b", callbacks=[interrupt], **kw)
+    saved = load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)
+    assert saved.metadata["position"]["epoch"] == 1 and saved.metadata["position"]["batch"] == 6
+    resumed, hist_resumed = fit(_model(), _init(), train, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert _same(straight, resumed)
+    for k in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"):
+        assert hist_straight[k] == hist_resumed[k], k
+
+
+def test_resume_refuses_another_seed(small_data, tmp_path):
+    train, _ = small_data
+    kw = dict(epochs=1, batch_size=256, optimizer=sgd(0.05), quiet=True, checkpoint_dir=tmp_path)
+    fit(_model(), _init(), train, key=jax.random.key(0), **kw)
+    with pytest.raises(ValueError, match="another key"):
+        fit(_model(), _init(), train, key=jax.random.key(1), resume=True, **kw)
+
+
+def test_nan_loss_stops_with_the_step_and_saves_the_last_finite_params(small_data, tmp_path):
+    train, _ = small_data
+    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at epoch 1, step \d+ of 16") as err:
+        fit(_model(), _init(), train, epochs=2, batch_size=64, optimizer=sgd(1e8), key=jax.random.key(0), checkpoint_dir=tmp_path, quiet=True)
+    assert str(tmp_path) in str(err.value)
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(saved.params))
+
+
+def test_bad_arguments(small_data):
+    train, _ = small_data
+    with pytest.raises(ValueError, match="batch_size must be an int between 1 and the number of training examples"):
+        fit(_model(), _init(), train, epochs=1, batch_size=5000, optimizer=sgd(0.1), key=jax.random.key(0), quiet=True)
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
+        fit(_model(), _init(), train, epochs=0, batch_size=32, optimizer=sgd(0.1), key=jax.random.key(0), quiet=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        fit(_model(), _init(), train, epochs=1, batch_size=32, optimizer=sgd(0.1), key=jax.random.key(0), quiet=True, resume=True)

@@ -1,0 +1,31 @@
+"""Training: an optax-free SGD, a jitted step, the fit loop, checkpoints and plots."""
+
+from tinyfn.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from tinyfn.train.loop import CHECKPOINT_NAME, StepInfo, evaluate, fit
+from tinyfn.train.model_io import load_model
+from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
+from tinyfn.train.plots import confusion_matrix, plot_confusion, plot_history
+from tinyfn.train.step import accuracy, make_eval_step, make_train_step
+
+__all__ = [
+    "sgd",
+    "Optimizer",
+    "constant",
+    "step_decay",
+    "cosine",
+    "make_train_step",
+    "make_eval_step",
+    "accuracy",
+    "fit",
+    "evaluate",
+    "StepInfo",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "Checkpoint",
+    "CheckpointError",
+    "CHECKPOINT_NAME",
+    "plot_history",
+    "plot_confusion",
+    "confusion_matrix",
+]

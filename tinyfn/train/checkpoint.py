@@ -1,0 +1,208 @@
+"""Checkpoints in the safetensors format: params (and optimizer state, step, key) plus JSON metadata.
+
+Tensor names are the flattened pytree paths: ``"0.w"``, ``"3.b"`` for a
+``serial`` model's params, ``"opt_state.velocity.0.w"`` for the optimizer
+state, ``"key"`` for the random key's data. One JSON metadata entry holds the
+format version, the tinyfn version, the pytree structures, and whatever the
+caller adds (model name and configuration, normalisation, history...).
+Writes are atomic (temporary file, then rename); no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+_META_KEY = "tinyfn"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable tinyfn checkpoint, or one that does not match what was expected."""
+
+
+class Checkpoint(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: int | None
+    key: Any
+    metadata: dict
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _structure(tree, prefix: str):
+    """A JSON description of ``tree`` whose leaves are tensor names; lists stand for tuples."""
+    if isinstance(tree, dict):
+        return {"dict": {str(k): _structure(v, f"{prefix}{k}.") for k, v in tree.items()}}
+    if isinstance(tree, (tuple, list)):
+        return {"tuple" if isinstance(tree, tuple) else "list": [_structure(v, f"{prefix}{i}.") for i, v in enumerate(tree)]}
+    if tree is None:
+        return {"none": None}
+    return {"leaf": prefix[:-1]}
+
+
+def _rebuild(spec, tensors):
+    (kind, value), = spec.items()
+    if kind == "dict":
+        return {k: _rebuild(v, tensors) for k, v in value.items()}
+    if kind in ("tuple", "list"):
+        items = [_rebuild(v, tensors) for v in value]
+        return tuple(items) if kind == "tuple" else items
+    if kind == "none":
+        return None
+    return jnp.asarray(tensors[value])
+
+
+def _flatten(tree, prefix: str) -> dict[str, np.ndarray]:
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = prefix + ".".join(_key_name(p) for p in path)
+        out[name] = np.ascontiguousarray(np.asarray(leaf))
+    return out
+
+
+def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metadata=None) -> Path:
+    """Write ``params`` (and optionally the optimizer state, step and key) to ``path`` atomically.
+
+    ``metadata`` must be JSON-serialisable. An existing file at ``path`` is only
+    replaced once the new one is completely written.
+    """
+    from safetensors.numpy import save
+
+    path = Path(path)
+    tensors = _flatten(params, "")
+    if opt_state is not None:
+        tensors.update(_flatten(opt_state, "opt_state."))
+    if key is not None:
+        tensors["key"] = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+    from tinyfn import __version__
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tinyfn_version": __version__,
+        "params_structure": _structure(params, ""),
+        "opt_state_structure": None if opt_state is None else _structure(opt_state, "opt_state."),
+        "step": None if step is None else int(step),
+        "has_key": key is not None,
+        "metadata": metadata or {},
+    }
+    try:
+        blob = save(tensors, metadata={_META_KEY: json.dumps(meta)})
+    except TypeError as exc:
+        raise TypeError(f"save_checkpoint: metadata must be JSON-serialisable ({exc})") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read(path: Path):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    try:
+        tensors = load(data)
+        with_meta = _header_metadata(data)
+    except (SafetensorError, ValueError, OverflowError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupted?): {exc}") from None
+    if _META_KEY not in with_meta:
+        raise CheckpointError(f"{path} is a safetensors file but not a tinyfn checkpoint (no '{_META_KEY}' metadata entry)")
+    try:
+        meta = json.loads(with_meta[_META_KEY])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: the tinyfn metadata is not valid JSON ({exc})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')!r}, this tinyfn reads {FORMAT_VERSION}")
+    return tensors, meta
+
+
+def _header_metadata(data: bytes) -> dict:
+    if len(data) < 8:
+        raise ValueError(f"{len(data)} bytes is too short for a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"header of {n} bytes does not fit in a {len(data)}-byte file")
+    return json.loads(data[8 : 8 + n].decode("utf-8")).get("__metadata__", {}) or {}
+
+
+def _leaf_names(spec) -> list[str]:
+    (kind, value), = spec.items()
+    if kind == "dict":
+        return [n for v in value.values() for n in _leaf_names(v)]
+    if kind in ("tuple", "list"):
+        return [n for v in value for n in _leaf_names(v)]
+    return [] if kind == "none" else [value]
+
+
+def _check_like(path, params, like):
+    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for p, ref in jax.tree_util.tree_flatten_with_path(like)[0]:
+        name = ".".join(_key_name(e) for e in p)
+        if p not in got:
+            raise CheckpointError(f"{path}: missing parameter '{name}' (expected shape {tuple(ref.shape)})")
+        a = got.pop(p)
+        if tuple(a.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{path}: parameter '{name}' has shape {tuple(a.shape)}, expected {tuple(ref.shape)}")
+        if a.dtype != ref.dtype:
+            raise CheckpointError(f"{path}: parameter '{name}' has dtype {a.dtype}, expected {ref.dtype}")
+    if got:
+        extra = ".".join(_key_name(e) for e in next(iter(got)))
+        raise CheckpointError(f"{path}: unexpected parameter '{extra}' that the model does not have")
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(like):
+        raise CheckpointError(f"{path}: parameter structure differs from the model's: {jax.tree_util.tree_structure(params)}")
+
+
+def load_checkpoint(path, like=None) -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint``.
+
+    ``like`` (a params pytree, e.g. from ``model.init``; only shapes and dtypes
+    are read) is checked key by key: the first missing or unexpected key, or
+    shape or dtype mismatch, raises ``CheckpointError`` naming it. A truncated,
+    corrupted or foreign file raises ``CheckpointError`` too.
+    """
+    path = Path(path)
+    tensors, meta = _read(path)
+    try:
+        names = _leaf_names(meta["params_structure"])
+        if meta.get("opt_state_structure"):
+            names += _leaf_names(meta["opt_state_structure"])
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise CheckpointError(f"{path}: tensor '{missing[0]}' is listed in the metadata but missing from the file")
+        params = _rebuild(meta["params_structure"], tensors)
+        opt_state = _rebuild(meta["opt_state_structure"], tensors) if meta.get("opt_state_structure") else None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: malformed tinyfn metadata ({type(exc).__name__}: {exc})") from None
+    if like is not None:
+        _check_like(path, params, like)
+    key = jax.random.wrap_key_data(jnp.asarray(tensors["key"])) if meta.get("has_key") and "key" in tensors else None
+    return Checkpoint(params, opt_state, meta.get("step"), key, meta.get("metadata", {}))
