@@ -44,3 +44,39 @@ def test_evaluate_prints_loss_accuracy_and_per_class_accuracy(run_dir):
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path):
     proc = _run("evaluate", str(tmp_path))
     assert proc.returncode == 2 and "no checkpoint at" in proc.stderr
+
+
+@pytest.mark.slow
+def test_visualize_writes_the_figures_of_a_trained_run(run_dir, tmp_path):
+    import matplotlib.image
+
+    out, _ = run_dir
+    proc = _run("visualize", str(out), "--layer", "conv2", "--channels", "0", "3", "--k", "4", "--images", "2", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    written = [line for line in proc.stdout.splitlines() if line.endswith(".png")]
+    names = sorted(p.rsplit("/", 1)[1] for p in written)
+    assert names == ["comparison.png", "deconv_conv2.png", "feature_maps_conv2.png", "filters_conv1.png"]
+    for path in written:
+        pic = matplotlib.image.imread(path)
+        assert pic.shape[0] > 150 and pic.shape[1] > 300 and pic[..., :3].var() > 1e-3
+
+
+@pytest.mark.slow
+def test_visualize_reports_bad_layers_and_channels(run_dir):
+    out, _ = run_dir
+    proc = _run("visualize", str(out), "--layer", "conv7")
+    assert proc.returncode == 2 and "layer 'conv7' does not exist" in proc.stderr
+    proc = _run("visualize", str(out), "--layer", "conv1", "--channels", "6")
+    assert proc.returncode == 2 and "channel 6 is out of range for layer 'conv1' with 6 channels" in proc.stderr
+
+
+def test_visualize_refuses_a_checkpoint_that_does_not_match_its_model(tmp_path):
+    import jax
+
+    from tinyfn import models
+    from tinyfn.train import save_checkpoint
+
+    _, params = models.lenet5().init(jax.random.key(0), (None, 1, 28, 28))
+    save_checkpoint(tmp_path / "checkpoint.safetensors", params, metadata={"model": {"name": "wide_cnn", "kwargs": {}}})
+    proc = _run("visualize", str(tmp_path))
+    assert proc.returncode == 2 and "has shape" in proc.stderr and "expected" in proc.stderr

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test loss, accuracy and per-class accuracy of a checkpoint")
     train_command.add_evaluate_arguments(p)
     p.set_defaults(run=train_command.evaluate_command)
+
+    from tinyfn.visualize import command as visualize_command
+
+    p = sub.add_parser("visualize", help="DeconvNet projections, filters, feature maps and saliency figures of a trained model")
+    visualize_command.add_arguments(p)
+    p.set_defaults(run=visualize_command.run)
     return parser
 
 

@@ -69,7 +69,7 @@ def plot_deconv_grid(projections, patches, path, *, layer: str, channels, image_
         shown = ", ".join(str(int(i)) for i in idx)
         axes[r, 0].set_xlabel(f"images {shown}", fontsize=7)
     fig.suptitle(f"DeconvNet: strongest activations of {layer}, projected to pixels", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return _save(fig, path)
 
 
@@ -117,7 +117,7 @@ def plot_feature_maps(maps, path, *, title: str, ncols: int = 8):
         ax.imshow(maps[i], cmap="viridis", interpolation="nearest")
         ax.set_title(f"channel {i}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return _save(fig, path)
 
 
