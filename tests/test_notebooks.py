@@ -38,7 +38,8 @@ def _kernel_manager(tmp_path: Path) -> KernelManager:
 def test_the_course_is_there():
     names = {p.name for p in NOTEBOOKS}
     expected = {"01_gradients_and_laws.ipynb", "02_linear_layer.ipynb", "03_convolution_as_matrix.ipynb",
-                "04_deconvolution_and_unpooling.ipynb", "07_write_your_own_layer.ipynb"}  # fmt: skip
+                "04_deconvolution_and_unpooling.ipynb", "05_train_a_cnn.ipynb", "06_deconvnet.ipynb",
+                "07_write_your_own_layer.ipynb"}  # fmt: skip
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
 
