@@ -100,3 +100,16 @@ def test_cli_gradcheck_prints_an_all_pass_table():
 def test_cli_help_lists_the_commands():
     out = subprocess.run([sys.executable, "-m", "tinyfn", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "gradcheck" in out.stdout
+
+
+def test_check_vjp_takes_pytrees_such_as_a_layers_params():
+    from tinyfn.layers import Conv2D, Linear, ReLU, Flatten, serial
+
+    model = serial(Conv2D(2, 3), ReLU(), Flatten(), Linear(3))
+    _, params = model.init(jax.random.key(0), (None, 1, 5, 5))
+    x = jax.random.normal(jax.random.key(1), (2, 1, 5, 5))
+    report = gradcheck.check_vjp(lambda p, x: model.apply(p, x), (params, x), argnames=("params", "x"), max_elements=50)
+    assert report.passed
+    assert [a.name for a in report.args] == ["params[0]['b']", "params[0]['w']", "params[3]['b']", "params[3]['w']", "x"]
+    only_params = gradcheck.check_vjp(lambda p, x: model.apply(p, x), (params, x), argnums=(0,), finite_differences=False)
+    assert len(only_params.args) == 4

@@ -220,8 +220,8 @@ def check_vjp(
       f: the function under test, called as ``f(*args)``; bind static options with
         ``functools.partial`` or a lambda. Its output may be a pytree; integer
         outputs get no cotangent.
-      args: the arguments. Floating ones are checked (or those in ``argnums``);
-        others (integer labels, switches) are passed through.
+      args: the arguments: arrays or pytrees of arrays (a layer's params dict, say). Floating ones
+        are checked (or those in ``argnums``); others (integer labels, switches) are passed through.
       reference: an independent implementation differentiated by JAX, compared in
         the arguments' own dtype with ``rtol``/``atol`` (``default_tolerance`` of the
         dtype when ``None``): pass if ``max|a - b| <= atol + rtol · max|b|``.
@@ -235,6 +235,10 @@ def check_vjp(
       A ``GradcheckReport`` with, per argument, the largest absolute and relative errors.
     """
     args = tuple(args)
+    if not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in args):
+        return _check_vjp_pytree(f, args, reference, argnums, argnames, cotangent=cotangent, seed=seed, rtol=rtol, atol=atol,
+                                 finite_differences=finite_differences, eps=eps, fd_rtol=fd_rtol, fd_atol=fd_atol,
+                                 max_elements=max_elements, raise_on_failure=raise_on_failure)  # fmt: skip
     argnums = _float_argnums(args) if argnums is None else tuple(argnums)
     for i in argnums:
         if not 0 <= i < len(args) or not _is_float(args[i]):
@@ -283,3 +287,16 @@ def check_vjp(
             parts.append(f"vs finite differences: max abs error {bad.fd_abs:.3e}, rel {bad.fd_rel:.3e} (rtol {fd_rtol:g}, atol {fd_atol:g})")
         raise AssertionError(f"gradient of {bad.name} {bad.shape} is wrong: " + "; ".join(parts) + f"\n{report}")
     return report
+
+
+def _check_vjp_pytree(f, args, reference, argnums, argnames, **kwargs):
+    """``check_vjp`` for pytree arguments: check every leaf, named by its path (``params['w']``)."""
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(args)
+    leaves = [leaf for _, leaf in leaves_with_paths]
+    top = list(argnames) if argnames is not None else [f"args[{i}]" for i in range(len(args))]
+    names = [top[p[0].idx] + jax.tree_util.keystr(p[1:]) for p, _ in leaves_with_paths]
+    chosen = None
+    if argnums is not None:
+        chosen = [i for i, (p, leaf) in enumerate(leaves_with_paths) if p[0].idx in set(argnums) and _is_float(leaf)]
+    unflat = lambda fn: (lambda *ls: fn(*jax.tree_util.tree_unflatten(treedef, ls)))  # noqa: E731
+    return check_vjp(unflat(f), leaves, reference=None if reference is None else unflat(reference), argnums=chosen, argnames=names, **kwargs)

@@ -163,13 +163,6 @@ def deconvnet(model, params, x, layer, channel, *, mode: str = "max", k: int = 9
     return _project(model, params, x, layer, channel, "deconvnet", mode, k)
 
 
-def _target(model, layer, target):
-    table = layer_table(model)
-    if layer is None:
-        layer = len(table) - 1
-    return resolve_layer(model, layer), target
-
-
 def saliency(model, params, x, target=None, *, layer=None, mode: str = "max", k: int = 9):
     """Gradient saliency: ``∂ a / ∂ x`` for a unit ``a``: by default the class score ``target`` (the model's
     last layer, the predicted class when ``target`` is None); or feature map ``target`` of ``layer``."""
@@ -182,7 +175,7 @@ def guided_backprop(model, params, x, target=None, *, layer=None, mode: str = "m
 
 
 def _gradient_like(model, params, x, target, layer, rule, mode, k):
-    info, target = _target(model, layer, target)
+    info = resolve_layer(model, len(layer_table(model)) - 1 if layer is None else layer)
     xb, single = _as_batch(x)
     if target is None:
         out = record(model, params, xb, upto=info.index).outputs[-1]
