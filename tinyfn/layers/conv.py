@@ -9,12 +9,16 @@ two matrix laws without ever building ``W*``:
 * ``dW  = g X*ᵀ``: the weight gradient correlates ``g`` with the input patches;
 * deconvolution's forward *is* ``W*ᵀ``, so its backward is a convolution.
 
-All three are computed by the same three kernels below, each choosing its
-formulation by shape: ``direct`` (one fused multiply-add per filter tap:
-fastest with few channels, where XLA's convolution kernel is slow), XLA's own
-correlation (``lax.conv_general_dilated``, for stride 1 or a forward pass
-with many channels), and ``gemm`` (im2col: the taps stacked into one matrix
-and a single matrix product, for strided gradients).
+All three are computed by the same three kernels below. By default they are
+literally the two laws: ``X*`` (im2col, ``(C·kh·kw, Ho·Wo·N)``) is built once in
+the forward and kept for the backward, and each rule is one matrix product —
+``Y = W X*``, ``dW = g X*ᵀ``, ``dX* = Wᵀ g`` followed by col2im (each tap of
+``dX*`` added back where it was taken). Inside, arrays are laid out
+``(C, H, W, N)``: channels first so that every product is a plain 2-D GEMM, the
+batch innermost so that every tap is a shift of whole contiguous rows; the
+layout changes at the NCHW API cancel between consecutive tinyfn ops under
+``jit``. A ``direct`` formulation (one fused multiply-add per filter tap) serves
+the shapes where the GEMM would degenerate to a matrix-vector product.
 """
 
 from __future__ import annotations
@@ -93,61 +97,175 @@ def _pad(x, padding):
     return jnp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
 
 
-_DN = ("NCHW", "OIHW", "NCHW")
+def _use_gemm(c, k, kernel) -> bool:
+    """Formulation choice: the GEMM over ``X*`` unless the product degenerates to a matrix-vector
+    one (a single output channel, or a single input channel under a 1×1 filter)."""
+    return k > 1 and c * kernel[0] * kernel[1] > 1
 
 
-def _few_channels(c, k) -> bool:
-    """XLA's convolution kernel is slow with few channels; there one fused multiply-add per tap wins."""
-    return c * k <= 32
+def _chwn(x):
+    """``(N, C, H, W) -> (C, H, W, N)``: the layout of the GEMM kernels. Channels first makes each
+    product a plain 2-D GEMM; the batch innermost makes every tap a shift of whole contiguous rows."""
+    return x.transpose(1, 2, 3, 0)
 
 
-def _conv_forward(x, w, stride, padding):
-    """``y[n,k] = Σ_{c,i,j} w[k,c,i,j] xp[n,c,i+s·r,j+s·q]``, i.e. ``Y* = W* X*``."""
+def _nchw(x):
+    """``(C, H, W, N) -> (N, C, H, W)``; between two tinyfn ops it cancels the next ``_chwn``."""
+    return x.transpose(3, 0, 1, 2)
+
+
+def _span(out_hw, stride):
+    return tuple((o - 1) * s + 1 for o, s in zip(out_hw, stride))
+
+
+def _im2col(xp, kernel, out_hw, stride):
+    """Every tap of the padded ``xp (A, Hp, Wp, B)``, stacked: ``(A, kh·kw, Ho, Wo, B)``.
+
+    Built tap by tap in a loop, which also makes XLA compute ``xp`` once: it would otherwise
+    fuse (and so recompute) ``xp``'s producer into each of the ``kh·kw`` tap slices.
+    """
+    (kh, kw), (sh, sw) = kernel, stride
+    a, _, _, b = xp.shape
+
+    def put(t, cols):
+        tap = lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), (a, *_span(out_hw, stride), b))[:, ::sh, ::sw]
+        return lax.dynamic_update_slice(cols, tap[:, None], (0, t, 0, 0, 0))
+
+    return lax.fori_loop(0, kh * kw, put, jnp.zeros((a, kh * kw, *out_hw, b), xp.dtype))
+
+
+def _col2im(tap_grad, kernel, in_hw, stride, padding, shape, dtype):
+    """Transpose of ``_im2col``: add each ``tap_grad(t) (A, Ho, Wo, B)`` back under tap ``t`` of a zero
+    padded ``(A, H + 2ph, W + 2pw, B)``, then crop the padding. A loop, so the result is computed once."""
+    (kh, kw), (sh, sw), (ph, pw), (h, w) = kernel, stride, padding, in_hw
+    a, _, _, b = shape
+    zero = jnp.zeros((), dtype)
+
+    def add(t, acc):
+        d = lax.pad(tap_grad(t), zero, ((0, 0, 0), (0, 0, sh - 1), (0, 0, sw - 1), (0, 0, 0)))  # stride: zeros between
+        at = (0, t // kw, t % kw, 0)
+        return lax.dynamic_update_slice(acc, lax.dynamic_slice(acc, at, d.shape) + d, at)
+
+    acc = lax.fori_loop(0, kh * kw, add, jnp.zeros((a, h + 2 * ph, w + 2 * pw, b), dtype))
+    return acc[:, ph : ph + h, pw : pw + w]
+
+
+MAX_UNROLLED_BYTES = 32 * 2**20
+"""The largest ``X*`` (or ``dX*``) built at once. Above it the batch is split into chunks that
+go through the GEMMs one after the other, and the backward rebuilds each chunk's ``X*``.
+glibc maps and unmaps blocks above 32 MiB on every use, a page fault per 4 KiB, so a larger
+``X*`` would cost that on every step; chunking costs extra passes over the activations, so
+it starts only there."""
+
+
+def _n_chunks(x_shape, kernel, out_hw) -> int:
+    """How many batch chunks keep ``X*`` under ``MAX_UNROLLED_BYTES`` (a divisor of N when one is close)."""
+    n, c = x_shape[:2]
+    total = c * kernel[0] * kernel[1] * out_hw[0] * out_hw[1] * n * 4
+    m = min(n, -(-total // MAX_UNROLLED_BYTES))
+    return next((d for d in range(m, min(2 * m, n) + 1) if n % d == 0), m)
+
+
+def _split(a, m):
+    """``(A, H, W, N) -> (m, A, H, W, ⌈N/m⌉)``, the batch zero-padded to a multiple of ``m``."""
+    n = a.shape[-1]
+    nc = -(-n // m)
+    a = jnp.pad(a, ((0, 0), (0, 0), (0, 0), (0, m * nc - n)))
+    return a.reshape(*a.shape[:3], m, nc).transpose(3, 0, 1, 2, 4)
+
+
+def _merge(a, n):
+    """Inverse of ``_split``: ``(m, A, H, W, nc) -> (A, H, W, n)``."""
+    m, *mid, nc = a.shape
+    return a.transpose(1, 2, 3, 0, 4).reshape(*mid, m * nc)[..., :n]
+
+
+def _padded(x, padding):
+    """``x (N, C, H, W)`` as ``(C, H + 2ph, W + 2pw, N)``."""
+    (ph, pw) = padding
+    return jnp.pad(_chwn(x), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+
+
+def _unrolled(x, kernel, stride, padding):
+    """``X*`` of ``x (N, C, H, W)``: ``(C·kh·kw, Ho·Wo·N)``, rows ``(c, i, j)`` as in ``w.reshape(K, -1)``;
+    ``None`` when it is built chunk by chunk (see ``MAX_UNROLLED_BYTES``)."""
+    out_hw = conv_output_size(x.shape[2:], kernel, stride, padding)
+    if _n_chunks(x.shape, kernel, out_hw) > 1:
+        return None
+    return _im2col(_padded(x, padding), kernel, out_hw, stride).reshape(x.shape[1] * kernel[0] * kernel[1], -1)
+
+
+def _dot_nt(a, b):
+    """``a bᵀ`` for 2-D ``a``, ``b``."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+
+
+def _conv_forward(x, w, stride, padding, cols=None):
+    """``y[n,k] = Σ_{c,i,j} w[k,c,i,j] xp[n,c,i+s·r,j+s·q]``, i.e. ``Y* = W* X*``; ``cols`` is ``X*`` if known."""
     k, c, kh, kw = w.shape
-    if not _few_channels(c, k):
-        (ph, pw) = padding
-        return lax.conv_general_dilated(x, w, stride, ((ph, ph), (pw, pw)), dimension_numbers=_DN)
+    n = x.shape[0]
     out_hw = conv_output_size(x.shape[2:], (kh, kw), stride, padding)
+    if _use_gemm(c, k, (kh, kw)):
+        w2 = w.reshape(k, -1)
+        if cols is None:
+            cols = _unrolled(x, (kh, kw), stride, padding)
+        if cols is not None:
+            return _nchw((w2 @ cols).reshape(k, *out_hw, n))
+        chunk = lambda xc: (w2 @ _im2col(xc, (kh, kw), out_hw, stride).reshape(w2.shape[1], -1)).reshape(k, *out_hw, -1)  # noqa: E731
+        return _nchw(_merge(lax.map(chunk, _split(_padded(x, padding), _n_chunks(x.shape, (kh, kw), out_hw))), n))
     y = None
     for t, tap in enumerate(_taps(_pad(x, padding), (kh, kw), out_hw, stride)):
-        term = jnp.einsum("nchw,kc->nkhw", tap, w[:, :, t // kw, t % kw])
-        y = term if y is None else y + term
+        for ci in range(c):
+            term = tap[:, ci : ci + 1] * w[None, :, ci, t // kw, t % kw, None, None]
+            y = term if y is None else y + term
     return y
 
 
 def _conv_input_grad(g, w, stride, padding, in_hw):
     """``W*ᵀ g``: the transposed convolution of ``g (N, K, Ho, Wo)`` back to ``(N, C, H, W)``."""
     k, c, kh, kw = w.shape
-    (ph, pw), (h, wd) = padding, in_hw
-    if not _few_channels(c, k) and stride == (1, 1):
-        # stride 1: a plain correlation of the zero-padded g with the flipped, transposed filters
-        pads = ((kh - 1 - ph, h - g.shape[2] + ph), (kw - 1 - pw, wd - g.shape[3] + pw))
-        return lax.conv_general_dilated(g, jnp.flip(w, (2, 3)).transpose(1, 0, 2, 3), (1, 1), pads, dimension_numbers=_DN)
-    if _few_channels(c, k):
-        parts = (jnp.einsum("nkhw,kc->nchw", g, w[:, :, t // kw, t % kw]) for t in range(kh * kw))
-    else:
-        n, _, ho, wo = g.shape
-        dcols = jnp.einsum("nkl,kp->npl", g.reshape(n, k, ho * wo), w.reshape(k, c * kh * kw))
-        dcols = dcols.reshape(n, c, kh * kw, ho, wo)
-        parts = (dcols[:, :, t] for t in range(kh * kw))
-    dx = None
-    for t, part in enumerate(parts):
-        placed = _untap(part, t // kw, t % kw, in_hw, stride, padding)
-        dx = placed if dx is None else dx + placed
-    return dx
+    n, _, ho, wo = g.shape
+    if _use_gemm(c, k, (kh, kw)):
+        wt = w.reshape(k, c, kh * kw).transpose(1, 2, 0).reshape(-1, k)  # Wᵀ as its own array: XLA's faster GEMM
+
+        def back(gc):  # (K, Ho, Wo, nc) -> (C, H, W, nc)
+            dcols = (wt @ gc.reshape(k, -1)).reshape(c, kh * kw, ho, wo, -1)
+            tap_grad = lambda t: lax.dynamic_index_in_dim(dcols, t, axis=1, keepdims=False)  # noqa: E731
+            return _col2im(tap_grad, (kh, kw), in_hw, stride, padding, (c, ho, wo, gc.shape[-1]), g.dtype)
+
+        m = _n_chunks((n, c), (kh, kw), (ho, wo))
+        return _nchw(back(_chwn(g)) if m == 1 else _merge(lax.map(back, _split(_chwn(g), m)), n))
+    wt = w.reshape(k, c, kh * kw)
+
+    def tap_grad(t):  # Σ_k g[:, k] w[k, :, i, j], as (N, Ho, Wo, C)
+        wk = lax.dynamic_index_in_dim(wt, t, axis=2, keepdims=False)
+        return sum(g[:, kk : kk + 1] * wk[kk][None, :, None, None] for kk in range(k)).transpose(0, 2, 3, 1)
+
+    return _col2im(tap_grad, (kh, kw), in_hw, stride, padding, (n, ho, wo, c), g.dtype).transpose(0, 3, 1, 2)
 
 
-def _conv_weight_grad(x, g, stride, padding, kernel):
-    """``g X*ᵀ``: ``dw[k,c,i,j] = Σ_{n,r,q} g[n,k,r,q] xp[n,c,i+s·r,j+s·q]``."""
-    n, c = x.shape[:2]
-    k, (ho, wo) = g.shape[1], g.shape[2:]
+def _conv_weight_grad(x, g, stride, padding, kernel, cols=None):
+    """``g X*ᵀ``: ``dw[k,c,i,j] = Σ_{n,r,q} g[n,k,r,q] xp[n,c,i+s·r,j+s·q]``; ``cols`` is ``X*`` if known."""
+    c, k, (ho, wo) = x.shape[1], g.shape[1], g.shape[2:]
     kh, kw = kernel
-    if stride == (1, 1):
-        # the same sum as a correlation of x with g over (n, r, q): batch and feature roles swapped
-        (ph, pw) = padding
-        return lax.conv_general_dilated(x, g, (1, 1), ((ph, ph), (pw, pw)), dimension_numbers=("CNHW", "IOHW", "CNHW"))
-    cols = jnp.stack(_taps(_pad(x, padding), kernel, (ho, wo), stride), axis=2).reshape(n, c * kh * kw, ho * wo)
-    return jnp.einsum("nkl,npl->kp", g.reshape(n, k, ho * wo), cols).reshape(k, c, kh, kw)
+    if _use_gemm(c, k, kernel):
+        if cols is None:
+            cols = _unrolled(x, kernel, stride, padding)
+        if cols is not None:
+            dwt = _dot_nt(cols, _chwn(g).reshape(k, -1))  # X* gᵀ = dWᵀ: the faster operand order here
+        else:
+
+            def add(dwt, xg):
+                xc, gc = xg
+                return dwt + _dot_nt(_im2col(xc, kernel, (ho, wo), stride).reshape(dwt.shape[0], -1), gc.reshape(k, -1)), None
+
+            m = _n_chunks(x.shape, kernel, (ho, wo))
+            zero = jnp.zeros((c * kh * kw, k), g.dtype)
+            dwt = lax.scan(add, zero, (_split(_padded(x, padding), m), _split(_chwn(g), m)))[0]
+        return dwt.reshape(c, kh, kw, k).transpose(3, 0, 1, 2)
+    taps = _taps(_pad(x, padding), kernel, (ho, wo), stride)
+    dw = jnp.stack([(g[:, :, None] * tap[:, None]).sum((3, 4)).sum(0) for tap in taps], axis=-1)
+    return dw.reshape(k, c, kh, kw)
 
 
 def _add_bias(y, b):
@@ -163,13 +281,14 @@ def _conv2d(x, w, b, stride, padding):
 
 
 def _conv2d_fwd(x, w, b, stride, padding):
-    return _conv2d(x, w, b, stride, padding), (x, w, b)
+    cols = _unrolled(x, w.shape[2:], stride, padding) if _use_gemm(*w.shape[1::-1], w.shape[2:]) else None  # X*, kept
+    return _add_bias(_conv_forward(x, w, stride, padding, cols), b), (x, cols, w, b)
 
 
 def _conv2d_bwd(stride, padding, res, g):
-    x, w, b = res
+    x, cols, w, b = res
     dx = _conv_input_grad(g, w, stride, padding, x.shape[2:])  # Law 1: Y* = W* X*  =>  dX* = W*ᵀ g
-    dw = _conv_weight_grad(x, g, stride, padding, w.shape[2:])  # Law 2: Y = W X* (X* the im2col matrix)  =>  dW = g X*ᵀ
+    dw = _conv_weight_grad(x, g, stride, padding, w.shape[2:], cols)  # Law 2: Y = W X* (X* the im2col matrix)  =>  dW = g X*ᵀ
     db = None if b is None else g.sum(axis=(0, 2, 3))
     return dx, dw, db
 

@@ -22,7 +22,7 @@ from jax import lax
 
 from tinyfn import _checks
 from tinyfn.layers.base import Layer, _check_shape
-from tinyfn.layers.conv import _untap, conv_output_size
+from tinyfn.layers.conv import _taps, _untap, conv_output_size
 
 __all__ = ["max_pool2d", "max_pool2d_with_switches", "max_unpool2d", "MaxPool2D"]
 
@@ -45,58 +45,75 @@ def _check_window(op, hw, window, padding):
             raise ValueError(f"{op}: window {tuple(window)} is larger than the padded input ({axis} {n} + 2*{p})")
 
 
-def _first_max(a, b):
-    """Reduction of (value, flat index) pairs: the larger value, NaN above all, the lower index on ties."""
-    (va, ia), (vb, ib) = a, b
-    na, nb = jnp.isnan(va), jnp.isnan(vb)
-    take_b = (nb & ~na) | (~na & ~nb & (vb > va)) | (((va == vb) | (na & nb)) & (ib < ia))
-    return jnp.where(take_b, vb, va), jnp.where(take_b, ib, ia)
+def _argmax_code(x, window, stride, padding):
+    """Pooled maxima ``(N, C, Ho, Wo)`` and the window-local tap ``i * kw + j`` of each (int32).
 
-
-def _pool_with_switches(x, window, stride, padding):
-    """Maxima ``(N, C, Ho, Wo)`` and their flat indices ``h * W + w`` (int32), in one variadic reduce-window.
-
-    XLA never fuses a reduce-window into its consumers, so the pooled map is
-    computed once and not recomputed inside every later slice that reads it.
+    A loop over the window's taps keeps the running maximum and where it came from; as loop
+    outputs both are computed once (XLA would otherwise recompute them inside every consumer).
+    The loop runs in the convolution kernels' layout ``(C, H, W, N)``, so that the layout
+    changes between them cancel.
     """
-    h, w = x.shape[2:]
-    flat = lax.broadcasted_iota(jnp.int32, (h, w), 0) * w + lax.broadcasted_iota(jnp.int32, (h, w), 1)
-    inits = (jnp.array(-jnp.inf, x.dtype), jnp.array(jnp.iinfo(jnp.int32).max, jnp.int32))
-    pads = ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1]))
-    return lax.reduce_window((x, jnp.broadcast_to(flat, x.shape)), inits, _first_max, (1, 1, *window), (1, 1, *stride), pads)
+    (kh, kw), (sh, sw) = window, stride
+    out_hw = conv_output_size(x.shape[2:], window, stride, padding)
+    x = x.transpose(1, 2, 3, 0)
+    ph, pw = padding
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=-jnp.inf) if ph or pw else x
+    c, n = x.shape[0], x.shape[3]
+    span = ((out_hw[0] - 1) * sh + 1, (out_hw[1] - 1) * sw + 1)
 
+    def tap(t):
+        return lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), (c, *span, n))[:, ::sh, ::sw]
 
-def _switches_to_code(switches, window, stride, padding, in_w):
-    """Flat input indices to window-local taps ``i * kw + j``."""
-    ho, wo = switches.shape[2:]
-    rows = switches // in_w - (jnp.arange(ho, dtype=jnp.int32)[None, None, :, None] * stride[0] - padding[0])
-    cols = switches % in_w - (jnp.arange(wo, dtype=jnp.int32)[None, None, None, :] * stride[1] - padding[1])
-    return rows * window[1] + cols
+    def keep_max(t, carry):
+        best, code = carry
+        new = tap(t)
+        take = (new > best) | (jnp.isnan(new) & ~jnp.isnan(best))  # strict: the first maximum wins
+        return jnp.where(take, new, best), jnp.where(take, t, code)
+
+    first = tap(0)
+    best, code = lax.fori_loop(1, kh * kw, keep_max, (first, jnp.zeros(first.shape, jnp.int32)))
+    return best.transpose(3, 0, 1, 2), code.transpose(3, 0, 1, 2)
 
 
 def _route_back(g, code, window, stride, padding, in_hw):
     """Send each ``g`` to the input position its window's maximum came from (sums where windows overlap)."""
-    kw = window[1]
+    (kh, kw), (h, w) = window, in_hw
+    n, c, ho, wo = g.shape
+    if stride == window and padding == (0, 0):  # windows tile the input: one select, no scatter
+        # in the (C, H, W, N) layout of the convolution kernels, as in the forward loop
+        gc, cc = g.transpose(1, 2, 3, 0)[:, :, None, :, None], code.transpose(1, 2, 3, 0)[:, :, None, :, None]
+        tap = jnp.arange(kh * kw, dtype=jnp.int32).reshape(1, 1, kh, 1, kw, 1)
+        dx = jnp.where(cc == tap, gc, jnp.zeros((), g.dtype)).reshape(c, ho * kh, wo * kw, n)
+        dx = jnp.pad(dx, ((0, 0), (0, h - ho * kh), (0, w - wo * kw), (0, 0)))  # rows/columns no window covers
+        return dx.transpose(3, 0, 1, 2)
     dx = None
-    for t in range(window[0] * kw):
+    for t in range(kh * kw):
         part = _untap(jnp.where(code == t, g, jnp.zeros((), g.dtype)), t // kw, t % kw, in_hw, stride, padding)
         dx = part if dx is None else dx + part
     return dx
 
 
+def _code_to_switches(code, window, stride, padding, in_w):
+    """Window-local taps to PyTorch-style flat indices ``h * W + w`` in the input plane."""
+    ho, wo = code.shape[2:]
+    kw = window[1]
+    rows = jnp.arange(ho, dtype=jnp.int32)[None, None, :, None] * stride[0] - padding[0] + code // kw
+    cols = jnp.arange(wo, dtype=jnp.int32)[None, None, None, :] * stride[1] - padding[1] + code % kw
+    return rows * in_w + cols
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool(x, window, stride, padding, in_hw):
-    return _pool_with_switches(x, window, stride, padding)
+    return _argmax_code(x, window, stride, padding)
 
 
 def _max_pool_fwd(x, window, stride, padding, in_hw):
-    y, switches = _pool_with_switches(x, window, stride, padding)
-    return (y, switches), switches
+    y, code = _argmax_code(x, window, stride, padding)
+    return (y, code), code
 
 
-def _max_pool_bwd(window, stride, padding, in_hw, switches, cotangents):
+def _max_pool_bwd(window, stride, padding, in_hw, code, cotangents):
     g, _ = cotangents  # the switches are integers: no cotangent
-    code = _switches_to_code(switches, window, stride, padding, in_hw[1])
     # Routing is linear, y = S x with S a 0/1 selection matrix, so by Law 1: dx = Sᵀ g.
     return (_route_back(g, code, window, stride, padding, in_hw),)
 
@@ -131,7 +148,8 @@ def max_pool2d_with_switches(x, window=2, *, stride=None, padding=0):
     to ``max_unpool2d`` to put a signal back where the maxima were.
     """
     x, window, stride, padding = _pool_args(x, window, stride, padding, "max_pool2d_with_switches")
-    return _max_pool(x, window, stride, padding, x.shape[2:])
+    y, code = _max_pool(x, window, stride, padding, x.shape[2:])
+    return y, _code_to_switches(code, window, stride, padding, x.shape[3])
 
 
 def _unpool(y, switches, hw):
