@@ -37,6 +37,7 @@ def _gradcheck(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyfn", description="tinyfn: a small functional deep-learning library with handwritten gradients.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     p = sub.add_parser("gradcheck", help="check every built-in op's handwritten gradient against autodiff and finite differences")
@@ -63,7 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, OSError) as exc:  # bad input, missing or unreadable files, full disks
+        if args.debug:
+            raise
+        print(f"error: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from tinyfn.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from tinyfn.train.loop import CHECKPOINT_NAME, StepInfo, evaluate, fit
+from tinyfn.train.malloc import keep_freed_memory
+from tinyfn.train.parallel import data_mesh, is_writer
 from tinyfn.train.model_io import load_model
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
 from tinyfn.train.plots import confusion_matrix, plot_confusion, plot_history
@@ -25,6 +27,9 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CHECKPOINT_NAME",
+    "keep_freed_memory",
+    "data_mesh",
+    "is_writer",
     "plot_history",
     "plot_confusion",
     "confusion_matrix",

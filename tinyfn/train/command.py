@@ -30,6 +30,23 @@ def add_train_arguments(p):
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>-<data>, a fresh one if that holds a run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (or the default run directory) from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--devices", type=int, default=None, help="data-parallel over this many devices (jax.sharding; the batch size must divide by it)")
+
+
+def _check_recipe(recipe, devices):
+    """Flag values that cannot train, named as on the command line, before any data is read."""
+    checks = (
+        ("epochs", recipe["epochs"] >= 1, "a positive integer"),
+        ("batch-size", recipe["batch_size"] >= 1, "a positive integer"),
+        ("lr", recipe["lr"] > 0 and np.isfinite(recipe["lr"]), "a positive number"),
+        ("momentum", 0 <= recipe["momentum"] < 1, "in [0, 1)"),
+        ("weight-decay", recipe["weight_decay"] >= 0 and np.isfinite(recipe["weight_decay"]), "a non-negative number"),
+    )
+    for flag, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"--{flag} must be {expected}, got {recipe[flag.replace('-', '_')]}")
+    if devices is not None and devices < 1:
+        raise ValueError(f"--devices must be a positive integer, got {devices}")
 
 
 def _data_name(data: str) -> str:
@@ -63,22 +80,28 @@ def train(args) -> int:
 
     from tinyfn import data as D
     from tinyfn.models import get_model
-    from tinyfn.train import confusion_matrix, evaluate, fit, plot_confusion, plot_history, sgd
+    from tinyfn.train import confusion_matrix, data_mesh, evaluate, fit, is_writer, plot_confusion, plot_history, sgd
 
     recipe = dict(RECIPES["embedded" if args.data == "embedded" else "full"])
     for name in recipe:
         value = getattr(args, name, None)
         if value is not None:
             recipe[name] = value
+    _check_recipe(recipe, args.devices)
+    mesh = data_mesh(args.devices) if args.devices is not None else None
     train_set, test_set = D.load_dataset(args.data, "train"), D.load_dataset(args.data, "test")
+    if recipe["batch_size"] > len(train_set):
+        raise ValueError(f"--batch-size {recipe['batch_size']} is larger than the {len(train_set):,} training images of {args.data}")
     mean, std = D.normalization(train_set.images)
     x_train, x_test = D.normalize(train_set.images, mean, std), D.normalize(test_set.images, mean, std)
     num_classes = len(train_set.classes)
     model = get_model(recipe["model"], num_classes=num_classes)
     run_dir = _run_dir(args, recipe["model"])
-    run_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m tinyfn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    (run_dir / "command.txt").write_text(command + "\n")
+    writer = is_writer()  # with several hosts, only process 0 writes files
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "command.txt").write_text(command + "\n")
 
     key = jax.random.key(args.seed)
     init_key, fit_key = jax.random.split(key)
@@ -97,7 +120,8 @@ def train(args) -> int:
     }
     n_params = sum(int(a.size) for a in jax.tree_util.tree_leaves(params))
     if not args.quiet:
-        print(f"training {recipe['model']} ({n_params:,} params) on {args.data}: {len(x_train):,} train / {len(x_test):,} test images; "
+        where = f" on {mesh.size} devices" if mesh is not None else ""
+        print(f"training {recipe['model']} ({n_params:,} params){where} on {args.data}: {len(x_train):,} train / {len(x_test):,} test images; "
               f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, SGD lr {recipe['lr']} ({recipe['schedule']}), momentum "
               f"{recipe['momentum']}, weight decay {recipe['weight_decay']}; run directory {run_dir}", flush=True)  # fmt: skip
     t0 = time.perf_counter()
@@ -105,7 +129,7 @@ def train(args) -> int:
         params, history = fit(
             model, params, (x_train, train_set.labels), epochs=recipe["epochs"], batch_size=recipe["batch_size"],
             optimizer=optimizer, key=fit_key, eval_data=(x_test, test_set.labels), checkpoint_dir=run_dir,
-            resume=args.resume, metadata=metadata, quiet=args.quiet,
+            resume=args.resume, metadata=metadata, quiet=args.quiet, mesh=mesh,
         )  # fmt: skip
     except KeyboardInterrupt:
         print(f"stopped; resume with: {command} --resume" + ("" if args.out else f" --out {run_dir}"), file=sys.stderr)
@@ -114,6 +138,8 @@ def train(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     loss, acc, preds = evaluate(model, params, (x_test, test_set.labels))
+    if not writer:
+        return 0
     (run_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     plot_history(history, run_dir / "curves.png", title=f"{recipe['model']} on {args.data}")
     plot_confusion(confusion_matrix(test_set.labels, preds, num_classes), train_set.classes, run_dir / "confusion.png")

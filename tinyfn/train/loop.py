@@ -14,6 +14,8 @@ import jax.numpy as jnp
 
 from tinyfn.losses import softmax_cross_entropy
 from tinyfn.train.checkpoint import load_checkpoint, save_checkpoint
+from tinyfn.train import parallel
+from tinyfn.train.malloc import keep_freed_memory
 from tinyfn.train.step import make_eval_step, make_train_step
 
 __all__ = ["fit", "evaluate", "StepInfo", "CHECKPOINT_NAME"]
@@ -75,6 +77,9 @@ def fit(
     quiet: bool = False,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
     eval_batch_size: int = 1000,
+    tune_malloc: bool = True,
+    mesh=None,
+    devices=None,
 ):
     """Train ``model`` from ``params`` with mini-batch ``optimizer`` steps; returns ``(params, history)``.
 
@@ -94,6 +99,17 @@ def fit(
     finite ones), and on ``KeyboardInterrupt`` (re-raised after saving).
     ``resume=True`` continues from that checkpoint. ``metadata`` (JSON) is stored
     in it.
+
+    Data parallel: with ``mesh`` (a ``jax.sharding.Mesh`` with a ``"data"``
+    axis) or ``devices`` (a count or a list, see ``tinyfn.train.data_mesh``),
+    every batch is placed split over the devices, params and optimizer state are
+    replicated and XLA all-reduces the gradients; ``batch_size`` must divide by
+    the device count. Same seed and global batch, same result as on one device
+    (up to float32 summation order). Only process 0 writes checkpoints.
+
+    ``tune_malloc`` (default) first calls ``tinyfn.train.keep_freed_memory()``,
+    so that glibc stops unmapping and re-faulting the step's temporaries every
+    step (up to 2× faster steps on wider CNNs; freed memory stays with the process).
     """
     x, y = _check_data("train_data", train_data)
     if eval_data is not None:
@@ -103,7 +119,16 @@ def fit(
     if not isinstance(batch_size, int) or not 1 <= batch_size <= len(y):
         raise ValueError(f"batch_size must be an int between 1 and the number of training examples ({len(y)}), got {batch_size!r}")
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if devices is not None:
+        if mesh is not None:
+            raise ValueError("give mesh or devices, not both")
+        mesh = parallel.data_mesh(devices)
+    if mesh is not None:
+        parallel.check_batch_size(mesh, batch_size)
+    if tune_malloc:
+        keep_freed_memory()
     steps = len(y) // batch_size
+    params = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), params)  # the step donates its inputs: not the caller's
     opt_state = optimizer.init(params)
     history = {k: [] for k in HISTORY_KEYS}
     start_epoch, start_batch, partial = 0, 0, (0.0, 0.0, 0)
@@ -124,32 +149,43 @@ def fit(
         wall_offset = history["wall_time"][-1] if history["wall_time"] else 0.0
 
     def save(epoch, batch, sums):
-        if ckpt_path is None:
+        if ckpt_path is None or not parallel.is_writer():
             return None
         position = {"epoch": epoch, "batch": batch, "loss_sum": sums[0], "accuracy_sum": sums[1], "count": sums[2]}
         meta = dict(metadata or {}, position=position, history=history, epochs=epochs, batch_size=batch_size)
-        return save_checkpoint(ckpt_path, params, opt_state=opt_state, step=epoch * steps + batch, key=key, metadata=meta)
+        local = lambda tree: jax.tree_util.tree_map(_one_copy, tree)  # noqa: E731
+        return save_checkpoint(ckpt_path, local(params), opt_state=local(opt_state), step=epoch * steps + batch, key=key, metadata=meta)
 
-    train_step = make_train_step(model, loss_fn, optimizer)
+    train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh)
     eval_step = make_eval_step(model, loss_fn) if eval_data is not None else None
-    x_dev, y_dev = jax.device_put(x), jax.device_put(y)
+    if mesh is not None:
+        params, opt_state = parallel.replicate((params, opt_state), mesh)
+        rows = parallel.local_rows(batch_size)  # this process's share of each global batch
+        put = lambda xb, yb: parallel.put_batch(mesh, xb[rows], yb[rows])  # noqa: E731
+    else:
+        put = lambda xb, yb: jax.device_put((xb, yb))  # noqa: E731
     bar_cls = _progress_bar(quiet)
     t_start = time.perf_counter() - wall_offset
 
     for epoch in range(start_epoch, epochs):
         ekey = jax.random.fold_in(key, epoch)
-        order = jax.random.permutation(ekey, len(y))[: steps * batch_size]
-        xs = x_dev[order].reshape(steps, batch_size, *x.shape[1:])  # staged on the device, once per epoch
-        ys = y_dev[order].reshape(steps, batch_size)
+        order = np.asarray(jax.random.permutation(ekey, len(y)))
         step_keys = jax.vmap(lambda b: jax.random.fold_in(ekey, b))(jnp.arange(steps))
+
+        def batch_at(b):  # staged ahead: copied to the device(s) while the step before it runs
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            return (*put(x[idx], y[idx]), step_keys[b])
+
         first = start_batch if epoch == start_epoch else 0
         loss_sum, acc_sum, count = partial if epoch == start_epoch else (0.0, 0.0, 0)
         bar = bar_cls(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False)
         t_epoch = time.perf_counter()
         batch = first
+        staged = batch_at(first) if first < steps else None
         try:
             for batch in range(first, steps):
-                params, opt_state, m = train_step(params, opt_state, xs[batch], ys[batch], step_keys[batch])
+                params, opt_state, m = train_step(params, opt_state, *staged)
+                staged = batch_at(batch + 1) if batch + 1 < steps else None
                 m = jax.device_get(m)
                 if not m["finite"]:
                     path = save(epoch, batch, (loss_sum, acc_sum, count))
@@ -195,6 +231,11 @@ def fit(
                 flush=True,
             )
     return params, history
+
+
+def _one_copy(a):
+    """A replicated array's copy on this process's first device (multi-host safe), anything else as it is."""
+    return a.addressable_data(0) if isinstance(a, jax.Array) and len(a.sharding.device_set) > 1 else a
 
 
 def _progress_bar(quiet: bool):

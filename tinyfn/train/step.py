@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from tinyfn.layers import Layer
+from tinyfn.train import parallel
 from tinyfn.train.optim import Optimizer
 
 __all__ = ["make_train_step", "make_eval_step", "accuracy"]
@@ -22,7 +25,7 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]))
 
 
-def make_train_step(model: Layer, loss_fn, optimizer: Optimizer, *, donate: bool = True):
+def make_train_step(model: Layer, loss_fn, optimizer: Optimizer, *, donate: bool = True, mesh=None):
     """A jitted ``(params, opt_state, x, y, key) -> (params, opt_state, metrics)``.
 
     Gradients come from ``jax.grad`` through the layers' handwritten rules;
@@ -30,6 +33,11 @@ def make_train_step(model: Layer, loss_fn, optimizer: Optimizer, *, donate: bool
     and ``finite``. A step whose loss or gradients are not finite leaves params
     and optimizer state unchanged (``finite`` false), so the caller can stop with
     the last good values. ``params`` and ``opt_state`` buffers are donated.
+
+    With a ``mesh`` (``tinyfn.train.data_mesh``), the step is data-parallel:
+    ``x`` and ``y`` are split along the mesh's ``data`` axis, params, optimizer
+    state and metrics are replicated, and XLA inserts the all-reduce of the
+    gradients. The batch size must divide by the number of devices.
     """
 
     def step(params, opt_state, x, y, key):
@@ -43,7 +51,18 @@ def make_train_step(model: Layer, loss_fn, optimizer: Optimizer, *, donate: bool
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         return keep(new_params, params), keep(new_state, opt_state), {"loss": loss, "accuracy": accuracy(logits, y), "finite": ok}
 
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    donate_argnums = (0, 1) if donate else ()
+    if mesh is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    sharded = jax.jit(step, in_shardings=(rep, rep, data, data, rep), out_shardings=rep, donate_argnums=donate_argnums)
+
+    @functools.wraps(step)
+    def checked(params, opt_state, x, y, key):
+        parallel.check_batch_size(mesh, x.shape[0])  # before jit's own, less telling, error
+        return sharded(params, opt_state, x, y, key)
+
+    return checked
 
 
 def make_eval_step(model: Layer, loss_fn):
