@@ -1,0 +1,182 @@
+"""Time one SGD training step of tinyfn against its peers, interleaved in one process.
+
+    python benchmarks/train_step.py [--model lenet5|wide_cnn] [--batch-size 128] [--steps 20] [--rounds 15]
+
+Each round runs ``--steps`` steps of every implementation in turn (after a
+warm-up that includes compilation), timing each step to completion. The table
+gives the median, min and max ms/step over all rounds, images/s, GFLOP/s from
+an analytic FLOP count (and its fraction of the measured float32 matmul peak),
+minor page faults per step and the first (compiling) step; ``x tinyfn`` is
+each median over tinyfn's. The last line, for scripts, is
+
+    tinyfn/jax-autodiff=R1 tinyfn/torch=R2
+
+(median ms/step ratios; below 1 means tinyfn is faster; ``nan`` when a peer did not run).
+
+By default glibc is first told to keep the memory it frees
+(``tinyfn.train.keep_freed_memory``: one arena, 256 MiB mmap threshold, 1 GiB
+trim threshold), as ``tinyfn.train.fit`` does, for every implementation alike
+(they share the process); ``--no-mallopt`` leaves glibc's defaults, under which
+XLA's large temporaries are unmapped and faulted back in on every step, a page
+fault per 4 KiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import peers
+from tinyfn.train import keep_freed_memory
+
+IMPLS = ("tinyfn", "jax_autodiff", "torch_eager", "numpy_im2col", "tinyfn_matrix")
+LABELS = {
+    "tinyfn": "tinyfn (handwritten VJPs, jit)",
+    "jax_autodiff": "JAX lax.conv + reduce_window + grad, jit",
+    "torch_eager": "PyTorch eager",
+    "numpy_im2col": "numpy im2col, handwritten backward",
+    "tinyfn_matrix": "tinyfn matrix form Y* = W* X*, jit",
+}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=sorted(peers.MODELS), default="lenet5", help="wide: 32/64-channel CNN")
+    ap.add_argument("--batch-size", type=int, default=128, help="32 to 512")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per implementation per round")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation after the first")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu: JAX on the GPU, PyTorch on CUDA")
+    ap.add_argument("--only", nargs="+", choices=IMPLS, help="run only these implementations")
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--pause", type=float, default=0.2, help="seconds between implementations, so idle thread pools go to sleep")
+    ap.add_argument("--no-mallopt", dest="mallopt", action="store_false", help="leave glibc's allocator untuned (see above)")
+    ap.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
+    ap.add_argument("--quick", action="store_true", help="smoke test: batch 32, 2 steps x 2 rounds, no peak")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batch_size, args.steps, args.rounds, args.warmup, args.no_peak, args.pause = 32, 2, 2, 1, True, 0.0
+    if args.batch_size < 1 or args.steps < 1 or args.rounds < 1:
+        ap.error("--batch-size, --steps and --rounds must be positive")
+    return args
+
+
+def matmul_peak(device, size=2048, reps=5):
+    """Best float32 GFLOP/s of a ``size``² matrix product, by XLA (and numpy's BLAS on CPU)."""
+    a = jax.device_put(jnp.asarray(np.random.default_rng(0).random((size, size), np.float32)), device)
+    mm = jax.jit(jnp.dot)
+    mm(a, a).block_until_ready()
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        mm(a, a).block_until_ready()
+        best = max(best, 2 * size**3 / (time.perf_counter() - t) / 1e9)
+    if device.platform == "cpu":
+        an = np.asarray(a)
+        for _ in range(reps):
+            t = time.perf_counter()
+            an @ an
+            best = max(best, 2 * size**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def build(args, device):
+    """The model, its params, a fixed batch, and ``{impl: run}`` for the implementations that can run."""
+    model = peers.MODELS[args.model]()
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch_size, 1, 28, 28), np.float32)
+    y = rng.integers(0, 10, args.batch_size).astype(np.int32)
+    specs = peers.layer_specs(model, params, x.shape)
+    runs, notes = {}, []
+    for name in args.only or IMPLS:
+        if name == "tinyfn":
+            runs[name] = peers.tinyfn(model, params, x, y, args.lr, device)
+        elif name == "tinyfn_matrix":
+            why = peers.matrix_infeasible(specs)
+            if why:
+                notes.append(f"tinyfn_matrix skipped: {why}")
+            else:
+                runs[name] = peers.tinyfn_matrix(model, params, x, y, args.lr, device)
+        elif name == "torch_eager" and peers.torch_version() is None:
+            notes.append("torch_eager skipped: PyTorch is not installed (pip install torch==2.13.0)")
+        elif name == "numpy_im2col" and device.platform != "cpu":
+            notes.append("numpy_im2col skipped: CPU only")
+        else:
+            runs[name] = getattr(peers, name)(model, params, x, y, args.lr, device, specs)
+    return specs, runs, notes
+
+
+def measure(runs, args):
+    """First-step seconds, then interleaved rounds: ``{impl: (first_s, [step seconds], faults/step)}``."""
+    first, times, flt = {}, {k: [] for k in runs}, {k: 0 for k in runs}
+    for name, run in runs.items():
+        t = time.perf_counter()
+        run()
+        first[name] = time.perf_counter() - t
+        for _ in range(args.warmup):
+            run()
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            time.sleep(args.pause)
+            f0 = faults()
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t)
+            flt[name] += faults() - f0
+    n = args.rounds * args.steps
+    return {k: (first[k], times[k], flt[k] / n) for k in runs}
+
+
+def report(args, specs, results, notes, peak, device):
+    flops = peers.step_flops(specs, args.batch_size)
+    print(f"# {args.model}, batch {args.batch_size}, float32, {device.platform} ({device.device_kind}); "
+          f"{flops / 1e9:.3f} GFLOP/step; {args.rounds} rounds x {args.steps} steps, interleaved")  # fmt: skip
+    notes.append("glibc allocator: " + ("tuned (keep_freed_memory)" if args.mallopt_ok else "defaults" if not args.mallopt else "tuning failed"))
+    print(f"# python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, "
+          f"torch {peers.torch_version() or '-'}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    if peak:
+        print(f"# float32 matmul peak measured: {peak:.0f} GFLOP/s")
+    head = f"| {'implementation':42s} | ms/step median | min | max | images/s | GFLOP/s |{' % peak |' if peak else ''} x tinyfn | faults/step | first step s |"
+    print(head)
+    print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
+    base = np.median(results["tinyfn"][1]) if "tinyfn" in results else np.nan
+    for name, (first, ts, flt) in results.items():
+        med, lo, hi = np.median(ts) * 1e3, np.min(ts) * 1e3, np.max(ts) * 1e3
+        gf = flops / (med / 1e3) / 1e9
+        pk = f" {100 * gf / peak:.0f}% |" if peak else ""
+        print(f"| {LABELS[name]:42s} | {med:.2f} | {lo:.2f} | {hi:.2f} | {args.batch_size / med * 1e3:,.0f} | {gf:.1f} |{pk} "
+              f"{med / 1e3 / base:.2f} | {flt:,.0f} | {first:.2f} |")  # fmt: skip
+    for note in notes:
+        print(f"# {note}")
+    ratio = lambda k: base / np.median(results[k][1]) if k in results else float("nan")  # noqa: E731
+    print(f"tinyfn/jax-autodiff={ratio('jax_autodiff'):.3f} tinyfn/torch={ratio('torch_eager'):.3f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    args.mallopt_ok = keep_freed_memory() if args.mallopt else None
+    device = jax.devices(args.device)[0]
+    peak = None if args.no_peak else matmul_peak(device)
+    with jax.default_device(device):
+        specs, runs, notes = build(args, device)
+        results = measure(runs, args)
+    report(args, specs, results, notes, peak, device)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

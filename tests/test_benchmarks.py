@@ -1,0 +1,45 @@
+"""Smoke tests: each benchmark script runs a few steps and prints what scripts parse."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP_LAST = re.compile(r"tinyfn/jax-autodiff=(\d+\.\d+) tinyfn/torch=(\d+\.\d+|nan)")
+EPOCH_LAST = re.compile(r"epoch_s=(\S+) images_per_s=(\d+) outside=(-?\d+\.\d+) compile_s=(\S+) peak_mib=(\d+)")
+
+
+def _run(script, *args):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
+@pytest.mark.slow
+def test_train_step_prints_every_implementation_and_a_parsable_last_line():
+    lines = _run("train_step.py", "--quick")
+    m = STEP_LAST.fullmatch(lines[-1])
+    assert m, lines[-1]
+    rows = {line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line}
+    for name in ("tinyfn (", "JAX lax", "numpy im2col", "tinyfn matrix"):
+        assert any(row.startswith(name) for row in rows), (name, rows)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert m.group(2) == "nan" and any("torch_eager skipped" in line for line in lines)
+    else:
+        assert any(row.startswith("PyTorch eager") for row in rows) and float(m.group(2)) > 0
+
+
+@pytest.mark.slow
+def test_epoch_reports_fit_time_outside_share_compile_and_memory():
+    lines = _run("epoch.py", "--quick")
+    m = EPOCH_LAST.fullmatch(lines[-1])
+    assert m, lines[-1]
+    assert float(m.group(1)) > 0 and int(m.group(2)) > 0 and float(m.group(4)) > 0 and int(m.group(5)) > 0
