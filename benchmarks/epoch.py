@@ -20,15 +20,21 @@ t_fit`` of the medians. The last line, for scripts, is
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import sys
 import time
 
 import jax
 import numpy as np
 
-import peers
-from tinyfn import data, train
-from tinyfn.losses import softmax_cross_entropy
+if "--no-mallopt" in sys.argv:  # before tinyfn is imported, which tunes the allocator
+    os.environ["TINYFN_MALLOPT"] = "0"
+
+import peers  # noqa: E402
+import tinyfn  # noqa: E402
+from tinyfn import data, train  # noqa: E402
+from tinyfn.losses import softmax_cross_entropy  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,7 +47,7 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--progress", action="store_true", help="show fit's progress bar and epoch lines (counted as outside time)")
-    ap.add_argument("--no-mallopt", dest="mallopt", action="store_false", help="leave glibc's allocator untuned (fit tunes it by default)")
+    ap.add_argument("--no-mallopt", dest="mallopt", action="store_false", help="leave glibc's allocator untuned (import tinyfn tunes it; TINYFN_MALLOPT=0)")
     ap.add_argument("--quick", action="store_true", help="smoke test: embedded data, 1 round of 20 steps")
     args = ap.parse_args(argv)
     args.max_steps = None
@@ -64,7 +70,7 @@ def fit_epoch(model, params, images, labels, args, optimizer):
     t0 = time.perf_counter()
     train.fit(
         model, params, (images, labels), epochs=1, batch_size=args.batch_size, optimizer=optimizer,
-        key=jax.random.key(1), quiet=not args.progress, tune_malloc=args.mallopt,
+        key=jax.random.key(1), quiet=not args.progress,
         callbacks=[lambda info: marks.append(time.perf_counter())],
     )  # fmt: skip
     return (marks[-1] - marks[0]) / (len(marks) - 1), marks[0] - t0
@@ -82,7 +88,7 @@ def bare_steps(step, state, batches):
 
 def main(argv=None):
     args = parse_args(argv)
-    tuned = train.keep_freed_memory() if args.mallopt else None
+    tuned = tinyfn._MALLOC_TUNED
     images, labels = load(args)
     if args.max_steps:
         images, labels = images[: args.max_steps * args.batch_size], labels[: args.max_steps * args.batch_size]

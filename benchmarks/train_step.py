@@ -13,10 +13,10 @@ each median over tinyfn's. The last line, for scripts, is
 
 (median ms/step ratios; below 1 means tinyfn is faster; ``nan`` when a peer did not run).
 
-By default glibc is first told to keep the memory it frees
-(``tinyfn.train.keep_freed_memory``: one arena, 256 MiB mmap threshold, 1 GiB
-trim threshold), as ``tinyfn.train.fit`` does, for every implementation alike
-(they share the process); ``--no-mallopt`` leaves glibc's defaults, under which
+``import tinyfn`` tells glibc to keep the memory it frees (see
+``tinyfn/_malloc.py``: one arena, 256 MiB mmap threshold, 1 GiB trim
+threshold); the implementations share the process, so all of them run so.
+``--no-mallopt`` (``TINYFN_MALLOPT=0``) leaves glibc's defaults, under which
 XLA's large temporaries are unmapped and faulted back in on every step, a page
 fault per 4 KiB.
 """
@@ -34,8 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import peers
-from tinyfn.train import keep_freed_memory
+if "--no-mallopt" in sys.argv:  # before tinyfn is imported, which tunes the allocator
+    os.environ["TINYFN_MALLOPT"] = "0"
+
+import peers  # noqa: E402
+import tinyfn  # noqa: E402
 
 IMPLS = ("tinyfn", "jax_autodiff", "torch_eager", "numpy_im2col", "tinyfn_matrix")
 LABELS = {
@@ -145,7 +148,7 @@ def report(args, specs, results, notes, peak, device):
     flops = peers.step_flops(specs, args.batch_size)
     print(f"# {args.model}, batch {args.batch_size}, float32, {device.platform} ({device.device_kind}); "
           f"{flops / 1e9:.3f} GFLOP/step; {args.rounds} rounds x {args.steps} steps, interleaved")  # fmt: skip
-    notes.append("glibc allocator: " + ("tuned (keep_freed_memory)" if args.mallopt_ok else "defaults" if not args.mallopt else "tuning failed"))
+    notes.append("glibc allocator: " + {True: "tuned at import (keep_freed_memory)", None: "defaults (--no-mallopt)", False: "tuning failed"}[tinyfn._MALLOC_TUNED])
     print(f"# python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, "
           f"torch {peers.torch_version() or '-'}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     if peak:
@@ -168,7 +171,6 @@ def report(args, specs, results, notes, peak, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    args.mallopt_ok = keep_freed_memory() if args.mallopt else None
     device = jax.devices(args.device)[0]
     peak = None if args.no_peak else matmul_peak(device)
     with jax.default_device(device):

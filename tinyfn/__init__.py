@@ -6,8 +6,12 @@ autodiff of an independent reference (``tinyfn.reference``) and finite
 differences (``tinyfn.gradcheck``).
 """
 
-from tinyfn import gradcheck, initializers, layers, losses, models, reference
-from tinyfn.layers import (
+from tinyfn._malloc import tune_at_import as _tune_at_import
+
+_MALLOC_TUNED = _tune_at_import()  # first, before XLA starts its threads: see tinyfn/_malloc.py
+
+from tinyfn import gradcheck, initializers, layers, losses, models, reference  # noqa: E402
+from tinyfn.layers import (  # noqa: E402
     conv2d,
     deconv2d,
     dropout,
@@ -21,7 +25,7 @@ from tinyfn.layers import (
     serial,
     softmax,
 )
-from tinyfn.losses import mse, softmax_cross_entropy
+from tinyfn.losses import mse, softmax_cross_entropy  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 from tinyfn.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from tinyfn.train.loop import CHECKPOINT_NAME, StepInfo, evaluate, fit
-from tinyfn.train.malloc import keep_freed_memory
+from tinyfn._malloc import keep_freed_memory
 from tinyfn.train.parallel import data_mesh, is_writer
 from tinyfn.train.model_io import load_model
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay

@@ -7,11 +7,14 @@ frees the same large temporaries every step, so every step faults them back in,
 a page fault per 4 KiB: measured here, 22,000 faults and half the step time of
 the 32/64-channel CNN at batch 128 (see ``benchmarks/README.md``).
 
-``keep_freed_memory()`` raises both thresholds, which is what
-``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824
+``keep_freed_memory()`` raises both thresholds and keeps one arena, which is
+what ``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824
 MALLOC_ARENA_MAX=1`` in the environment would do. Freed memory then stays in the
-process for reuse (its resident size stops shrinking between steps). ``fit``
-calls it unless told not to; it changes nothing where glibc is absent.
+process for reuse (its resident size stops shrinking between steps). It only
+works before XLA's runtime has started its threads (measured: called after the
+first computation it leaves the faults as they were), so ``import tinyfn``
+calls it, unless ``TINYFN_MALLOPT=0`` is set; it changes nothing where glibc is
+absent.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "tune_at_import"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
@@ -38,3 +41,12 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
             settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold))
             ok = all(mallopt(option, value) == 1 for option, value in settings)
     return ok
+
+
+def tune_at_import() -> bool | None:
+    """``keep_freed_memory()`` unless the environment says ``TINYFN_MALLOPT=0``; ``None`` when skipped."""
+    import os
+
+    if os.environ.get("TINYFN_MALLOPT", "1").strip() in ("0", "false", "no", "off"):
+        return None
+    return keep_freed_memory()
