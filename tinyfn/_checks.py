@@ -43,15 +43,26 @@ def positive_int(name: str, value) -> int:
     return v
 
 
-def float_array(name: str, x, *, ndim: int | None = None, layout: str = ""):
-    """``x`` as a jax array of a floating dtype, optionally of rank ``ndim``."""
+def float_array(name: str, x, *, ndim: int | None = None, layout: str = "", empty_batch: bool = True):
+    """``x`` as a jax array of a floating dtype, optionally of rank ``ndim``.
+
+    No dimension may be zero, except the first (the batch) when ``empty_batch``.
+    """
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be an array, got {x!r}")
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
-        x = jnp.asarray(x)
+        try:
+            x = jnp.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be an array, got {type(x).__name__} ({exc})") from None
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must have a floating dtype, got {x.dtype} (convert with .astype(jnp.float32))")
     if ndim is not None and x.ndim != ndim:
         hint = f" {layout}" if layout else ""
         raise ValueError(f"{name} must have rank {ndim}{hint}, got shape {tuple(x.shape)}")
+    if 0 in x.shape[1 if empty_batch else 0 :]:
+        which = "only the first (batch) dimension may be 0" if empty_batch else "every dimension must be at least 1"
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: {which}")
     return jnp.asarray(x)
 
 

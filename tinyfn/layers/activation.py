@@ -37,9 +37,27 @@ def relu(x):
 
 
 def _check_axis(x, axis):
-    if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {axis!r}")
+    if x.shape[axis] == 0:
+        raise ValueError(f"axis {axis} of x (shape {tuple(x.shape)}) is empty: softmax over no values is undefined")
     return axis % x.ndim
+
+
+def _axis_layer(name, fn, axis):
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
+
+    def shape_fn(shape):
+        if not -len(shape) <= axis < len(shape):
+            raise ValueError(f"{name}: axis {axis} is out of range for input_shape {shape}")
+        if shape[axis] == 0:
+            raise ValueError(f"{name}: axis {axis} of input_shape {shape} is empty")
+        return shape
+
+    return parameterless(name, partial(fn, axis=axis), shape_fn, axis=axis)
 
 
 def _stable_log_softmax(x, axis):
@@ -108,9 +126,9 @@ def ReLU() -> Layer:
 
 def Softmax(axis: int = -1) -> Layer:
     """``softmax`` along ``axis`` as a layer (no params)."""
-    return parameterless("Softmax", partial(softmax, axis=axis), axis=axis)
+    return _axis_layer("Softmax", softmax, axis)
 
 
 def LogSoftmax(axis: int = -1) -> Layer:
     """``log_softmax`` along ``axis`` as a layer (no params)."""
-    return parameterless("LogSoftmax", partial(log_softmax, axis=axis), axis=axis)
+    return _axis_layer("LogSoftmax", log_softmax, axis)

@@ -52,12 +52,28 @@ def _check_shape(name: str, input_shape, ndim: int, layout: str) -> tuple:
     return shape
 
 
+def _check_any_shape(name: str, input_shape) -> tuple:
+    """An input shape of any rank: a batch entry (``None`` or an int >= 0), then positive ints."""
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        raise TypeError(f"{name}: input_shape must be a tuple of ints, got {input_shape!r}") from None
+    if not shape:
+        raise ValueError(f"{name}: input_shape must have a batch entry, got {shape}")
+    batch, rest = shape[0], shape[1:]
+    if not (batch is None or (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 0)):
+        raise ValueError(f"{name}: the batch entry of input_shape must be None or an int >= 0, got {shape}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in rest):
+        raise ValueError(f"{name}: input_shape must hold positive ints after the batch entry, got {shape}")
+    return shape
+
+
 def parameterless(name: str, fn: Callable, shape_fn: Callable | None = None, **config) -> Layer:
-    """A layer without parameters applying ``fn(x)``; ``shape_fn`` maps shapes (identity by default)."""
+    """A layer without parameters applying ``fn(x)``; ``shape_fn`` maps (checked) shapes, identity by default."""
 
     def init(key, input_shape):
         del key
-        shape = tuple(input_shape)
+        shape = _check_any_shape(name, input_shape)
         return (shape_fn(shape) if shape_fn else shape), {}
 
     def apply(params, x, *, key=None, train=False):

@@ -163,6 +163,8 @@ def _n_chunks(x_shape, kernel, out_hw) -> int:
     n, c = x_shape[:2]
     total = c * kernel[0] * kernel[1] * out_hw[0] * out_hw[1] * n * 4
     m = min(n, -(-total // MAX_UNROLLED_BYTES))
+    if m <= 1:
+        return 1  # also an empty batch
     return next((d for d in range(m, min(2 * m, n) + 1) if n % d == 0), m)
 
 
@@ -315,9 +317,9 @@ def conv2d(x, w, b=None, *, stride=1, padding=0):
     stride = _checks.int_pair("stride", stride, minimum=1)
     padding = _checks.int_pair("padding", padding, minimum=0)
     x = _checks.float_array("x", x, ndim=4, layout="(N, C, H, W)")
-    w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)")
+    w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)", empty_batch=False)
     if b is not None:
-        b = _checks.float_array("b", b, ndim=1, layout="(out_channels,)")
+        b = _checks.float_array("b", b, ndim=1, layout="(out_channels,)", empty_batch=False)
     _checks.same_dtype("conv2d", x=x, w=w, b=b)
     if x.shape[1] != w.shape[1]:
         raise ValueError(
@@ -378,9 +380,9 @@ def deconv2d(x, w, b=None, *, stride=1, padding=0, output_padding=0):
     output_padding = _checks.int_pair("output_padding", output_padding, minimum=0)
     _check_output_padding("deconv2d", output_padding, stride)
     x = _checks.float_array("x", x, ndim=4, layout="(N, C_in, H, W)")
-    w = _checks.float_array("w", w, ndim=4, layout="(in_channels, out_channels, kh, kw)")
+    w = _checks.float_array("w", w, ndim=4, layout="(in_channels, out_channels, kh, kw)", empty_batch=False)
     if b is not None:
-        b = _checks.float_array("b", b, ndim=1, layout="(out_channels,)")
+        b = _checks.float_array("b", b, ndim=1, layout="(out_channels,)", empty_batch=False)
     _checks.same_dtype("deconv2d", x=x, w=w, b=b)
     if x.shape[1] != w.shape[0]:
         raise ValueError(

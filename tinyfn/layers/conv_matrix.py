@@ -29,7 +29,7 @@ def unrolled_filter_matrix(w, input_hw, *, stride=1, padding=0):
     ``(r, q)``; taps that fall in the zero padding are left out. For the
     seed's 3×3 input and 2×2 filter this is its 4×9 matrix.
     """
-    w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)")
+    w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)", empty_batch=False)
     h, wd = _checks.int_pair("input_hw", input_hw, minimum=1)
     (sh, sw), (ph, pw) = _checks.int_pair("stride", stride, minimum=1), _checks.int_pair("padding", padding, minimum=0)
     k, c, kh, kw = w.shape

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks
-from tinyfn.layers.base import Layer
+from tinyfn.layers.base import Layer, _check_any_shape
 
 __all__ = ["dropout", "Dropout"]
 
@@ -59,7 +59,7 @@ def Dropout(rate: float) -> Layer:
     rate = _checks.rate("rate", rate)
 
     def init(key, input_shape):
-        return tuple(input_shape), {}
+        return _check_any_shape("Dropout", input_shape), {}
 
     def apply(params, x, *, key=None, train=False):
         return dropout(key, x, rate, train=train)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks, initializers
-from tinyfn.layers.base import Layer
+from tinyfn.layers.base import Layer, _check_any_shape
 
 __all__ = ["linear", "Linear"]
 
@@ -48,9 +48,9 @@ def linear(x, w, b=None):
     Backward (handwritten): ``dx = g wᵀ``, ``dw = xᵀ g``, ``db = Σ_N g``.
     """
     x = _checks.float_array("x", x)
-    w = _checks.float_array("w", w, ndim=2, layout="(in_features, out_features)")
+    w = _checks.float_array("w", w, ndim=2, layout="(in_features, out_features)", empty_batch=False)
     if b is not None:
-        b = _checks.float_array("b", b, ndim=1, layout="(out_features,)")
+        b = _checks.float_array("b", b, ndim=1, layout="(out_features,)", empty_batch=False)
     _checks.same_dtype("linear", x=x, w=w, b=b)
     if x.ndim < 1 or x.shape[-1] != w.shape[0]:
         raise ValueError(
@@ -80,8 +80,8 @@ def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", dtyp
     w_init = initializers.get(w_init)
 
     def init(key, input_shape):
-        shape = tuple(input_shape)
-        if len(shape) < 2 or not isinstance(shape[-1], int) or shape[-1] < 1:
+        shape = _check_any_shape("Linear", input_shape)
+        if len(shape) < 2:
             raise ValueError(f"Linear: input_shape must be (N, in_features) with in_features >= 1, got {shape}")
         fan_in = shape[-1]
         params = {"w": w_init(key, (fan_in, out_features), fan_in, out_features, dtype)}

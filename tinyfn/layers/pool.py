@@ -27,13 +27,13 @@ from tinyfn.layers.conv import _taps, _untap, conv_output_size
 __all__ = ["max_pool2d", "max_pool2d_with_switches", "max_unpool2d", "MaxPool2D"]
 
 
-def _pool_args(x, window, stride, padding, op="max_pool2d"):
+def _pool_args(x, window, stride, padding, op="max_pool2d", *, layer=False):
     window = _checks.int_pair("window", window, minimum=1)
     stride = window if stride is None else _checks.int_pair("stride", stride, minimum=1)
     padding = _checks.int_pair("padding", padding, minimum=0)
     if any(2 * p > k for p, k in zip(padding, window)):
         raise ValueError(f"{op}: padding {padding} must be at most half of window {window}")
-    if x is not None:
+    if not layer:  # a layer checks its input shape at init instead
         x = _checks.float_array("x", x, ndim=4, layout="(N, C, H, W)")
         _check_window(op, x.shape[2:], window, padding)
     return x, window, stride, padding
@@ -153,12 +153,12 @@ def max_pool2d_with_switches(x, window=2, *, stride=None, padding=0):
 
 
 def _unpool(y, switches, hw):
-    n, c = y.shape[:2]
+    n, c, ho, wo = y.shape
     h, w = hw
     flat = jnp.zeros((n * c, h * w), y.dtype)
     rows = jnp.arange(n * c)[:, None]
     # Out-of-range switches are dropped, as a scatter with mode="drop".
-    return flat.at[rows, switches.reshape(n * c, -1)].add(y.reshape(n * c, -1), mode="drop").reshape(n, c, h, w)
+    return flat.at[rows, switches.reshape(n * c, ho * wo)].add(y.reshape(n * c, ho * wo), mode="drop").reshape(n, c, h, w)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -173,7 +173,8 @@ def _max_unpool_fwd(y, switches, hw):
 def _max_unpool_bwd(hw, switches, g):
     n, c = g.shape[:2]
     # Unpooling is z = Sᵀ y (S pooling's selection matrix), so by Law 1: dy = S g, a gather at the switches.
-    dy = jnp.take_along_axis(g.reshape(n * c, -1), switches.reshape(n * c, -1), axis=1, mode="fill", fill_value=0)
+    rows_g, rows_s = g.reshape(n * c, g.shape[2] * g.shape[3]), switches.reshape(n * c, switches.shape[2] * switches.shape[3])
+    dy = jnp.take_along_axis(rows_g, rows_s, axis=1, mode="fill", fill_value=0)
     return dy.reshape(switches.shape), None
 
 
@@ -215,7 +216,7 @@ def max_unpool2d(y, switches, output_size):
 
 def MaxPool2D(window=2, stride=None, padding=0) -> Layer:
     """Max-pooling layer (no params); ``stride`` defaults to ``window``. See ``max_pool2d``."""
-    _, window, stride, padding = _pool_args(None, window, stride, padding, "MaxPool2D")
+    _, window, stride, padding = _pool_args(None, window, stride, padding, "MaxPool2D", layer=True)
 
     def init(key, input_shape):
         n, c, h, w = _check_shape("MaxPool2D", input_shape, 4, "(N, C, H, W)")

@@ -16,10 +16,12 @@ def flatten(x):
 
     A reshape moves no numbers, so its gradient is the inverse reshape of ``g``.
     """
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"flatten: x must be an array, got {x!r}")
     x = jnp.asarray(x)
     if x.ndim < 1:
         raise ValueError(f"flatten: x must have a batch dimension, got a scalar of shape {tuple(x.shape)}")
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 def _flat_shape(shape):

@@ -77,6 +77,20 @@ def _flatten(tree, prefix: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _fsync_dir(directory: Path):
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metadata=None) -> Path:
     """Write ``params`` (and optionally the optimizer state, step and key) to ``path`` atomically.
 
@@ -106,18 +120,28 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
         blob = save(tensors, metadata={_META_KEY: json.dumps(meta)})
     except TypeError as exc:
         raise TypeError(f"save_checkpoint: metadata must be JSON-serialisable ({exc})") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a part
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        kept = "the previous checkpoint there is unchanged" if path.exists() else "nothing was written"
+        message = f"could not save checkpoint {path}: {exc.strerror or exc} ({len(blob):,} bytes); {kept}"
+        raise (type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)) from exc
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
 
 def _read(path: Path):
@@ -126,11 +150,14 @@ def _read(path: Path):
 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    data = path.read_bytes()
     try:
+        with open(path, "rb") as f:  # the header first: a lying or foreign file is refused before its body is read
+            size = os.fstat(f.fileno()).st_size
+            with_meta = _header_metadata(f, size)
+            f.seek(0)
+            data = f.read()
         tensors = load(data)
-        with_meta = _header_metadata(data)
-    except (SafetensorError, ValueError, OverflowError, UnicodeDecodeError) as exc:
+    except (SafetensorError, ValueError, OverflowError, UnicodeDecodeError, TypeError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupted?): {exc}") from None
     if _META_KEY not in with_meta:
         raise CheckpointError(f"{path} is a safetensors file but not a tinyfn checkpoint (no '{_META_KEY}' metadata entry)")
@@ -138,18 +165,31 @@ def _read(path: Path):
         meta = json.loads(with_meta[_META_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: the tinyfn metadata is not valid JSON ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')!r}, this tinyfn reads {FORMAT_VERSION}")
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} was written by a newer tinyfn; this one reads version {FORMAT_VERSION} (upgrade tinyfn)")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}, this tinyfn reads {FORMAT_VERSION}")
     return tensors, meta
 
 
-def _header_metadata(data: bytes) -> dict:
-    if len(data) < 8:
-        raise ValueError(f"{len(data)} bytes is too short for a safetensors header")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ValueError(f"header of {n} bytes does not fit in a {len(data)}-byte file")
-    return json.loads(data[8 : 8 + n].decode("utf-8")).get("__metadata__", {}) or {}
+def _header_metadata(f, size: int) -> dict:
+    """The ``__metadata__`` of a safetensors header, its length and offsets checked against the file's ``size``."""
+    if size < 8:
+        raise ValueError(f"{size} bytes is too short for a safetensors header")
+    n = int.from_bytes(f.read(8), "little")
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"header claims {n:,} bytes, over the {MAX_HEADER_BYTES:,}-byte limit")
+    if n > size - 8:
+        raise ValueError(f"header of {n:,} bytes does not fit in a {size:,}-byte file")
+    header = json.loads(f.read(n).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    ends = [e.get("data_offsets", [0, 0])[1] for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)]
+    body = size - 8 - n
+    if ends and max(ends) != body:
+        raise ValueError(f"the header's tensors end at byte {max(ends):,} of the body, but the body has {body:,} bytes")
+    return header.get("__metadata__", {}) or {}
 
 
 def _leaf_names(spec) -> list[str]:

@@ -30,6 +30,7 @@ def add_train_arguments(p):
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>-<data>, a fresh one if that holds a run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (or the default run directory) from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss or gradients are NaN/Inf instead of stopping")
     p.add_argument("--devices", type=int, default=None, help="data-parallel over this many devices (jax.sharding; the batch size must divide by it)")
 
 
@@ -130,10 +131,11 @@ def train(args) -> int:
             model, params, (x_train, train_set.labels), epochs=recipe["epochs"], batch_size=recipe["batch_size"],
             optimizer=optimizer, key=fit_key, eval_data=(x_test, test_set.labels), checkpoint_dir=run_dir,
             resume=args.resume, metadata=metadata, quiet=args.quiet, mesh=mesh,
+            on_nonfinite="skip" if args.skip_nonfinite else "stop",
         )  # fmt: skip
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"stopped; resume with: {command} --resume" + ("" if args.out else f" --out {run_dir}"), file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
