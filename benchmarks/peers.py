@@ -26,6 +26,7 @@ import numpy as np
 from jax import lax
 
 from tinyfn import losses, models, train
+from tinyfn.train import parallel
 from tinyfn.layers import Conv2D, Flatten, Layer, Linear, MaxPool2D, ReLU, conv2d_matrix, serial
 from tinyfn.layers.conv_matrix import MAX_ENTRIES
 
@@ -105,14 +106,19 @@ def _jax_run(step, params, x, y, device):
     return run
 
 
-def tinyfn(model, params, x, y, lr, device):
+def tinyfn(model, params, x, y, lr, device, mesh=None):
     """The library's own step: ``tinyfn.train.make_train_step`` with ``sgd`` (donated buffers, the
-    finite-loss guard and the batch accuracy included), exactly what ``fit`` runs."""
+    finite-loss guard and the batch accuracy included), exactly what ``fit`` runs; with a ``mesh``,
+    data-parallel over its devices (the batch split, params replicated)."""
     optimizer = train.sgd(lr)
-    step = train.make_train_step(model, losses.softmax_cross_entropy, optimizer)
+    step = train.make_train_step(model, losses.softmax_cross_entropy, optimizer, mesh=mesh)
     params = jax.tree.map(lambda a: jnp.array(a, copy=True), jax.device_put(params, device))
     state = {"params": params, "opt": optimizer.init(params)}
     x, y, key = jax.device_put(x, device), jax.device_put(y, device), jax.random.key(0)
+    if mesh is not None:
+        state = parallel.replicate(state, mesh)
+        x, y = parallel.put_batch(mesh, np.asarray(x), np.asarray(y))
+        key = jax.device_put(key, parallel.replicated(mesh))
 
     def run():
         state["params"], state["opt"], metrics = step(state["params"], state["opt"], x, y, key)

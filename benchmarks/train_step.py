@@ -36,17 +36,23 @@ import numpy as np
 
 if "--no-mallopt" in sys.argv:  # before tinyfn is imported, which tunes the allocator
     os.environ["TINYFN_MALLOPT"] = "0"
+if "--devices" in sys.argv and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # several CPU devices must be asked for before JAX starts; harmless where GPUs are used
+    n_devices = sys.argv[sys.argv.index("--devices") + 1]
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n_devices}").strip()
 
 import peers  # noqa: E402
 import tinyfn  # noqa: E402
 
 IMPLS = ("tinyfn", "jax_autodiff", "torch_eager", "numpy_im2col", "tinyfn_matrix")
+# --devices N adds "tinyfn_sharded": the same step data-parallel over N devices, at the same global batch
 LABELS = {
     "tinyfn": "tinyfn (handwritten VJPs, jit)",
     "jax_autodiff": "JAX lax.conv + reduce_window + grad, jit",
     "torch_eager": "PyTorch eager",
     "numpy_im2col": "numpy im2col, handwritten backward",
     "tinyfn_matrix": "tinyfn matrix form Y* = W* X*, jit",
+    "tinyfn_sharded": "tinyfn data-parallel over {n} devices",
 }
 
 
@@ -58,6 +64,7 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation after the first")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu: JAX on the GPU, PyTorch on CUDA")
+    ap.add_argument("--devices", type=int, default=None, help="also time tinyfn's step sharded over this many devices (on CPU: that many host devices)")
     ap.add_argument("--only", nargs="+", choices=IMPLS, help="run only these implementations")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--pause", type=float, default=0.2, help="seconds between implementations, so idle thread pools go to sleep")
@@ -119,6 +126,12 @@ def build(args, device):
             notes.append("numpy_im2col skipped: CPU only")
         else:
             runs[name] = getattr(peers, name)(model, params, x, y, args.lr, device, specs)
+    if args.devices:
+        from tinyfn.train import data_mesh
+
+        devices = [d for d in jax.devices() if d.platform == device.platform]
+        runs["tinyfn_sharded"] = peers.tinyfn(model, params, x, y, args.lr, device, mesh=data_mesh(devices[: args.devices]))
+        LABELS["tinyfn_sharded"] = LABELS["tinyfn_sharded"].format(n=args.devices)
     return specs, runs, notes
 
 

@@ -23,7 +23,7 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["keep_freed_memory", "tune_at_import"]
+__all__ = ["keep_freed_memory", "tune_at_import", "tuned"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
@@ -43,10 +43,17 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     return ok
 
 
-def tune_at_import() -> bool | None:
-    """``keep_freed_memory()`` unless the environment says ``TINYFN_MALLOPT=0``; ``None`` when skipped."""
+def _skipped() -> bool:
     import os
 
-    if os.environ.get("TINYFN_MALLOPT", "1").strip() in ("0", "false", "no", "off"):
-        return None
-    return keep_freed_memory()
+    return os.environ.get("TINYFN_MALLOPT", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def tune_at_import() -> bool | None:
+    """``keep_freed_memory()`` unless the environment says ``TINYFN_MALLOPT=0``; ``None`` when skipped."""
+    return None if _skipped() else keep_freed_memory()
+
+
+def tuned() -> bool:
+    """Whether ``import tinyfn`` will have tuned (or tuned) the allocator in this process: glibc, not opted out."""
+    return sys.platform.startswith("linux") and not _skipped() and ctypes.util.find_library("c") is not None

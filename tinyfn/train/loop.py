@@ -198,9 +198,10 @@ def fit(
     if mesh is not None:
         params, opt_state = parallel.replicate((params, opt_state), mesh)
         rows = parallel.local_rows(batch_size)  # this process's share of each global batch
-        put = lambda xb, yb: parallel.put_batch(mesh, xb[rows], yb[rows])  # noqa: E731
+        rep = parallel.replicated(mesh)
+        put = lambda xb, yb, kb: (*parallel.put_batch(mesh, xb[rows], yb[rows]), jax.device_put(kb, rep))  # noqa: E731
     else:
-        put = lambda xb, yb: jax.device_put((xb, yb))  # noqa: E731
+        put = lambda xb, yb, kb: jax.device_put((xb, yb, kb))  # noqa: E731  (one transfer call per step)
     bar_cls = _progress_bar(quiet)
     t_start = time.perf_counter() - wall_offset
 
@@ -208,11 +209,11 @@ def fit(
         for epoch in range(start_epoch, epochs):
             ekey = jax.random.fold_in(key, epoch)
             order = np.asarray(jax.random.permutation(ekey, len(y)))
-            step_keys = jax.vmap(lambda b: jax.random.fold_in(ekey, b))(jnp.arange(steps))
+            step_keys = np.asarray(jax.random.key_data(jax.vmap(lambda b: jax.random.fold_in(ekey, b))(jnp.arange(steps))))
 
             def batch_at(b):  # staged ahead: copied to the device(s) while the step before it runs
                 idx = order[b * batch_size : (b + 1) * batch_size]
-                return (*put(x[idx], y[idx]), step_keys[b])
+                return put(x[idx], y[idx], step_keys[b])
 
             first = start_batch if epoch == start_epoch else 0
             loss_sum, acc_sum, count = partial if epoch == start_epoch else (0.0, 0.0, 0)

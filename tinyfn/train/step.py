@@ -28,6 +28,8 @@ def _all_finite(tree):
 def make_train_step(model: Layer, loss_fn, optimizer: Optimizer, *, donate: bool = True, mesh=None):
     """A jitted ``(params, opt_state, x, y, key) -> (params, opt_state, metrics)``.
 
+    ``key`` is a ``jax.random`` key or its raw data (``jax.random.key_data``).
+
     Gradients come from ``jax.grad`` through the layers' handwritten rules;
     ``metrics`` holds ``loss``, ``accuracy`` (on the batch, before the update)
     and ``finite``. A step whose loss or gradients are not finite leaves params
@@ -41,6 +43,9 @@ def make_train_step(model: Layer, loss_fn, optimizer: Optimizer, *, donate: bool
     """
 
     def step(params, opt_state, x, y, key):
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data (uint32), as fit stages it
+            key = jax.random.wrap_key_data(key)
+
         def objective(p):
             logits = model.apply(p, x, key=key, train=True)
             return loss_fn(logits, y), logits
