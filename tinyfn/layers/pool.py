@@ -22,7 +22,7 @@ from jax import lax
 
 from tinyfn import _checks
 from tinyfn.layers.base import Layer, _check_shape
-from tinyfn.layers.conv import _taps, _untap, conv_output_size
+from tinyfn.layers.conv import _untap, conv_output_size
 
 __all__ = ["max_pool2d", "max_pool2d_with_switches", "max_unpool2d", "MaxPool2D"]
 
