@@ -174,6 +174,21 @@ def test_max_pool2d_and_unpool(data, cfg):
 
 
 @SETTINGS
+@given(data=st.data(), cfg=S.conv_configs(max_channels=2, max_kernel=3))
+def test_matrix_forms(data, cfg):
+    x = data.draw(maybe_bad("array", _rand(cfg["x_shape"])))
+    w = data.draw(maybe_bad("array", _rand(cfg["w_shape"], 1)))
+    stride, padding = data.draw(maybe_bad("int", cfg["stride"])), data.draw(maybe_bad("int", cfg["padding"]))
+    out = _call(L.conv2d_matrix, x, w, stride=stride, padding=padding)
+    if out is not None:
+        ref = L.conv2d(np.asarray(x), np.asarray(w), stride=stride, padding=padding)
+        _check(out, ref.shape, _finite_input(x, w))
+    m = _call(L.unrolled_filter_matrix, w, np.shape(x)[2:] if np.ndim(x) == 4 else (3, 3), stride=stride, padding=padding)
+    if m is not None:
+        assert np.asarray(m).ndim == 2
+
+
+@SETTINGS
 @given(y=arrays(ndim=4), switches=arrays(ndim=4), output_size=st.one_of(pairs, st.tuples(small, small, small, small)))
 def test_max_unpool2d(y, switches, output_size):
     if isinstance(switches, np.ndarray) and np.issubdtype(switches.dtype, np.floating):
@@ -227,6 +242,10 @@ LAYERS = {
     "MaxPool2D": lambda a: L.MaxPool2D(a),
     "Dropout": lambda a: L.Dropout(a),
     "Softmax": lambda a: L.Softmax(a),
+    "LogSoftmax": lambda a: L.LogSoftmax(a),
+    "ReLU": lambda a: L.ReLU(),
+    "Flatten": lambda a: L.Flatten(),
+    "serial": lambda a: L.serial(L.Conv2D(2, a), L.ReLU(), L.Flatten(), L.Linear(3)),
 }
 
 

@@ -110,3 +110,9 @@ def test_normalisation():
 def test_full_fashion_mnist_from_the_debian_package():
     test = load_fashion_mnist("test")
     assert test.images.shape == (10000, 1, 28, 28) and np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_labels_outside_the_classes_name_the_file(tmp_path):
+    _idx_dir(tmp_path)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: labels must be in 0\.\.4 for the 5 classes given, got 5 at index 5"):
+        load_idx_dir("train", tmp_path, classes=tuple("abcde"))
