@@ -112,6 +112,13 @@ def maybe_bad(draw, kind, value):
     return {"list": a.tolist(), "none": None, "string": "x"}[how]
 
 
+def _conv_args(data, cfg):
+    """``x, w, stride, padding`` of a valid convolution ``cfg``, each possibly replaced by an adversarial value."""
+    x = data.draw(maybe_bad("array", _rand(cfg["x_shape"])))
+    w = data.draw(maybe_bad("array", _rand(cfg["w_shape"], 1)))
+    return x, w, data.draw(maybe_bad("int", cfg["stride"])), data.draw(maybe_bad("int", cfg["padding"]))
+
+
 @SETTINGS
 @given(data=st.data(), n=st.integers(1, 3), i=st.integers(1, 4), o=st.integers(1, 4))
 def test_linear(data, n, i, o):
@@ -126,9 +133,7 @@ def test_linear(data, n, i, o):
 @SETTINGS
 @given(data=st.data(), cfg=S.conv_configs())
 def test_conv2d(data, cfg):
-    x = data.draw(maybe_bad("array", _rand(cfg["x_shape"])))
-    w = data.draw(maybe_bad("array", _rand(cfg["w_shape"], 1)))
-    stride, padding = data.draw(maybe_bad("int", cfg["stride"])), data.draw(maybe_bad("int", cfg["padding"]))
+    x, w, stride, padding = _conv_args(data, cfg)
     out = _call(L.conv2d, x, w, stride=stride, padding=padding)
     if out is not None:
         (sh, sw), (ph, pw) = _as_pair(stride), _as_pair(padding)
@@ -140,9 +145,7 @@ def test_conv2d(data, cfg):
 @SETTINGS
 @given(data=st.data(), cfg=S.deconv_configs())
 def test_deconv2d(data, cfg):
-    x = data.draw(maybe_bad("array", _rand(cfg["x_shape"])))
-    w = data.draw(maybe_bad("array", _rand(cfg["w_shape"], 1)))
-    stride, padding = data.draw(maybe_bad("int", cfg["stride"])), data.draw(maybe_bad("int", cfg["padding"]))
+    x, w, stride, padding = _conv_args(data, cfg)
     output_padding = data.draw(maybe_bad("int", cfg["output_padding"]))
     out = _call(L.deconv2d, x, w, stride=stride, padding=padding, output_padding=output_padding)
     if out is not None:
@@ -176,9 +179,7 @@ def test_max_pool2d_and_unpool(data, cfg):
 @SETTINGS
 @given(data=st.data(), cfg=S.conv_configs(max_channels=2, max_kernel=3))
 def test_matrix_forms(data, cfg):
-    x = data.draw(maybe_bad("array", _rand(cfg["x_shape"])))
-    w = data.draw(maybe_bad("array", _rand(cfg["w_shape"], 1)))
-    stride, padding = data.draw(maybe_bad("int", cfg["stride"])), data.draw(maybe_bad("int", cfg["padding"]))
+    x, w, stride, padding = _conv_args(data, cfg)
     out = _call(L.conv2d_matrix, x, w, stride=stride, padding=padding)
     if out is not None:
         ref = L.conv2d(np.asarray(x), np.asarray(w), stride=stride, padding=padding)

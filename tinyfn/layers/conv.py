@@ -299,6 +299,26 @@ def _conv2d_bwd(stride, padding, res, g):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def conv2d_args(op, x, w, b, stride, padding):
+    """``conv2d``'s arguments checked, errors naming ``op``: ``(x, w, b, stride, padding)``."""
+    stride = _checks.int_pair("stride", stride, minimum=1)
+    padding = _checks.int_pair("padding", padding, minimum=0)
+    x = _checks.float_array("x", x, ndim=4, layout="(N, C, H, W)")
+    w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)", empty_batch=False)
+    if b is not None:
+        b = _checks.float_array("b", b, ndim=1, layout="(out_channels,)", empty_batch=False)
+    _checks.same_dtype(op, x=x, w=w, b=b)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"{op}: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but w expects {w.shape[1]} "
+            f"(shape {tuple(w.shape)}, laid out (out_channels, in_channels, kh, kw))"
+        )
+    if b is not None and b.shape[0] != w.shape[0]:
+        raise ValueError(f"{op}: b has shape {tuple(b.shape)}, expected ({w.shape[0]},) to match w {tuple(w.shape)}")
+    _check_conv_geometry(op, x.shape[2:], w.shape[2:], padding)
+    return x, w, b, stride, padding
+
+
 def conv2d(x, w, b=None, *, stride=1, padding=0):
     """2-D convolution (cross-correlation, as in PyTorch's ``F.conv2d``).
 
@@ -315,21 +335,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0):
     Backward (handwritten): ``dx = W*ᵀ g`` (a transposed convolution, which is
     ``deconv2d(g, w)``), ``dw = g X*ᵀ``, ``db = Σ_{N,H,W} g``.
     """
-    stride = _checks.int_pair("stride", stride, minimum=1)
-    padding = _checks.int_pair("padding", padding, minimum=0)
-    x = _checks.float_array("x", x, ndim=4, layout="(N, C, H, W)")
-    w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)", empty_batch=False)
-    if b is not None:
-        b = _checks.float_array("b", b, ndim=1, layout="(out_channels,)", empty_batch=False)
-    _checks.same_dtype("conv2d", x=x, w=w, b=b)
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(
-            f"conv2d: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but w expects {w.shape[1]} "
-            f"(shape {tuple(w.shape)}, laid out (out_channels, in_channels, kh, kw))"
-        )
-    if b is not None and b.shape[0] != w.shape[0]:
-        raise ValueError(f"conv2d: b has shape {tuple(b.shape)}, expected ({w.shape[0]},) to match w {tuple(w.shape)}")
-    _check_conv_geometry("conv2d", x.shape[2:], w.shape[2:], padding)
+    x, w, b, stride, padding = conv2d_args("conv2d", x, w, b, stride, padding)
     return _conv2d(x, w, b, stride, padding)
 
 
@@ -356,6 +362,33 @@ def _deconv2d_bwd(stride, padding, out_hw, res, g):
 _deconv2d.defvjp(_deconv2d_fwd, _deconv2d_bwd)
 
 
+def deconv2d_args(op, x, w, b, stride, padding, output_padding):
+    """``deconv2d``'s arguments checked, errors naming ``op``: ``(x, w, b, stride, padding, out_hw)``."""
+    stride = _checks.int_pair("stride", stride, minimum=1)
+    padding = _checks.int_pair("padding", padding, minimum=0)
+    output_padding = _checks.int_pair("output_padding", output_padding, minimum=0)
+    _check_output_padding(op, output_padding, stride)
+    x = _checks.float_array("x", x, ndim=4, layout="(N, C_in, H, W)")
+    w = _checks.float_array("w", w, ndim=4, layout="(in_channels, out_channels, kh, kw)", empty_batch=False)
+    if b is not None:
+        b = _checks.float_array("b", b, ndim=1, layout="(out_channels,)", empty_batch=False)
+    _checks.same_dtype(op, x=x, w=w, b=b)
+    if x.shape[1] != w.shape[0]:
+        raise ValueError(
+            f"{op}: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but w expects {w.shape[0]} "
+            f"(shape {tuple(w.shape)}, laid out (in_channels, out_channels, kh, kw))"
+        )
+    if b is not None and b.shape[0] != w.shape[1]:
+        raise ValueError(f"{op}: b has shape {tuple(b.shape)}, expected ({w.shape[1]},) to match w {tuple(w.shape)}")
+    out_hw = deconv_output_size(x.shape[2:], w.shape[2:], stride, padding, output_padding)
+    if min(out_hw) < 1:
+        raise ValueError(
+            f"{op}: output size {out_hw} is not positive for input {tuple(x.shape[2:])}, kernel "
+            f"{tuple(w.shape[2:])}, stride {stride}, padding {padding}; expected a smaller padding"
+        )
+    return x, w, b, stride, padding, out_hw
+
+
 def deconv2d(x, w, b=None, *, stride=1, padding=0, output_padding=0):
     """Transposed 2-D convolution (PyTorch's ``F.conv_transpose2d``): ``Y* = W*ᵀ X*``.
 
@@ -376,28 +409,7 @@ def deconv2d(x, w, b=None, *, stride=1, padding=0, output_padding=0):
     Backward (handwritten): ``dx = conv2d(g, w)``, ``dw`` the conv weight gradient with ``g`` as
     input and ``x`` as output gradient, ``db = Σ g``.
     """
-    stride = _checks.int_pair("stride", stride, minimum=1)
-    padding = _checks.int_pair("padding", padding, minimum=0)
-    output_padding = _checks.int_pair("output_padding", output_padding, minimum=0)
-    _check_output_padding("deconv2d", output_padding, stride)
-    x = _checks.float_array("x", x, ndim=4, layout="(N, C_in, H, W)")
-    w = _checks.float_array("w", w, ndim=4, layout="(in_channels, out_channels, kh, kw)", empty_batch=False)
-    if b is not None:
-        b = _checks.float_array("b", b, ndim=1, layout="(out_channels,)", empty_batch=False)
-    _checks.same_dtype("deconv2d", x=x, w=w, b=b)
-    if x.shape[1] != w.shape[0]:
-        raise ValueError(
-            f"deconv2d: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but w expects {w.shape[0]} "
-            f"(shape {tuple(w.shape)}, laid out (in_channels, out_channels, kh, kw))"
-        )
-    if b is not None and b.shape[0] != w.shape[1]:
-        raise ValueError(f"deconv2d: b has shape {tuple(b.shape)}, expected ({w.shape[1]},) to match w {tuple(w.shape)}")
-    out_hw = deconv_output_size(x.shape[2:], w.shape[2:], stride, padding, output_padding)
-    if min(out_hw) < 1:
-        raise ValueError(
-            f"deconv2d: output size {out_hw} is not positive for input {tuple(x.shape[2:])}, kernel "
-            f"{tuple(w.shape[2:])}, stride {stride}, padding {padding}; expected a smaller padding"
-        )
+    x, w, b, stride, padding, out_hw = deconv2d_args("deconv2d", x, w, b, stride, padding, output_padding)
     return _deconv2d(x, w, b, stride, padding, out_hw)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from tinyfn import _checks
-from tinyfn.layers.conv import conv_output_size, deconv_output_size
+from tinyfn.layers.conv import conv2d_args, conv_output_size, deconv2d_args
 
 __all__ = ["unrolled_filter_matrix", "conv2d_matrix", "deconv2d_matrix"]
 
@@ -52,21 +52,18 @@ def unrolled_filter_matrix(w, input_hw, *, stride=1, padding=0):
 
 def conv2d_matrix(x, w, b=None, *, stride=1, padding=0):
     """``conv2d`` computed literally as ``Y* = W* X*`` (plus bias); same result, for teaching."""
-    x = _checks.float_array("x", x, ndim=4, layout="(N, C, H, W)")
+    x, w, b, stride, padding = conv2d_args("conv2d_matrix", x, w, b, stride, padding)
     n, c, h, wd = x.shape
     wstar = unrolled_filter_matrix(w, (h, wd), stride=stride, padding=padding)
-    k = w.shape[0]
-    ho, wo = conv_output_size((h, wd), w.shape[2:], _checks.int_pair("stride", stride), _checks.int_pair("padding", padding))
-    y = (x.reshape(n, -1) @ wstar.T).reshape(n, k, ho, wo)
+    ho, wo = conv_output_size((h, wd), w.shape[2:], stride, padding)
+    y = (x.reshape(n, c * h * wd) @ wstar.T).reshape(n, w.shape[0], ho, wo)
     return y if b is None else y + b[None, :, None, None]
 
 
 def deconv2d_matrix(x, w, b=None, *, stride=1, padding=0, output_padding=0):
     """``deconv2d`` computed literally as ``Y* = W*ᵀ X*``; ``w (C_in, C_out, kh, kw)`` as in ``deconv2d``."""
-    x = _checks.float_array("x", x, ndim=4, layout="(N, C_in, H, W)")
-    s, p, o = (_checks.int_pair(nm, v) for nm, v in (("stride", stride), ("padding", padding), ("output_padding", output_padding)))
-    n, _, h, wd = x.shape
-    out_hw = deconv_output_size((h, wd), w.shape[2:], s, p, o)
-    wstar = unrolled_filter_matrix(w, out_hw, stride=s, padding=p)
-    y = (x.reshape(n, -1) @ wstar).reshape(n, w.shape[1], *out_hw)
+    x, w, b, stride, padding, out_hw = deconv2d_args("deconv2d_matrix", x, w, b, stride, padding, output_padding)
+    n, c, h, wd = x.shape
+    wstar = unrolled_filter_matrix(w, out_hw, stride=stride, padding=padding)
+    y = (x.reshape(n, c * h * wd) @ wstar).reshape(n, w.shape[1], *out_hw)
     return y if b is None else y + b[None, :, None, None]
