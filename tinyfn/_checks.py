@@ -12,57 +12,62 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def int_pair(name: str, value, *, minimum: int = 0) -> tuple[int, int]:
+def _pre(op: str | None) -> str:
+    """The message prefix: ``"conv2d: "`` for ``op="conv2d"``, nothing without an op."""
+    return f"{op}: " if op else ""
+
+
+def int_pair(name: str, value, *, minimum: int = 0, op: str | None = None) -> tuple[int, int]:
     """``value`` as a pair of ints ``>= minimum``; an int ``k`` means ``(k, k)``."""
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{_pre(op)}{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r} (length {len(value)})")
+            raise ValueError(f"{_pre(op)}{name} must be an int or a pair of ints, got {value!r} (length {len(value)})")
         items = tuple(value)
     else:
         items = (value, value)
     try:
         pair = tuple(operator.index(v) for v in items)
     except TypeError:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+        raise TypeError(f"{_pre(op)}{name} must be an int or a pair of ints, got {value!r}") from None
     if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{_pre(op)}{name} must be >= {minimum}, got {value!r}")
     return pair  # type: ignore[return-value]
 
 
-def positive_int(name: str, value) -> int:
+def positive_int(name: str, value, *, op: str | None = None) -> int:
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
+        raise TypeError(f"{_pre(op)}{name} must be a positive int, got {value!r}")
     try:
         v = operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {value!r}") from None
+        raise TypeError(f"{_pre(op)}{name} must be a positive int, got {value!r}") from None
     if v < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ValueError(f"{_pre(op)}{name} must be a positive int, got {value!r}")
     return v
 
 
-def float_array(name: str, x, *, ndim: int | None = None, layout: str = "", empty_batch: bool = True):
+def float_array(name: str, x, *, ndim: int | None = None, layout: str = "", empty_batch: bool = True, op: str | None = None):
     """``x`` as a jax array of a floating dtype, optionally of rank ``ndim``.
 
     No dimension may be zero, except the first (the batch) when ``empty_batch``.
     """
     if x is None or isinstance(x, (str, bytes)):
-        raise TypeError(f"{name} must be an array, got {x!r}")
+        raise TypeError(f"{_pre(op)}{name} must be an array, got {x!r}")
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         try:
             x = jnp.asarray(x)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be an array, got {type(x).__name__} ({exc})") from None
+            raise TypeError(f"{_pre(op)}{name} must be an array, got {type(x).__name__} ({exc})") from None
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {x.dtype} (convert with .astype(jnp.float32))")
+        raise TypeError(f"{_pre(op)}{name} must have a floating dtype, got {x.dtype} (convert with .astype(jnp.float32))")
     if ndim is not None and x.ndim != ndim:
         hint = f" {layout}" if layout else ""
-        raise ValueError(f"{name} must have rank {ndim}{hint}, got shape {tuple(x.shape)}")
+        raise ValueError(f"{_pre(op)}{name} must have rank {ndim}{hint}, got shape {tuple(x.shape)}")
     if 0 in x.shape[1 if empty_batch else 0 :]:
         which = "only the first (batch) dimension may be 0" if empty_batch else "every dimension must be at least 1"
-        raise ValueError(f"{name} has shape {tuple(x.shape)}: {which}")
+        raise ValueError(f"{_pre(op)}{name} has shape {tuple(x.shape)}: {which}")
     return jnp.asarray(x)
 
 
@@ -78,11 +83,11 @@ def same_dtype(op: str, **arrays) -> None:
             )
 
 
-def rate(name: str, value) -> float:
+def rate(name: str, value, *, op: str | None = None) -> float:
     try:
         r = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a float in [0, 1], got {value!r}") from None
+        raise TypeError(f"{_pre(op)}{name} must be a float in [0, 1], got {value!r}") from None
     if not 0.0 <= r <= 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1] (the probability of dropping), got {value!r}")
+        raise ValueError(f"{_pre(op)}{name} must be a float in [0, 1] (the probability of dropping), got {value!r}")
     return r
