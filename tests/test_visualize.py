@@ -1,7 +1,9 @@
 """DeconvNet projections, saliency, guided backprop, top activations and the figures."""
 
+import chex
 import jax
 import jax.numpy as jnp
+from matplotlib.figure import Figure
 import numpy as np
 import pytest
 
@@ -156,14 +158,102 @@ def _png(path):
 
 def test_figures_are_written_with_the_expected_size_and_are_not_blank(tmp_path, rng):
     imgs = rng.standard_normal((9, 1, 5, 5))
-    out = V.plot_deconv_grid([imgs, imgs[::-1]], [imgs ** 2, imgs], tmp_path / "grid.png", layer="conv2", channels=[0, 3], image_indices=[range(9), range(9, 18)])
-    pic = _png(out)
+    fig = V.plot_deconv_grid([imgs, imgs[::-1]], [imgs ** 2, imgs], tmp_path / "grid.png", layer="conv2", channels=[0, 3], image_indices=[range(9), range(9, 18)])
+    assert isinstance(fig, Figure)
+    pic = _png(tmp_path / "grid.png")
     assert pic.shape[:2] == (650, 640) and pic[..., :3].var() > 1e-3
-    pic = _png(V.plot_filters(rng.standard_normal((6, 1, 5, 5)), tmp_path / "filters.png"))
+    V.plot_filters(rng.standard_normal((6, 1, 5, 5)), tmp_path / "filters.png")
+    pic = _png(tmp_path / "filters.png")
     assert pic.shape[:2] == (185, 780)  # figsize (1.3 * 6, 1.45 + 0.4) inches at 100 dpi
     assert pic[..., :3].var() > 1e-3
-    pic = _png(V.plot_feature_maps(rng.standard_normal((16, 10, 10)), tmp_path / "maps.png", title="conv2 · image 0"))
-    assert pic.shape[:2] == (340, 1120) and pic[..., :3].var() > 1e-3
+    V.plot_feature_maps(rng.standard_normal((16, 10, 10)), tmp_path / "maps.png", title="conv2 · image 0")
+    pic = _png(tmp_path / "maps.png")
+    assert pic.shape[:2] == (400, 1200) and pic[..., :3].var() > 1e-3  # figsize (1.5 * 8, 1.7 * 2 + 0.6)
     cols = {"deconvnet": rng.standard_normal((2, 1, 8, 8)), "saliency": rng.standard_normal((2, 1, 8, 8)), "guided backprop": rng.standard_normal((2, 1, 8, 8))}
-    pic = _png(V.plot_comparison(rng.standard_normal((2, 1, 8, 8)), cols, tmp_path / "cmp.png", row_titles=["image 0", "image 1"]))
+    V.plot_comparison(rng.standard_normal((2, 1, 8, 8)), cols, tmp_path / "cmp.png", row_titles=["image 0", "image 1"])
+    pic = _png(tmp_path / "cmp.png")
     assert pic.shape[:2] == (420, 760) and pic[..., :3].var() > 1e-3
+
+
+def test_plots_return_figures_without_writing_when_no_path_is_given(tmp_path, rng, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fig = V.plot_filters(rng.standard_normal((4, 1, 3, 3)))
+    assert isinstance(fig, Figure) and len(fig.axes) >= 4 and list(tmp_path.iterdir()) == []
+
+
+def _boxes(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # draws this one figure; the process's backend is untouched
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    return [(ax.get_title(), ax.get_window_extent(renderer), ax.title.get_window_extent(renderer)) for ax in fig.axes if ax.get_title()]
+
+
+def test_feature_map_titles_do_not_overlap_the_row_above_and_the_input_is_shown(rng):
+    fig = V.plot_feature_maps(rng.standard_normal((16, 10, 10)), title="conv2 · image 0", image=rng.standard_normal((1, 28, 28)))
+    boxes = _boxes(fig)
+    assert boxes[0][0] == "input" and sum(t.startswith("channel") for t, _, _ in boxes) == 16
+    for title, _, title_box in boxes:  # no title runs into another axes' image
+        for other, ax_box, _ in boxes:
+            if other != title:
+                assert not title_box.overlaps(ax_box), (title, other)
+
+
+def _layer_with_three_channels():
+    model = serial(Conv2D(3, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Linear(2))
+    _, params = model.init(jax.random.key(0), (None, 1, 6, 6))
+    return model, params, jax.random.normal(jax.random.key(1), (2, 1, 6, 6))
+
+
+@pytest.mark.parametrize("channel", [3, 7, -1])
+def test_out_of_range_channels_are_refused_by_every_entry_point(channel):
+    model, params, x = _layer_with_three_channels()
+    message = rf"channel {channel} is out of range for layer 'pool1' with 3 channels"
+    with pytest.raises(ValueError, match="make_projector: " + message):
+        V.make_projector(model, "pool1")(params, x, channel)
+    with pytest.raises(ValueError, match="deconvnet: " + message):
+        V.deconvnet(model, params, x, "pool1", channel)
+    with pytest.raises(ValueError, match="saliency: " + message):
+        V.saliency(model, params, x, channel, layer="pool1")
+    with pytest.raises(ValueError, match="guided_backprop: " + message):
+        V.guided_backprop(model, params, x, channel, layer="pool1")
+    with pytest.raises(ValueError, match=rf"select: channel {channel} is out of range"):
+        V.select(jnp.ones((1, 3, 2, 2)), channel)
+
+
+def test_an_out_of_range_channel_under_an_outer_jit_gives_nan_not_a_picture():
+    model, params, x = _layer_with_three_channels()
+    project = jax.jit(V.make_projector(model, "pool1"))
+    assert np.isfinite(np.asarray(project(params, x, 2))).all()
+    assert np.isnan(np.asarray(project(params, x, 7))).all()
+    assert np.isnan(np.asarray(project(params, x, -1))).all()
+
+
+def test_numpy_integer_channels_are_accepted_and_floats_refused():
+    model, params, x = _layer_with_three_channels()
+    expected = np.asarray(V.deconvnet(model, params, x, "pool1", 1))
+    for channel in (np.int64(1), np.int32(1), np.array(1), jnp.asarray(1)):
+        np.testing.assert_array_equal(np.asarray(V.deconvnet(model, params, x, "pool1", channel)), expected)
+    with pytest.raises(TypeError, match=r"deconvnet: channel must be an int, got 1.0"):
+        V.deconvnet(model, params, x, "pool1", 1.0)
+
+
+def test_deconvnet_compiles_once_per_model_whatever_the_channel(monkeypatch):
+    from tinyfn.visualize import project as project_module
+
+    model, params, x = _layer_with_three_channels()
+    project_module._PROJECTORS.clear()
+    monkeypatch.setattr(project_module, "project_down", chex.assert_max_traces(project_module.project_down, n=1))
+    for channel in (0, 1, 2, np.int64(1)):
+        V.deconvnet(model, params, x, "pool1", channel)
+
+
+def test_a_projector_compiles_once_across_channels(monkeypatch):
+    from tinyfn.visualize import project as project_module
+
+    model, params, x = _layer_with_three_channels()
+    monkeypatch.setattr(project_module, "project_down", chex.assert_max_traces(project_module.project_down, n=1))
+    project = V.make_projector(model, "conv1")
+    for channel in range(3):
+        project(params, x, channel)

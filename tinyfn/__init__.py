@@ -4,14 +4,15 @@ Layers are pure ``(init, apply)`` pairs over parameter pytrees (``tinyfn.layers`
 the ops they use carry handwritten ``jax.custom_vjp`` rules, each checked against
 autodiff of an independent reference (``tinyfn.reference``) and finite
 differences (``tinyfn.gradcheck``).
+
+``import tinyfn`` changes no process-wide setting: the allocator tuning that
+training processes want is an explicit call, ``tinyfn.tune_allocator()``, and
+plots return ``matplotlib.figure.Figure`` objects without touching the backend.
 """
 
-from tinyfn._malloc import tune_at_import as _tune_at_import
-
-_MALLOC_TUNED = _tune_at_import()  # first, before XLA starts its threads: see tinyfn/_malloc.py
-
-from tinyfn import gradcheck, initializers, layers, losses, models, reference  # noqa: E402
-from tinyfn.layers import (  # noqa: E402
+from tinyfn import gradcheck, initializers, layers, losses, models, reference
+from tinyfn._malloc import tune_allocator
+from tinyfn.layers import (
     conv2d,
     deconv2d,
     dropout,
@@ -25,7 +26,7 @@ from tinyfn.layers import (  # noqa: E402
     serial,
     softmax,
 )
-from tinyfn.losses import mse, softmax_cross_entropy  # noqa: E402
+from tinyfn.losses import mse, softmax_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -50,5 +51,6 @@ __all__ = [
     "dropout",
     "softmax_cross_entropy",
     "mse",
+    "tune_allocator",
     "__version__",
 ]

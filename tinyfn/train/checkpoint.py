@@ -5,14 +5,15 @@ Tensor names are the flattened pytree paths: ``"0.w"``, ``"3.b"`` for a
 state, ``"key"`` for the random key's data. One JSON metadata entry holds the
 format version, the tinyfn version, the pytree structures, and whatever the
 caller adds (model name and configuration, normalisation, history...).
-Writes are atomic (temporary file, then rename); no pickle anywhere.
+Writes are atomic (temporary file, then rename) and respect the umask; no
+pickle anywhere. A run directory holds its checkpoint as ``CHECKPOINT_NAME``;
+``load_model`` rebuilds the recorded model from such a file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,8 +22,11 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT_VERSION"]
+from tinyfn._files import atomic_write
 
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_path", "CHECKPOINT_NAME", "FORMAT_VERSION"]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"  # the checkpoint's name inside a run directory
 FORMAT_VERSION = 1
 _META_KEY = "tinyfn"
 
@@ -77,20 +81,6 @@ def _flatten(tree, prefix: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _fsync_dir(directory: Path):
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metadata=None) -> Path:
     """Write ``params`` (and optionally the optimizer state, step and key) to ``path`` atomically.
 
@@ -120,24 +110,12 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
         blob = save(tensors, metadata={_META_KEY: json.dumps(meta)})
     except TypeError as exc:
         raise TypeError(f"save_checkpoint: metadata must be JSON-serialisable ({exc})") from None
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a part
-        tmp = None
-        _fsync_dir(path.parent)
+        atomic_write(path, lambda f: f.write(blob), durable=True)  # readers see the old file or the new one, never a part
     except OSError as exc:
         kept = "the previous checkpoint there is unchanged" if path.exists() else "nothing was written"
         message = f"could not save checkpoint {path}: {exc.strerror or exc} ({len(blob):,} bytes); {kept}"
         raise (type(exc)(exc.errno, message) if exc.errno is not None else type(exc)(message)) from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -246,3 +224,39 @@ def load_checkpoint(path, like=None) -> Checkpoint:
         _check_like(path, params, like)
     key = jax.random.wrap_key_data(jnp.asarray(tensors["key"])) if meta.get("has_key") and "key" in tensors else None
     return Checkpoint(params, opt_state, meta.get("step"), key, meta.get("metadata", {}))
+
+
+def checkpoint_path(path_or_run_dir) -> Path:
+    """``path`` itself if it is a file, else ``path / CHECKPOINT_NAME``; ``FileNotFoundError`` if neither exists."""
+    path = Path(path_or_run_dir)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (pass a run directory or a .safetensors file)")
+    return path
+
+
+def load_model(path_or_run_dir):
+    """``(model, params, metadata)`` from a checkpoint that records its model (as ``python -m tinyfn train`` writes).
+
+    ``path_or_run_dir`` is a ``.safetensors`` file or a run directory holding
+    ``CHECKPOINT_NAME``. The model is rebuilt from the registry
+    ``tinyfn.models.MODELS`` with the recorded configuration, and the stored
+    params are checked against its shapes; a mismatch raises
+    ``CheckpointError`` naming the first difference.
+    """
+    from tinyfn.models import get_model
+
+    path = checkpoint_path(path_or_run_dir)
+    meta = load_checkpoint(path).metadata
+    spec = meta.get("model")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise CheckpointError(f"{path} does not record its model (metadata 'model': {{'name', 'kwargs', 'input_shape'}})")
+    try:
+        model = get_model(spec["name"], **spec.get("kwargs", {}))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild model {spec!r}: {exc}") from None
+    input_shape = tuple(spec.get("input_shape", (1, 28, 28)))
+    like = jax.eval_shape(lambda k: model.init(k, (None, *input_shape))[1], jax.random.key(0))
+    ckpt = load_checkpoint(path, like=like)
+    return model, ckpt.params, ckpt.metadata

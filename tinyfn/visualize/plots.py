@@ -1,14 +1,15 @@
 """Pictures of what a network sees: DeconvNet grids, filters, feature maps and a three-rule comparison.
 
-All figures use matplotlib's Agg backend and are written as PNG atomically
-(temporary file, then rename). Images are ``(C, H, W)`` with ``C`` 1 or 3.
+Each function builds and returns a ``matplotlib.figure.Figure``, written as a
+PNG atomically (temporary file, then rename) when given a ``path``; none touches
+pyplot or matplotlib's backend. Images are ``(C, H, W)`` with ``C`` 1 or 3.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tinyfn._plotting import _plt, _save
+from tinyfn._plotting import finish, new_figure
 
 __all__ = ["minmax", "plot_deconv_grid", "plot_filters", "plot_feature_maps", "plot_comparison"]
 
@@ -47,18 +48,17 @@ def _mosaic(tiles, ncols, pad=1, fill=1.0):
     return out
 
 
-def plot_deconv_grid(projections, patches, path, *, layer: str, channels, image_indices, ncols: int = 3):
+def plot_deconv_grid(projections, patches, path=None, *, layer: str, channels, image_indices, ncols: int = 3):
     """Zeiler & Fergus's Figure 2 layout: per feature map, its top projections beside the matching input patches.
 
     Args:
       projections: per channel, a sequence of ``k`` projections ``(C, h, w)`` (cropped to the receptive field).
       patches: per channel, the ``k`` input patches of the same crops.
-      path: where to write the PNG.
+      path: where to write the PNG (optional); the ``Figure`` is returned.
       layer, channels, image_indices: for the titles (``image_indices[i][j]`` is the dataset index of tile ``j``).
     """
-    plt = _plt()
     rows = len(channels)
-    fig, axes = plt.subplots(rows, 2, figsize=(6.4, 3.1 * rows + 0.3), squeeze=False)
+    fig, axes = new_figure(rows, 2, figsize=(6.4, 3.1 * rows + 0.3), squeeze=False)
     for r, (c, projs, pats, idx) in enumerate(zip(channels, projections, patches, image_indices)):
         for ax, tiles, what in ((axes[r, 0], projs, "projections"), (axes[r, 1], pats, "input patches")):
             mosaic = _mosaic([_display(minmax(t)) for t in tiles], ncols)
@@ -70,18 +70,17 @@ def plot_deconv_grid(projections, patches, path, *, layer: str, channels, image_
         axes[r, 0].set_xlabel(f"images {shown}", fontsize=7)
     fig.suptitle(f"DeconvNet: strongest activations of {layer}, projected to pixels", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
-    return _save(fig, path)
+    return finish(fig, path)
 
 
-def plot_filters(w, path, *, title: str = "first-layer filters", ncols: int = 8):
+def plot_filters(w, path=None, *, title: str = "first-layer filters", ncols: int = 8):
     """A grid of filters ``w (K, C, kh, kw)``: one shared symmetric blue-red scale for 1-channel filters,
     per-filter min-max colour for 3-channel ones."""
-    plt = _plt()
     w = np.asarray(w)
     k = w.shape[0]
     ncols = min(ncols, k)
     nrows = -(-k // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.45 * nrows + 0.4), squeeze=False)
+    fig, axes = new_figure(nrows, ncols, figsize=(1.3 * ncols, 1.45 * nrows + 0.4), squeeze=False)
     vmax = float(np.abs(w).max()) or 1.0
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -97,42 +96,47 @@ def plot_filters(w, path, *, title: str = "first-layer filters", ncols: int = 8)
     if w.shape[1] == 1:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return finish(fig, path)
 
 
-def plot_feature_maps(maps, path, *, title: str, ncols: int = 8):
-    """All maps ``(C, H, W)`` of one layer for one image, each on its own scale (viridis)."""
-    plt = _plt()
+def plot_feature_maps(maps, path=None, *, title: str, image=None, ncols: int = 8):
+    """All maps ``(C, H, W)`` of one layer for one image, each on its own scale (viridis), with the input
+    ``image (C', H', W')`` (if given) drawn on the left; returns the ``Figure``."""
     maps = np.asarray(maps)
     c = maps.shape[0]
     ncols = min(ncols, c)
     nrows = -(-c // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.4 * ncols, 1.5 * nrows + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
+    lead = 0 if image is None else 1
+    fig, axes = new_figure(nrows, ncols + lead, figsize=(1.5 * (ncols + lead), 1.7 * nrows + 0.6), squeeze=False, layout="constrained")
+    for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    if image is not None:
+        axes[0, 0].imshow(_display(minmax(image)), cmap="gray", interpolation="nearest")
+        axes[0, 0].set_title("input", fontsize=8)
+        for ax in axes[1:, 0]:
+            ax.axis("off")
+    for i, ax in enumerate(axes[:, lead:].flat):
         if i >= c:
             ax.axis("off")
             continue
         ax.imshow(maps[i], cmap="viridis", interpolation="nearest")
         ax.set_title(f"channel {i}", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
-    return _save(fig, path)
+    return finish(fig, path)
 
 
-def plot_comparison(images, columns: dict, path, *, row_titles, title: str = "three ways back to pixels"):
+def plot_comparison(images, columns: dict, path=None, *, row_titles, title: str = "three ways back to pixels"):
     """Rows of ``[input, method 1, method 2, ...]``.
 
     ``images (n, C, H, W)``; ``columns`` maps a method name to ``(n, C, H, W)``
     maps. Saliency is drawn as ``|g|`` (max over channels), the others min-max
     scaled; each tile on its own scale.
     """
-    plt = _plt()
     images = np.asarray(images)
     n = images.shape[0]
     names = ["input", *columns]
-    fig, axes = plt.subplots(n, len(names), figsize=(1.9 * len(names), 1.95 * n + 0.3), squeeze=False)
+    fig, axes = new_figure(n, len(names), figsize=(1.9 * len(names), 1.95 * n + 0.3), squeeze=False)
     for r in range(n):
         for c, name in enumerate(names):
             ax = axes[r, c]
@@ -151,4 +155,4 @@ def plot_comparison(images, columns: dict, path, *, row_titles, title: str = "th
                 ax.set_title(name + (" |g|" if name == "saliency" else ""), fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return finish(fig, path)

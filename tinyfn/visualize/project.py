@@ -21,6 +21,10 @@ activations with respect to the input.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
+import numpy as np
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -28,7 +32,7 @@ from jax import lax
 from tinyfn.layers import conv2d, deconv2d, deconv_output_size, linear, max_unpool2d, relu
 from tinyfn.visualize.record import LayerInfo, Recording, layer_table, record, resolve_layer
 
-__all__ = ["RULES", "MODES", "select", "project_down", "deconvnet", "saliency", "guided_backprop", "make_projector", "receptive_field"]
+__all__ = ["RULES", "MODES", "select", "check_channel", "project_down", "deconvnet", "saliency", "guided_backprop", "make_projector", "receptive_field"]
 
 RULES = ("deconvnet", "saliency", "guided")
 MODES = ("max", "topk", "all")
@@ -89,13 +93,16 @@ def select(a, channel, mode: str = "max", k: int = 9, *, values: bool = True):
     is then the unit). ``mode``: ``"max"`` keeps the strongest activation of the
     map, ``"topk"`` its ``k`` strongest, ``"all"`` the whole map. Kept entries
     hold their activation (``values=True``, as in the DeconvNet) or 1 (the
-    seed of a gradient).
+    seed of a gradient). ``channel`` (an int, a numpy integer or an integer
+    scalar array) outside ``0..C-1`` raises ``ValueError``; when it is traced
+    (under an outer ``jit``) and out of range, the result is all NaN instead.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    n, c = a.shape[:2]
+        raise ValueError(f"select: mode must be one of {MODES}, got {mode!r}")
     if a.ndim not in (2, 4):
-        raise ValueError(f"can only select in (N, C, H, W) or (N, F) activations, got shape {tuple(a.shape)}")
+        raise ValueError(f"select: can only select in (N, C, H, W) or (N, F) activations, got shape {tuple(a.shape)}")
+    n, c = a.shape[:2]
+    channel = check_channel(channel, c, op="select")
     chosen = lax.dynamic_index_in_dim(a, channel, axis=1, keepdims=False).reshape(n, -1)
     size = chosen.shape[1]
     if mode == "all":
@@ -107,7 +114,37 @@ def select(a, channel, mode: str = "max", k: int = 9, *, values: bool = True):
     kept = jnp.where(keep, chosen if values else jnp.ones((), a.dtype), jnp.zeros((), a.dtype))
     onehot = (jnp.arange(c) == channel).astype(a.dtype)
     spatial = a.shape[2:]
-    return (kept.reshape(n, 1, *spatial) * onehot.reshape(1, c, *([1] * len(spatial)))).astype(a.dtype)
+    out = (kept.reshape(n, 1, *spatial) * onehot.reshape(1, c, *([1] * len(spatial)))).astype(a.dtype)
+    return _nan_unless_in_range(out, channel, c)
+
+
+def check_channel(channel, count: int, *, op: str, layer: str | None = None):
+    """``channel`` as a Python int if it is concrete and in ``0..count-1``; a traced integer passes through unchanged.
+
+    Accepts ``int``, numpy integers and integer scalar arrays; refuses ``bool``,
+    floats and anything else (``TypeError``) and out-of-range values, negative
+    ones included (``ValueError``, naming the layer and its channel count).
+    """
+    if isinstance(channel, jax.core.Tracer):
+        if not jnp.issubdtype(channel.dtype, jnp.integer) or channel.ndim != 0:
+            raise TypeError(f"{op}: channel must be an integer scalar, got a traced {channel.dtype} of shape {channel.shape}")
+        return channel
+    is_scalar_int = np.ndim(channel) == 0 and np.issubdtype(np.asarray(channel).dtype, np.integer)
+    if isinstance(channel, (bool, np.bool_)) or not is_scalar_int:
+        raise TypeError(f"{op}: channel must be an int, got {channel!r}")
+    value = int(channel)
+    if not 0 <= value < count:
+        where = f"layer {layer!r}" if layer is not None else "the activations"
+        raise ValueError(f"{op}: channel {value} is out of range for {where} with {count} channels/units (expected 0..{count - 1})")
+    return value
+
+
+def _nan_unless_in_range(out, channel, count):
+    """``out`` unchanged for a concrete (already checked) channel; all NaN for a traced one outside ``0..count-1``."""
+    if not isinstance(channel, jax.core.Tracer):
+        return out
+    valid = (channel >= 0) & (channel < count)
+    return jnp.where(valid, out, jnp.full((), jnp.nan, out.dtype))
 
 
 def _as_batch(x):
@@ -120,34 +157,67 @@ def _as_batch(x):
 
 
 def make_projector(model, layer, *, rule: str = "deconvnet", mode: str = "max", k: int = 9, values: bool | None = None):
-    """A jitted ``(params, x, channel) -> projection`` for repeated use (``channel`` is traced: one compile).
+    """A ``(params, x, channel) -> projection`` for repeated use, compiled once per input shape.
 
-    ``values`` (seed the walk with the kept activations, or with ones) defaults
-    to ``True`` for the DeconvNet and ``False`` (a gradient) for the others.
+    ``channel`` is passed to the jitted walk as an argument, so every channel
+    reuses one compilation. It must be an int (numpy integers and integer
+    scalar arrays too) in ``0..C-1`` for the layer's ``C`` channels or units;
+    anything else raises before any work. Under an outer ``jit`` (a traced
+    ``channel``) an out-of-range channel gives an all-NaN projection, never a
+    plausible picture. ``values`` (seed the walk with the kept activations, or
+    with ones) defaults to ``True`` for the DeconvNet and ``False`` (a
+    gradient) for the others.
     """
     info = resolve_layer(model, layer)
     if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        raise ValueError(f"make_projector: rule must be one of {RULES}, got {rule!r}")
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"make_projector: mode must be one of {MODES}, got {mode!r}")
     values = rule == "deconvnet" if values is None else values
+    counts: dict = {}
 
     @jax.jit
-    def project(params, x, channel):
+    def walk(params, x, channel):
         rec = record(model, params, x, upto=info.index)
         seed = select(rec.outputs[info.index], channel, mode, k, values=values)
         return project_down(model, params, rec, info.index, seed, rule)
 
+    def project(params, x, channel):
+        shapes = (jnp.shape(x), jnp.result_type(x), tuple(jnp.shape(a) for a in jax.tree_util.tree_leaves(params)))
+        if shapes not in counts:
+            counts[shapes] = jax.eval_shape(lambda p, a: record(model, p, a, upto=info.index).outputs[-1], params, x).shape[1]
+        channel = check_channel(channel, counts[shapes], op="make_projector", layer=info.name)
+        return _nan_unless_in_range(walk(params, x, channel), channel, counts[shapes])
+
     return project
 
 
-def _project(model, params, x, layer, channel, rule, mode, k):
+_PROJECTORS: OrderedDict = OrderedDict()  # the projectors of deconvnet/saliency/guided_backprop: one compilation per model
+_MAX_PROJECTORS = 32
+
+
+def _projector(model, index, rule, mode, k):
+    key = (id(model), index, rule, mode, k)
+    hit = _PROJECTORS.get(key)
+    if hit is not None and hit[0] is model:
+        _PROJECTORS.move_to_end(key)
+        return hit[1]
+    project = make_projector(model, index, rule=rule, mode=mode, k=k)
+    _PROJECTORS[key] = (model, project)  # holding the model keeps its id from being reused
+    if len(_PROJECTORS) > _MAX_PROJECTORS:
+        _PROJECTORS.popitem(last=False)
+    return project
+
+
+def _project(model, params, x, layer, channel, rule, mode, k, op):
     x, single = _as_batch(x)
     info = resolve_layer(model, layer)
-    out = jax.eval_shape(lambda p, x: record(model, p, x, upto=info.index).outputs[-1], params, x)
-    if not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel < out.shape[1]:
-        raise ValueError(f"channel {channel!r} is out of range for layer {info.name!r} with {out.shape[1]} channels/units")
-    result = make_projector(model, info.index, rule=rule, mode=mode, k=k)(params, x, channel)
+    if mode not in MODES:
+        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
+    try:
+        result = _projector(model, info.index, rule, mode, k)(params, x, channel)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(str(exc).replace("make_projector: ", f"{op}: ", 1)) from None
     return result[0] if single else result
 
 
@@ -158,9 +228,10 @@ def deconvnet(model, params, x, layer, channel, *, mode: str = "max", k: int = 9
     the whole map) with their values, zeroes the rest of the layer, and walks
     down: unpool with the switches, rectify at each ReLU, ``deconv2d`` with each
     conv's filters. ``x`` is ``(C, H, W)`` or ``(N, C, H, W)``; the result has
-    its shape.
+    its shape. Compiles once per model, layer and input shape (the projector is
+    cached), whatever the channel.
     """
-    return _project(model, params, x, layer, channel, "deconvnet", mode, k)
+    return _project(model, params, x, layer, channel, "deconvnet", mode, k, "deconvnet")
 
 
 def saliency(model, params, x, target=None, *, layer=None, mode: str = "max", k: int = 9):
@@ -182,7 +253,7 @@ def _gradient_like(model, params, x, target, layer, rule, mode, k):
         if out.ndim != 2 or out.shape[0] != 1:
             raise ValueError("target=None (the predicted class) needs one image and a layer with (N, classes) output")
         target = int(jnp.argmax(out[0]))
-    out = _project(model, params, xb, info.index, target, rule, mode, k)
+    out = _project(model, params, xb, info.index, target, rule, mode, k, "saliency" if rule == "saliency" else "guided_backprop")
     return out[0] if single else out
 
 
