@@ -1,19 +1,82 @@
-"""``import tinyfn`` tunes glibc's malloc once (before XLA starts), unless TINYFN_MALLOPT=0."""
+"""The host process is the user's: importing tinyfn tunes no allocator and switches no matplotlib backend;
+``tinyfn.tune_allocator()`` is an explicit call, and the command line makes it."""
 
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
-CODE = "import tinyfn, resource; print(tinyfn._MALLOC_TUNED)"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Records every mallopt the process looks up through ctypes (how tinyfn reaches glibc), then runs BODY.
+PROBE = textwrap.dedent(
+    """
+    import ctypes
+    looked_up = []
+    _getattr = ctypes.CDLL.__getattr__
+    def _recording(self, name):
+        looked_up.append(name)
+        return _getattr(self, name)
+    ctypes.CDLL.__getattr__ = _recording
+    import matplotlib
+    matplotlib.use("svg")
+    before = matplotlib.get_backend()
+    {body}
+    print("mallopt" in looked_up, before == matplotlib.get_backend(), matplotlib.get_backend())
+    """
+)
+
+
+def _probe(body, **env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("TINYFN_MALLOPT", "MPLBACKEND")}
+    environ.update(env, PYTHONPATH=ROOT)
+    code = PROBE.format(body=textwrap.dedent(body).strip())
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.splitlines()[-1].split()
+
+
+def test_importing_tinyfn_and_plotting_leave_the_allocator_and_the_backend_alone(tmp_path):
+    body = f"""
+    import tinyfn, tinyfn.train, tinyfn.visualize, tinyfn.data
+    import numpy as np
+    from matplotlib.figure import Figure
+    fig = tinyfn.train.plot_history({{"epoch": [1], "train_loss": [1.0], "train_accuracy": [0.5]}}, {str(tmp_path / "c.png")!r})
+    assert isinstance(fig, Figure)
+    tinyfn.visualize.plot_filters(np.ones((2, 1, 3, 3)))
+    """
+    mallopt, same_backend, backend = _probe(body)
+    assert mallopt == "False", "import tinyfn looked up mallopt"
+    assert same_backend == "True" and backend == "svg"
+    assert (tmp_path / "c.png").stat().st_size > 1000
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-@pytest.mark.parametrize("setting, expected", [(None, "True"), ("0", "None"), ("1", "True")])
-def test_import_tunes_the_allocator_unless_told_not_to(setting, expected):
-    env = {k: v for k, v in os.environ.items() if k != "TINYFN_MALLOPT"}
-    if setting is not None:
-        env["TINYFN_MALLOPT"] = setting
-    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=120, check=True).stdout
-    assert out.strip() == expected
+def test_tune_allocator_is_an_explicit_call_that_the_command_line_makes():
+    body = """
+    import tinyfn
+    from tinyfn._malloc import allocator_tuned
+    assert not allocator_tuned()
+    from tinyfn.cli import main
+    try:
+        main(["--version"])
+    except SystemExit:
+        pass
+    assert allocator_tuned()
+    """
+    assert _probe(body)[0] == "True"
+    body = """
+    import tinyfn
+    assert tinyfn.tune_allocator() is False  # opted out by the environment
+    """
+    assert _probe(body, TINYFN_MALLOPT="0")[0] == "False"
+
+
+def test_the_old_allocator_name_still_works_with_a_deprecation_warning():
+    import tinyfn
+    import tinyfn.train
+
+    with pytest.warns(DeprecationWarning, match=r"tinyfn.tune_allocator\(\)"):
+        assert tinyfn.train.keep_freed_memory is tinyfn.tune_allocator

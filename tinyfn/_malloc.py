@@ -25,7 +25,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["tune_allocator", "allocator_tuned", "keep_freed_memory", "tuned"]
+__all__ = ["tune_allocator", "allocator_tuned", "tuned"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _state = {"tuned": False}
@@ -67,14 +67,6 @@ def _apply(mmap_threshold: int, trim_threshold: int) -> bool:
 def allocator_tuned() -> bool:
     """Whether ``tune_allocator()`` has taken effect in this process."""
     return _state["tuned"]
-
-
-def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
-    """Deprecated name of ``tune_allocator`` (ignores ``TINYFN_MALLOPT``, as it always did)."""
-    import warnings
-
-    warnings.warn("keep_freed_memory is deprecated; call tinyfn.tune_allocator() instead", DeprecationWarning, stacklevel=2)
-    return _apply(mmap_threshold, trim_threshold)
 
 
 def _opted_out() -> bool:

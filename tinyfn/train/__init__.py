@@ -1,12 +1,16 @@
-"""Training: an optax-free SGD, a jitted step, the fit loop, checkpoints and plots."""
+"""Training: an optax-free SGD, a jitted step, the fit loop, checkpoints and plots.
 
-from tinyfn.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from tinyfn.train.loop import CHECKPOINT_NAME, StepInfo, evaluate, fit
-from tinyfn._malloc import keep_freed_memory
+A library: nothing here parses arguments or prints. ``fit`` reports through
+callbacks (``StepInfo`` per step, ``EpochSummary`` per epoch; ``ConsoleLog`` is
+the default epoch line), and the plots return ``matplotlib`` figures.
+"""
+
+from tinyfn.train.checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, checkpoint_path, load_checkpoint, load_model, save_checkpoint
+from tinyfn.train.loop import Interrupted, evaluate, fit
 from tinyfn.train.parallel import data_mesh, is_writer
-from tinyfn.train.model_io import load_model
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
 from tinyfn.train.plots import confusion_matrix, plot_confusion, plot_history
+from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, format_epoch
 from tinyfn.train.step import accuracy, make_eval_step, make_train_step
 
 __all__ = [
@@ -21,16 +25,35 @@ __all__ = [
     "fit",
     "evaluate",
     "StepInfo",
+    "EpochSummary",
+    "ConsoleLog",
+    "format_epoch",
+    "Interrupted",
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
+    "checkpoint_path",
     "Checkpoint",
     "CheckpointError",
     "CHECKPOINT_NAME",
-    "keep_freed_memory",
     "data_mesh",
     "is_writer",
     "plot_history",
     "plot_confusion",
     "confusion_matrix",
 ]
+
+
+def __getattr__(name):
+    if name == "keep_freed_memory":  # deprecated: the allocator tuning is tinyfn.tune_allocator(), a process-wide choice
+        import warnings
+
+        from tinyfn import _malloc
+
+        warnings.warn(
+            "tinyfn.train.keep_freed_memory is deprecated and will be removed in the next release; call tinyfn.tune_allocator()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _malloc.tune_allocator
+    raise AttributeError(f"module 'tinyfn.train' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``python -m tinyfn visualize RUN_DIR_OR_CHECKPOINT``: the DeconvNet figures of a trained model."""
+"""``python -m tinyfn visualize RUN_DIR_OR_CHECKPOINT``: the DeconvNet figures of a trained model, written as PNGs."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from tinyfn.train import CheckpointError, load_model
-    from tinyfn.train.model_io import checkpoint_path
+    from tinyfn.train import CheckpointError, checkpoint_path, load_model
 
     try:
         model, params, meta = load_model(args.checkpoint)
@@ -35,7 +34,7 @@ def run(args) -> int:
 
 
 def make_figures(model, params, meta, *, data=None, layer=None, channels=None, k=9, n_images=4, out):
-    """Write the figures for ``model``; returns their paths."""
+    """Write the figures for ``model`` into ``out``; returns their paths."""
     import jax
 
     from tinyfn import data as D
@@ -67,7 +66,7 @@ def make_figures(model, params, meta, *, data=None, layer=None, channels=None, k
     paths = []
     if convs:
         w = np.asarray(convs[0].params(params)["w"])
-        paths.append(plot_filters(w, out / f"filters_{convs[0].name}.png", title=f"{convs[0].name}: the {w.shape[0]} learned filters"))
+        paths.append(_written(plot_filters, w, out / f"filters_{convs[0].name}.png", title=f"{convs[0].name}: the {w.shape[0]} learned filters"))
     shape = (None, *x.shape[1:])
     for info in chosen:
         n_maps = jax.eval_shape(lambda p, x: record(model, p, x, upto=info.index).outputs[-1], params, x[:1]).shape[1]
@@ -81,22 +80,30 @@ def make_figures(model, params, meta, *, data=None, layer=None, channels=None, k
             boxes = [receptive_field(model, shape, info.index, tuple(pos)) for pos in top.positions[row]]
             projections.append([p[:, r0:r1, c0:c1] for p, (r0, r1, c0, c1) in zip(proj, boxes)])
             patches.append([img[:, r0:r1, c0:c1] for img, (r0, r1, c0, c1) in zip(test.images[top.images[row]], boxes)])
-        paths.append(plot_deconv_grid(projections, patches, out / f"deconv_{info.name}.png", layer=info.name, channels=maps, image_indices=top.images))
+        paths.append(_written(plot_deconv_grid, projections, patches, out / f"deconv_{info.name}.png", layer=info.name, channels=maps, image_indices=top.images))
         rec = record(model, params, x[:1], upto=info.index)
         act = np.asarray(rec.outputs[-1][0])
         if act.ndim == 3:
-            title = f"{info.name}: all {act.shape[0]} feature maps of test image 0 ({classes[int(test.labels[0])]})"
-            paths.append(plot_feature_maps(act, out / f"feature_maps_{info.name}.png", title=title))
+            title = f"{info.name}: the {act.shape[0]} feature maps of test image 0 ({classes[int(test.labels[0])]})"
+            paths.append(_written(plot_feature_maps, act, out / f"feature_maps_{info.name}.png", title=title, image=test.images[0]))
     # the three rules side by side, for the predicted class of one image per class
     picks = [int(np.flatnonzero(test.labels == c)[0]) for c in range(min(n_images, len(classes)))]
     logits = np.asarray(model.apply(params, x[picks]))
     cols = {"deconvnet": [], "saliency": [], "guided backprop": []}
     last = len(table) - 1
+    project_class = make_projector(model, last, rule="deconvnet", mode="max")
     for i, pred in zip(picks, logits.argmax(axis=1)):
-        deconv = make_projector(model, last, rule="deconvnet", mode="max")(params, x[i : i + 1], int(pred))
+        deconv = project_class(params, x[i : i + 1], int(pred))
         cols["deconvnet"].append(np.asarray(deconv)[0])
         cols["saliency"].append(np.asarray(saliency(model, params, x[i], int(pred))))
         cols["guided backprop"].append(np.asarray(guided_backprop(model, params, x[i], int(pred))))
     titles = [f"image {i}: {classes[int(test.labels[i])]} → {classes[int(p)]}" for i, p in zip(picks, logits.argmax(axis=1))]
-    paths.append(plot_comparison(test.images[picks], {k_: np.stack(v) for k_, v in cols.items()}, out / "comparison.png", row_titles=titles, title="the predicted class score mapped back to pixels"))
+    paths.append(_written(plot_comparison, test.images[picks], {k_: np.stack(v) for k_, v in cols.items()}, out / "comparison.png", row_titles=titles, title="the predicted class score mapped back to pixels"))
     return paths
+
+
+def _written(plot, *args, **kwargs) -> Path:
+    """Draw with ``plot`` into the PNG path among ``args`` and return that path."""
+    path = next(a for a in args if isinstance(a, Path))
+    plot(*args, **kwargs)
+    return path

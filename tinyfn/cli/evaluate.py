@@ -1,0 +1,40 @@
+"""``python -m tinyfn evaluate``: test loss, accuracy and per-class accuracy of a checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(p):
+    p.add_argument("checkpoint", type=Path, help="a run directory or a .safetensors checkpoint")
+    p.add_argument("--data", default=None, help="'embedded', 'fashion-mnist' or an IDX directory (default: the data the run trained on)")
+    p.add_argument("--batch-size", type=int, default=1000)
+
+
+def run(args) -> int:
+    from tinyfn import data as D
+    from tinyfn.train import CheckpointError, evaluate, load_model
+
+    try:
+        model, params, meta = load_model(args.checkpoint)
+    except (FileNotFoundError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data = args.data or meta.get("data", "embedded")
+    test = D.load_dataset(data, "test")
+    norm = meta.get("normalization") or {}
+    x = D.normalize(test.images, norm.get("mean", 0.0), norm.get("std", 1.0))
+    loss, acc, preds = evaluate(model, params, (x, test.labels), batch_size=args.batch_size)
+    print(f"{args.checkpoint} on {data} test ({len(test):,} images)")
+    print(f"test loss: {loss:.4f}")
+    print(f"test accuracy: {acc:.4f}")
+    print("per-class accuracy:")
+    classes = meta.get("classes") or list(test.classes)
+    for c, name in enumerate(classes):
+        mask = test.labels == c
+        if mask.any():
+            print(f"  {c:>2} {name:<14} {np.mean(preds[mask] == c):.4f}  ({int(mask.sum())} images)")
+    return 0
