@@ -2,6 +2,7 @@
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,9 +28,8 @@ def test_round_trip_is_exact(lenet, tmp_path):
     meta = {"model": {"name": "lenet5"}, "normalization": {"mean": 0.2860, "std": 0.3530}, "note": [1, 2.5, "x"]}
     save_checkpoint(tmp_path / "c.safetensors", params, opt_state=state, step=123, key=key, metadata=meta)
     ck = load_checkpoint(tmp_path / "c.safetensors", like=params)
-    assert jax.tree_util.tree_structure(ck.params) == jax.tree_util.tree_structure(params)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, ck.params, params)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, ck.opt_state, state)
+    chex.assert_trees_all_equal(ck.params, params, strict=True)  # structure, dtypes and values
+    chex.assert_trees_all_equal(ck.opt_state, state)
     assert ck.step == 123 and ck.metadata == meta
     np.testing.assert_array_equal(jax.random.key_data(ck.key), jax.random.key_data(key))
 
@@ -140,3 +140,22 @@ def test_a_lenet_checkpoint_loads_into_pytorch_with_the_same_logits(lenet, tmp_p
     with torch.no_grad():
         expected = net(torch.tensor(x)).numpy()
     np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_checkpoints_and_pngs_respect_the_umask(lenet, tmp_path, umask_022):
+    from tinyfn.train import plot_history
+
+    _, params = lenet
+    save_checkpoint(tmp_path / "c.safetensors", params)
+    save_checkpoint(tmp_path / "c.safetensors", params)  # replacing keeps the mode too
+    plot_history({"epoch": [1], "train_loss": [1.0], "train_accuracy": [0.5]}, tmp_path / "curves.png")
+    (tmp_path / "plain.json").write_text("{}")  # what open() makes under this umask
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
+    assert modes == {"c.safetensors": "0o644", "curves.png": "0o644", "plain.json": "0o644"}

@@ -5,10 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -34,17 +34,13 @@ def _params():
     return _model().init(jax.random.key(0), (None, 1, 28, 28))[1]
 
 
-def _same(a, b):
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
 # ----------------------------------------------------------------------------- saving under faults
 
 
 @pytest.mark.parametrize(
     "fault, exc_type, reason",
     [
-        ("mkstemp", PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
+        ("create", PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
         ("write", OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
         ("replace", OSError(errno.EROFS, "Read-only file system"), "Read-only file system"),
     ],
@@ -57,8 +53,8 @@ def test_a_failed_save_says_why_and_keeps_the_old_checkpoint(tmp_path, monkeypat
     def fail(*args, **kwargs):
         raise exc_type
 
-    if fault == "mkstemp":
-        monkeypatch.setattr(tempfile, "mkstemp", fail)
+    if fault == "create":  # the temporary file cannot be created
+        monkeypatch.setattr(os, "open", fail)
     elif fault == "write":
         real_fdopen = os.fdopen
 
@@ -147,7 +143,7 @@ def test_a_signal_saves_at_the_step_and_resume_is_bit_identical(data, tmp_path, 
     kw = dict(epochs=2, batch_size=16, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(1), quiet=True)
     resumed, _ = fit(_model(), _params(), data, checkpoint_dir=tmp_path, resume=True, **kw)
     straight, _ = fit(_model(), _params(), data, **kw)
-    assert _same(resumed, straight)
+    chex.assert_trees_all_equal(resumed, straight)
 
 
 @pytest.mark.slow
@@ -161,7 +157,8 @@ def test_sigkill_mid_run_then_resume_finishes_the_run(data, tmp_path):
     kw = dict(epochs=3, batch_size=16, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(1), quiet=True)
     resumed, history = fit(_model(), _params(), data, checkpoint_dir=tmp_path, resume=True, **kw)
     straight, _ = fit(_model(), _params(), data, **kw)
-    assert history["epoch"] == [1, 2, 3] and _same(resumed, straight)
+    assert history["epoch"] == [1, 2, 3]
+    chex.assert_trees_all_equal(resumed, straight)
 
 
 # ----------------------------------------------------------------------------- inside the loop
@@ -195,7 +192,7 @@ def test_fit_leaves_the_callers_params_usable(data):
     kw = dict(epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True)
     first, _ = fit(_model(), params, data, **kw)
     second, _ = fit(_model(), params, data, **kw)  # the step donates its buffers, never the caller's
-    assert _same(first, second)
+    chex.assert_trees_all_equal(first, second)
 
 
 # ----------------------------------------------------------------------------- damaged checkpoints
@@ -258,7 +255,8 @@ def test_a_checkpoint_with_an_extra_parameter_is_refused(tmp_path):
     [
         (["--epochs", "-1"], "--epochs must be a positive integer, got -1"),
         (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
-        (["--batch-size", "9000"], "--batch-size 9000 is larger than the 8,000 training images of embedded"),
+        (["--batch-size", "9000"], "--batch-size 9000 is larger than the 7,333 training images of embedded"),
+        (["--val-fraction", "1"], r"--val-fraction must be in \[0, 1\), got 1.0"),
         (["--lr", "inf"], "--lr must be a positive number, got inf"),
         (["--momentum", "1.5"], r"--momentum must be in \[0, 1\), got 1.5"),
         (["--data", "/no/such/dir"], "data must be 'embedded', 'fashion-mnist' or an IDX directory"),
@@ -281,5 +279,13 @@ def test_cli_reports_impossible_values_in_one_line(tmp_path, flags, message):
 def test_cli_unknown_flags_and_debug(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tinyfn", "train", "--learning-rate", "3"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and "unrecognized arguments: --learning-rate 3" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "tinyfn", "--debug", "train", "--epochs", "-1"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ValueError: --epochs must be a positive integer" in proc.stderr
+    for argv in (["--debug", "train", "--epochs", "-1"], ["train", "--epochs", "-1", "--debug"]):  # before or after the command
+        proc = subprocess.run([sys.executable, "-m", "tinyfn", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert proc.returncode != 0 and "Traceback" in proc.stderr and "ValueError: --epochs must be a positive integer" in proc.stderr, argv
+
+
+def test_cli_version():
+    from tinyfn import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "tinyfn", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"tinyfn {__version__}"

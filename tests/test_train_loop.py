@@ -1,5 +1,6 @@
 """The fit loop: it learns, a key reproduces a run, resume is bit-identical, NaN stops with the last good params."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 
 from tinyfn.data import load_embedded, normalize
 from tinyfn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU, serial
-from tinyfn.train import CHECKPOINT_NAME, StepInfo, fit, load_checkpoint, sgd
+from tinyfn.train import CHECKPOINT_NAME, ConsoleLog, EpochSummary, StepInfo, fit, load_checkpoint, sgd
+from tinyfn.train import loop as loop_module
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +27,6 @@ def _init():
     return _model().init(jax.random.key(0), (None, 1, 28, 28))[1]
 
 
-def _same(a, b):
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
 def test_fit_learns_and_reports_history(small_data):
     train, test = small_data
     params, history = fit(_model(), _init(), train, epochs=3, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(1), eval_data=test, quiet=True)
@@ -42,7 +40,9 @@ def test_the_key_reproduces_a_run_exactly(small_data):
     train, _ = small_data
     run = lambda k: fit(_model(), _init(), train, epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(k), quiet=True)[0]  # noqa: E731
     a, b, c = run(3), run(3), run(4)
-    assert _same(a, b) and not _same(a, c)
+    chex.assert_trees_all_equal(a, b)
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_equal(a, c)
 
 
 class Stop(KeyboardInterrupt):
@@ -63,7 +63,7 @@ def test_resume_after_ctrl_c_is_bit_identical(small_data, tmp_path):
     saved = load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)
     assert saved.metadata["position"]["epoch"] == 1 and saved.metadata["position"]["batch"] == 6
     resumed, hist_resumed = fit(_model(), _init(), train, checkpoint_dir=tmp_path / "b", resume=True, **kw)
-    assert _same(straight, resumed)
+    chex.assert_trees_all_equal(straight, resumed)
     for k in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"):
         assert hist_straight[k] == hist_resumed[k], k
 
@@ -93,3 +93,30 @@ def test_bad_arguments(small_data):
         fit(_model(), _init(), train, epochs=0, batch_size=32, optimizer=sgd(0.1), key=jax.random.key(0), quiet=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         fit(_model(), _init(), train, epochs=1, batch_size=32, optimizer=sgd(0.1), key=jax.random.key(0), quiet=True, resume=True)
+
+
+def test_the_step_compiles_once_for_the_whole_run(small_data, monkeypatch):
+    train, test = small_data
+    real = loop_module.make_train_step
+
+    def counted(model, loss_fn, optimizer, **kw):  # the loss is traced only inside the train step
+        return real(model, chex.assert_max_traces(loss_fn, n=1), optimizer, **kw)
+
+    monkeypatch.setattr(loop_module, "make_train_step", counted)
+    _, history = fit(_model(), _init(), train, epochs=3, batch_size=256, optimizer=sgd(0.05), key=jax.random.key(0), eval_data=test, quiet=True)
+    assert history["epoch"] == [1, 2, 3]
+
+
+def test_epoch_callbacks_see_what_history_records_and_the_default_log_is_one_line_per_epoch(small_data, capsys):
+    train, test = small_data
+    seen = []
+    kw = dict(epochs=2, batch_size=256, optimizer=sgd(0.05), key=jax.random.key(0), eval_data=test)
+    _, history = fit(_model(), _init(), train, quiet=True, epoch_callbacks=[seen.append], **kw)
+    assert [s.epoch for s in seen] == history["epoch"] == [1, 2] and all(isinstance(s, EpochSummary) for s in seen)
+    assert [s.eval_accuracy for s in seen] == history["eval_accuracy"] and [s.train_loss for s in seen] == history["train_loss"]
+    assert capsys.readouterr().out == ""  # quiet: the library writes nothing
+    fit(_model(), _init(), train, quiet=False, **kw)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] and "eval loss" in lines[0]
+    fit(_model(), _init(), train, quiet=False, epoch_callbacks=[ConsoleLog(eval_label="val")], **kw)
+    assert "| val loss " in capsys.readouterr().out
