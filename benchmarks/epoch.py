@@ -28,8 +28,6 @@ import time
 import jax
 import numpy as np
 
-if "--no-mallopt" in sys.argv:  # before tinyfn is imported, which tunes the allocator
-    os.environ["TINYFN_MALLOPT"] = "0"
 
 import peers  # noqa: E402
 import tinyfn  # noqa: E402
@@ -47,7 +45,8 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--progress", action="store_true", help="show fit's progress bar and epoch lines (counted as outside time)")
-    ap.add_argument("--no-mallopt", dest="mallopt", action="store_false", help="leave glibc's allocator untuned (import tinyfn tunes it; TINYFN_MALLOPT=0)")
+    ap.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=True,
+                    help="call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the library's default, glibc untouched")
     ap.add_argument("--quick", action="store_true", help="smoke test: embedded data, 1 round of 20 steps")
     args = ap.parse_args(argv)
     args.max_steps = None
@@ -88,7 +87,7 @@ def bare_steps(step, state, batches):
 
 def main(argv=None):
     args = parse_args(argv)
-    tuned = tinyfn._MALLOC_TUNED
+    tuned = tinyfn.tune_allocator() if args.tune_allocator else None  # first, before XLA starts its threads
     images, labels = load(args)
     if args.max_steps:
         images, labels = images[: args.max_steps * args.batch_size], labels[: args.max_steps * args.batch_size]

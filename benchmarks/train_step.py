@@ -13,10 +13,11 @@ each median over tinyfn's. The last line, for scripts, is
 
 (median ms/step ratios; below 1 means tinyfn is faster; ``nan`` when a peer did not run).
 
-``import tinyfn`` tells glibc to keep the memory it frees (see
-``tinyfn/_malloc.py``: one arena, 256 MiB mmap threshold, 1 GiB trim
-threshold); the implementations share the process, so all of them run so.
-``--no-mallopt`` (``TINYFN_MALLOPT=0``) leaves glibc's defaults, under which
+By default the script calls ``tinyfn.tune_allocator()`` first, as the
+``tinyfn`` command line does, so glibc keeps the memory it frees (one arena,
+256 MiB mmap threshold, 1 GiB trim threshold); the implementations share the
+process, so all of them run so. ``--no-tune-allocator`` is the library's own
+default (``import tinyfn`` changes nothing): glibc's defaults, under which
 XLA's large temporaries are unmapped and faulted back in on every step, a page
 fault per 4 KiB.
 """
@@ -34,8 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-if "--no-mallopt" in sys.argv:  # before tinyfn is imported, which tunes the allocator
-    os.environ["TINYFN_MALLOPT"] = "0"
 if "--devices" in sys.argv and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     # several CPU devices must be asked for before JAX starts; harmless where GPUs are used
     n_devices = sys.argv[sys.argv.index("--devices") + 1]
@@ -68,7 +67,8 @@ def parse_args(argv=None):
     ap.add_argument("--only", nargs="+", choices=IMPLS, help="run only these implementations")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--pause", type=float, default=0.2, help="seconds between implementations, so idle thread pools go to sleep")
-    ap.add_argument("--no-mallopt", dest="mallopt", action="store_false", help="leave glibc's allocator untuned (see above)")
+    ap.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=True,
+                    help="call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the library's default, glibc untouched")
     ap.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
     ap.add_argument("--quick", action="store_true", help="smoke test: batch 32, 2 steps x 2 rounds, no peak")
     args = ap.parse_args(argv)
@@ -161,7 +161,8 @@ def report(args, specs, results, notes, peak, device):
     flops = peers.step_flops(specs, args.batch_size)
     print(f"# {args.model}, batch {args.batch_size}, float32, {device.platform} ({device.device_kind}); "
           f"{flops / 1e9:.3f} GFLOP/step; {args.rounds} rounds x {args.steps} steps, interleaved")  # fmt: skip
-    notes.append("glibc allocator: " + {True: "tuned at import (keep_freed_memory)", None: "defaults (--no-mallopt)", False: "tuning failed"}[tinyfn._MALLOC_TUNED])
+    tuned = tinyfn._malloc.allocator_tuned()
+    notes.append("glibc allocator: " + ("tuned (tinyfn.tune_allocator)" if tuned else "defaults (--no-tune-allocator)" if not args.tune_allocator else "tuning failed"))
     print(f"# python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, "
           f"torch {peers.torch_version() or '-'}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     if peak:
@@ -184,6 +185,8 @@ def report(args, specs, results, notes, peak, device):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.tune_allocator:
+        tinyfn.tune_allocator()  # first, before XLA starts its threads, as the command line does
     device = jax.devices(args.device)[0]
     peak = None if args.no_peak else matmul_peak(device)
     with jax.default_device(device):

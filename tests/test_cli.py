@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -27,7 +28,9 @@ def test_train_writes_a_run_directory_and_reports_test_accuracy(run_dir):
     assert last.startswith("test accuracy: ")
     acc = float(last.split(": ")[1])
     history = json.loads((out / "history.json").read_text())
-    assert history["epoch"] == [1, 2] and acc == pytest.approx(history["eval_accuracy"][-1], abs=1e-4)
+    assert history["epoch"] == [1, 2] and acc == pytest.approx(history["test_accuracy"], abs=1e-4)
+    assert history["validation"]["images"] == 667 and history["validation"]["train_images"] == 7333  # 5,000/60,000 of 8,000
+    assert len(history["eval_accuracy"]) == 2 and history["eval_accuracy"][-1] != history["test_accuracy"]
     assert acc > 0.75  # two epochs of LeNet-5 on 8,000 images; chance is 0.1
     assert "--epochs 2" in (out / "command.txt").read_text()
 
@@ -80,3 +83,28 @@ def test_visualize_refuses_a_checkpoint_that_does_not_match_its_model(tmp_path):
     save_checkpoint(tmp_path / "checkpoint.safetensors", params, metadata={"model": {"name": "wide_cnn", "kwargs": {}}})
     proc = _run("visualize", str(tmp_path))
     assert proc.returncode == 2 and "has shape" in proc.stderr and "expected" in proc.stderr
+
+
+def test_the_validation_split_holds_out_the_full_datas_share_and_is_disjoint():
+    from tinyfn.cli.runs import VAL_FRACTION, validation_split
+
+    for n, expected in ((60_000, 5_000), (8_000, 667)):
+        train, val = validation_split(n, VAL_FRACTION, seed=0)
+        assert len(val) == expected and len(train) == n - expected
+        assert not set(train.tolist()) & set(val.tolist()) and len(set(train.tolist()) | set(val.tolist())) == n
+    a, b = validation_split(8_000, VAL_FRACTION, seed=0)[1], validation_split(8_000, VAL_FRACTION, seed=1)[1]
+    assert not np.array_equal(a, b)
+    assert len(validation_split(100, 0.0, seed=0)[1]) == 0
+
+
+def test_curves_are_titled_with_the_short_data_name_and_one_epoch_gets_a_sane_axis():
+    from tinyfn.cli.runs import data_name
+    from tinyfn.train import plot_history
+
+    assert data_name("/usr/share/datasets/fashion-mnist/") == "fashion-mnist" and data_name("embedded") == "embedded"
+    assert data_name("/home/me/data/mnist") == "mnist"
+    fig = plot_history({"epoch": [1], "train_loss": [0.5], "train_accuracy": [0.8], "eval_loss": [0.6], "eval_accuracy": [0.7]}, title="lenet5 on mnist")
+    for ax in fig.axes:
+        assert ax.get_xlim() == (0.5, 1.5)
+        assert [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
+    assert fig.axes[0].get_title() == "lenet5 on mnist: loss"
