@@ -32,9 +32,11 @@ def plot_history(history: dict, path=None, *, title: str = "training", eval_labe
                 ax.plot(epochs, values, style, label=label, markersize=4)
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if 0 < len(epochs) < 3:  # matplotlib would stretch one point over 0.96..1.04
+            ax.set_xticks(epochs)
             ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     ax_loss.set_title(f"{title}: loss")
