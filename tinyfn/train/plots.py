@@ -6,16 +6,21 @@ when given a ``path``); none touches pyplot or matplotlib's backend.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import numpy as np
 
 from tinyfn._plotting import finish, new_figure
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["plot_history", "confusion_matrix", "plot_confusion"]
 
 
-def plot_history(history: dict, path=None, *, title: str = "training", eval_label: str = "eval"):
+def plot_history(history: dict, path=None, *, title: str = "training", eval_label: str = "eval") -> Figure:
     """Loss (left) and accuracy (right) per epoch, for training and for ``fit``'s ``eval_data`` (labelled ``eval_label``).
 
     ``history`` is what ``fit`` returns. Epochs are whole numbers on the x-axis
@@ -52,7 +57,7 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
     return m
 
 
-def plot_confusion(matrix, classes, path=None, *, title: str = "confusion matrix (test set)"):
+def plot_confusion(matrix, classes, path=None, *, title: str = "confusion matrix (test set)") -> Figure:
     """A confusion matrix with counts in the cells and rows normalised for colour; returns the ``Figure``."""
     m = np.asarray(matrix)
     rates = m / np.maximum(m.sum(axis=1, keepdims=True), 1)

@@ -7,9 +7,14 @@ pyplot or matplotlib's backend. Images are ``(C, H, W)`` with ``C`` 1 or 3.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from tinyfn._plotting import finish, new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["minmax", "plot_deconv_grid", "plot_filters", "plot_feature_maps", "plot_comparison"]
 
@@ -48,7 +53,7 @@ def _mosaic(tiles, ncols, pad=1, fill=1.0):
     return out
 
 
-def plot_deconv_grid(projections, patches, path=None, *, layer: str, channels, image_indices, ncols: int = 3):
+def plot_deconv_grid(projections, patches, path=None, *, layer: str, channels, image_indices, ncols: int = 3) -> Figure:
     """Zeiler & Fergus's Figure 2 layout: per feature map, its top projections beside the matching input patches.
 
     Args:
@@ -73,7 +78,7 @@ def plot_deconv_grid(projections, patches, path=None, *, layer: str, channels, i
     return finish(fig, path)
 
 
-def plot_filters(w, path=None, *, title: str = "first-layer filters", ncols: int = 8):
+def plot_filters(w, path=None, *, title: str = "first-layer filters", ncols: int = 8) -> Figure:
     """A grid of filters ``w (K, C, kh, kw)``: one shared symmetric blue-red scale for 1-channel filters,
     per-filter min-max colour for 3-channel ones."""
     w = np.asarray(w)
@@ -99,7 +104,7 @@ def plot_filters(w, path=None, *, title: str = "first-layer filters", ncols: int
     return finish(fig, path)
 
 
-def plot_feature_maps(maps, path=None, *, title: str, image=None, ncols: int = 8):
+def plot_feature_maps(maps, path=None, *, title: str, image=None, ncols: int = 8) -> Figure:
     """All maps ``(C, H, W)`` of one layer for one image, each on its own scale (viridis), with the input
     ``image (C', H', W')`` (if given) drawn on the left; returns the ``Figure``."""
     maps = np.asarray(maps)
@@ -126,7 +131,7 @@ def plot_feature_maps(maps, path=None, *, title: str, image=None, ncols: int = 8
     return finish(fig, path)
 
 
-def plot_comparison(images, columns: dict, path=None, *, row_titles, title: str = "three ways back to pixels"):
+def plot_comparison(images, columns: dict, path=None, *, row_titles, title: str = "three ways back to pixels") -> Figure:
     """Rows of ``[input, method 1, method 2, ...]``.
 
     ``images (n, C, H, W)``; ``columns`` maps a method name to ``(n, C, H, W)``

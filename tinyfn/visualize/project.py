@@ -22,6 +22,7 @@ activations with respect to the input.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
@@ -31,6 +32,12 @@ from jax import lax
 
 from tinyfn.layers import conv2d, deconv2d, deconv_output_size, linear, max_unpool2d, relu
 from tinyfn.visualize.record import LayerInfo, Recording, layer_table, record, resolve_layer
+
+if TYPE_CHECKING:
+    from tinyfn.layers import Layer
+
+LayerRef = Union[str, int, LayerInfo]  # a layer's name ("conv2"), flat index, or table entry
+Channel = Union[int, np.integer, jax.Array]  # an integer scalar
 
 __all__ = ["RULES", "MODES", "select", "check_channel", "project_down", "deconvnet", "saliency", "guided_backprop", "make_projector", "receptive_field"]
 
@@ -75,7 +82,7 @@ def _step_down(info: LayerInfo, params, rec: Recording, g, rule: str):
     )
 
 
-def project_down(model, params, rec: Recording, layer, signal, rule: str = "deconvnet"):
+def project_down(model: Layer, params: Any, rec: Recording, layer: LayerRef, signal: jax.Array, rule: str = "deconvnet") -> jax.Array:
     """Walk ``signal`` (shaped like ``layer``'s output) down to the input through every layer up to ``layer``."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -86,7 +93,7 @@ def project_down(model, params, rec: Recording, layer, signal, rule: str = "deco
     return g
 
 
-def select(a, channel, mode: str = "max", k: int = 9, *, values: bool = True):
+def select(a: jax.Array, channel: Channel, mode: str = "max", k: int = 9, *, values: bool = True) -> jax.Array:
     """Zero every activation of ``a`` except those chosen in ``channel``, per image.
 
     ``a`` is ``(N, C, H, W)`` (a feature map) or ``(N, F)`` (units; ``channel``
@@ -118,7 +125,7 @@ def select(a, channel, mode: str = "max", k: int = 9, *, values: bool = True):
     return _nan_unless_in_range(out, channel, c)
 
 
-def check_channel(channel, count: int, *, op: str, layer: str | None = None):
+def check_channel(channel: Channel, count: int, *, op: str, layer: str | None = None) -> int | jax.Array:
     """``channel`` as a Python int if it is concrete and in ``0..count-1``; a traced integer passes through unchanged.
 
     Accepts ``int``, numpy integers and integer scalar arrays; refuses ``bool``,
@@ -156,7 +163,9 @@ def _as_batch(x):
     raise ValueError(f"x must be one image (C, H, W) or a batch (N, C, H, W), got shape {tuple(x.shape)}")
 
 
-def make_projector(model, layer, *, rule: str = "deconvnet", mode: str = "max", k: int = 9, values: bool | None = None):
+def make_projector(
+    model: Layer, layer: LayerRef, *, rule: str = "deconvnet", mode: str = "max", k: int = 9, values: bool | None = None
+) -> Callable[[Any, jax.Array, Channel], jax.Array]:
     """A ``(params, x, channel) -> projection`` for repeated use, compiled once per input shape.
 
     ``channel`` is passed to the jitted walk as an argument, so every channel
@@ -221,7 +230,7 @@ def _project(model, params, x, layer, channel, rule, mode, k, op):
     return result[0] if single else result
 
 
-def deconvnet(model, params, x, layer, channel, *, mode: str = "max", k: int = 9):
+def deconvnet(model: Layer, params: Any, x: jax.Array, layer: LayerRef, channel: Channel, *, mode: str = "max", k: int = 9) -> jax.Array:
     """Zeiler & Fergus's DeconvNet projection of feature map ``channel`` of ``layer`` into pixel space.
 
     Keeps only the chosen activations (``mode``: the strongest, the top ``k`` or
@@ -234,13 +243,13 @@ def deconvnet(model, params, x, layer, channel, *, mode: str = "max", k: int = 9
     return _project(model, params, x, layer, channel, "deconvnet", mode, k, "deconvnet")
 
 
-def saliency(model, params, x, target=None, *, layer=None, mode: str = "max", k: int = 9):
+def saliency(model: Layer, params: Any, x: jax.Array, target: Channel | None = None, *, layer: LayerRef | None = None, mode: str = "max", k: int = 9) -> jax.Array:
     """Gradient saliency: ``∂ a / ∂ x`` for a unit ``a``: by default the class score ``target`` (the model's
     last layer, the predicted class when ``target`` is None); or feature map ``target`` of ``layer``."""
     return _gradient_like(model, params, x, target, layer, "saliency", mode, k)
 
 
-def guided_backprop(model, params, x, target=None, *, layer=None, mode: str = "max", k: int = 9):
+def guided_backprop(model: Layer, params: Any, x: jax.Array, target: Channel | None = None, *, layer: LayerRef | None = None, mode: str = "max", k: int = 9) -> jax.Array:
     """Guided backprop: the walk of ``saliency`` with ReLUs passing only positive signal where the input was positive."""
     return _gradient_like(model, params, x, target, layer, "guided", mode, k)
 
@@ -257,7 +266,7 @@ def _gradient_like(model, params, x, target, layer, rule, mode, k):
     return out[0] if single else out
 
 
-def receptive_field(model, input_shape, layer, position):
+def receptive_field(model: Layer, input_shape: tuple, layer: LayerRef, position: tuple[int, int]) -> tuple[int, int, int, int]:
     """The input rows and columns ``(r0, r1, c0, c1)`` (half-open, clipped to the image) that unit
     ``position = (h, w)`` of ``layer``'s output depends on. Below a linear or flatten layer: the whole image."""
     info = resolve_layer(model, layer)
