@@ -4,13 +4,16 @@
 max-pool switches; ``deconvnet``, ``saliency`` and ``guided_backprop`` walk a
 chosen activation back down to pixels with tinyfn's own transposed maps
 (``max_unpool2d``, ``deconv2d``, ``relu``); ``top_activations`` finds the
-images of a dataset that excite each feature map most; ``plots`` draws them.
+images of a dataset that excite each feature map most; ``plots`` draws them
+(each returns a ``matplotlib.figure.Figure``). A library: it imports nothing
+from ``tinyfn.train``, prints nothing and leaves matplotlib's backend alone.
 """
 
 from tinyfn.visualize.plots import minmax, plot_comparison, plot_deconv_grid, plot_feature_maps, plot_filters
 from tinyfn.visualize.project import (
     MODES,
     RULES,
+    check_channel,
     deconvnet,
     guided_backprop,
     make_projector,
@@ -29,6 +32,7 @@ __all__ = [
     "layer_table",
     "resolve_layer",
     "select",
+    "check_channel",
     "project_down",
     "make_projector",
     "deconvnet",
