@@ -191,7 +191,7 @@ def _layer_config(name, out_channels, kernel_size, stride, padding, output_paddi
     if output_padding is not None:
         config["output_padding"] = _checks.int_pair("output_padding", output_padding, minimum=0, op=name)
         _checks.window_geometry(name, None, config["kernel_size"], config["stride"], config["padding"], config["output_padding"])
-    kernels.plan(name, formulation, chunk_bytes, ())  # checks both
+    kernels.check_options(name, formulation, chunk_bytes)
     options = {"formulation": formulation, "chunk_bytes": chunk_bytes, "compute_dtype": precision.check_compute_dtype(name, compute_dtype)}
     return config, {k: v for k, v in options.items() if v is not None}  # the options shown only when set
 

@@ -50,6 +50,7 @@ __all__ = [
     "formulation",
     "default_formulation",
     "plan",
+    "check_options",
     "record_paths",
     "conv_output_size",
     "deconv_output_size",
@@ -128,15 +129,19 @@ def gemm_degenerates(c: int, k: int, kernel) -> bool:
     return k == 1 or c * kernel[0] * kernel[1] == 1
 
 
+def check_options(op: str, name: str | None, chunk_bytes: int | None) -> tuple[str | None, int]:
+    """``formulation`` (one of ``FORMULATIONS`` or ``None``) and ``chunk_bytes`` (``None``: ``CHUNK_BYTES``), checked."""
+    if name is not None:
+        _check_name(name, op)
+    return name, CHUNK_BYTES if chunk_bytes is None else _checks.positive_int("chunk_bytes", chunk_bytes, op=op)
+
+
 def plan(op: str, name: str | None, chunk_bytes: int | None, arrays, w_shape=None) -> Plan:
     """The formulation for one call: ``name`` if given, else ``formulation()``'s, else the backend's
     default (``"im2col"`` there turning ``"direct"`` where the GEMM degenerates, for ``w_shape``)."""
-    if chunk_bytes is None:
-        chunk_bytes = CHUNK_BYTES
-    else:
-        chunk_bytes = _checks.positive_int("chunk_bytes", chunk_bytes, op=op)
+    name, chunk_bytes = check_options(op, name, chunk_bytes)
     if name is not None:
-        return Plan(_check_name(name, op), chunk_bytes)
+        return Plan(name, chunk_bytes)
     if _forced.get() is not None:
         return Plan(_forced.get(), chunk_bytes)
     chosen = default_formulation(_platform(arrays))
@@ -469,18 +474,18 @@ def pool_argmax(x, window, stride, padding, how: Plan, *, op="max_pool2d"):
         def tap(t):
             return lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), (c, *_span(out_hw, stride), n))[:, ::sh, ::sw]
 
-        def keep_max(t, carry):
-            best, code, best_real = carry
+        def keep_max(t, carry):  # carry: the running maximum, its tap, and (with padding) whether it is a real input
+            best, code = carry[:2]
             new = tap(t)
-            new_real = None if real_t is None else real_t[t]
-            take = _takes(new, best, new_real, best_real)
-            if new_real is not None:
-                best_real = jnp.where(take, new_real, best_real)
-            return jnp.where(take, new, best), jnp.where(take, t, code), best_real
+            if real_t is None:
+                take = _takes(new, best, None, None)
+                return jnp.where(take, new, best), jnp.where(take, t, code)
+            take = _takes(new, best, real_t[t], carry[2])
+            return jnp.where(take, new, best), jnp.where(take, t, code), jnp.where(take, real_t[t], carry[2])
 
         first = tap(0)
-        first_real = jnp.broadcast_to(True if real_t is None else real_t[0], first.shape)
-        best, code, _ = lax.fori_loop(1, kh * kw, keep_max, (first, jnp.zeros(first.shape, jnp.int32), first_real))
+        first_real = () if real_t is None else (jnp.broadcast_to(real_t[0], first.shape),)
+        best, code, *_ = lax.fori_loop(1, kh * kw, keep_max, (first, jnp.zeros(first.shape, jnp.int32), *first_real))
         return nchw(best), nchw(code)
     views = taps(pad_hw(x, padding, -jnp.inf), window, out_hw, stride)
     mask = (lambda t: None) if real is None else (lambda t: jnp.asarray(real[t][None, None]))  # noqa: E731

@@ -180,7 +180,7 @@ def max_unpool2d(y, switches, output_size):
 def MaxPool2D(window=2, stride=None, padding=0, *, formulation=None) -> Layer:
     """Max-pooling layer (no params); ``stride`` defaults to ``window``. See ``max_pool2d``."""
     _, window, stride, padding = _pool_args("MaxPool2D", window, stride, padding)
-    kernels.plan("MaxPool2D", formulation, None, ())  # checks the name
+    kernels.check_options("MaxPool2D", formulation, None)
 
     def init(key, input_shape):
         n, c, h, w = _check_shape("MaxPool2D", input_shape, 4, "(N, C, H, W)")
