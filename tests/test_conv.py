@@ -15,6 +15,7 @@ from hypothesis import given
 from strategies import conv_configs, deconv_configs
 from tinyfn import gradcheck, reference as R
 from tinyfn.layers import conv as conv_module
+from tinyfn.layers import kernels
 from tinyfn.layers import conv2d, conv2d_matrix, deconv2d, deconv2d_matrix, unrolled_filter_matrix
 
 SEED_X = np.arange(1.0, 10.0, dtype=np.float32).reshape(1, 1, 3, 3)  # a11..a33 = 1..9
@@ -146,39 +147,48 @@ def test_gradient_comes_from_the_handwritten_rule(rng):
     w = jnp.asarray(rng.standard_normal((3, 2, 3, 3)), jnp.float32)
     loss = lambda x, w: conv2d(x, w).sum()  # noqa: E731
     assert "custom_vjp_call" in str(jax.make_jaxpr(loss)(x, w))  # conv2d is a primitive with a custom rule
-    marker = lambda g, w, stride, padding, in_hw: jnp.full((g.shape[0], w.shape[1], *in_hw), 42.0, g.dtype)  # noqa: E731
+    marker = lambda g, w, stride, padding, in_hw, *how: jnp.full((g.shape[0], w.shape[1], *in_hw), 42.0, g.dtype)  # noqa: E731
     with mock.patch.object(conv_module, "_conv_input_grad", marker):
         dx = jax.grad(loss)(x, w)
     np.testing.assert_array_equal(np.asarray(dx), 42.0)
 
 
-@pytest.mark.parametrize("gemm", [False, True])
+@pytest.mark.parametrize("formulation", ["im2col", "xla", "direct"])
 @pytest.mark.parametrize("stride", [1, (2, 1)])
-def test_every_formulation_matches_the_reference(rng, gemm, stride):
-    """Direct multiply-adds and the im2col GEMMs agree with the reference, forward and backward."""
+def test_every_formulation_matches_the_reference(rng, formulation, stride):
+    """Each formulation, forced through the public argument, agrees with the reference, forward and backward."""
     x = jnp.asarray(rng.standard_normal((2, 3, 7, 6)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((4, 3, 3, 2)), jnp.float32)
     kw = dict(stride=stride, padding=(1, 0))
-    with mock.patch.object(conv_module, "_use_gemm", lambda *a: gemm):
-        gradcheck.check_vjp(partial(conv2d, **kw), (x, w), reference=partial(R.conv2d, **kw))
-        y = conv2d(x, w, **kw)
-        d = deconv2d(y, w, **kw)
+    gradcheck.check_vjp(partial(conv2d, formulation=formulation, **kw), (x, w), reference=partial(R.conv2d, **kw))
+    y = conv2d(x, w, formulation=formulation, **kw)
+    d = deconv2d(y, w, formulation=formulation, **kw)
     np.testing.assert_allclose(y, R.conv2d(x, w, **kw), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(d, R.deconv2d(y, w, **kw), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("op", ["conv2d", "deconv2d"])
-def test_batch_chunked_gemms_agree(rng, monkeypatch, op):
-    # X* above MAX_UNROLLED_BYTES goes through the GEMMs in batch chunks (7 images: 3 chunks of 3, two padded)
-    monkeypatch.setattr(conv_module, "MAX_UNROLLED_BYTES", 6000)
+def test_batch_chunked_gemms_agree(rng, op):
+    # X* above chunk_bytes goes through the GEMMs in batch chunks (7 images: 3 chunks of 3, two padded)
     x = jnp.asarray(rng.standard_normal((7, 3, 9, 8)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((4, 3, 3, 2)), jnp.float32)
+    assert kernels.n_chunks(x.shape, (3, 2), (5, 7), 4, 6000) == 3
     if op == "conv2d":
-        assert conv_module._n_chunks(x.shape, (3, 2), (5, 7)) == 3
         kw = dict(stride=(2, 1), padding=1)
-        args, f, ref = (x, w, w[:, 0, 0, 0]), partial(conv2d, **kw), partial(R.conv2d, **kw)
+        args, f, ref = (x, w, w[:, 0, 0, 0]), partial(conv2d, chunk_bytes=6000, **kw), partial(R.conv2d, **kw)
     else:
         kw = dict(stride=(2, 1), padding=1, output_padding=(1, 0))
-        args, f, ref = (x, w.transpose(1, 0, 2, 3), w[:, 0, 0, 0]), partial(deconv2d, **kw), partial(R.deconv2d, **kw)
-    np.testing.assert_allclose(jax.jit(f)(*args), ref(*args), rtol=1e-5, atol=1e-5)
-    assert gradcheck.check_vjp(f, args, reference=ref).passed
+        args, f, ref = (x, w.transpose(1, 0, 2, 3), w[:, 0, 0, 0]), partial(deconv2d, chunk_bytes=6000, **kw), partial(R.deconv2d, **kw)
+    with kernels.record_paths() as paths:
+        np.testing.assert_allclose(jax.jit(f)(*args), ref(*args), rtol=1e-5, atol=1e-5)
+        assert gradcheck.check_vjp(f, args, reference=ref).passed
+    assert {p for p in paths if p[0] == op} == {(op, product, "im2col-chunked") for product in ("W X*", "W*ᵀ g", "g X*ᵀ")}
+
+
+def test_chunk_limit_counts_the_dtypes_bytes():
+    # the same X* is twice as many bytes in float64 as in float32, so it needs twice the chunks
+    shape, kernel, out_hw = (8, 3, 9, 8), (3, 2), (5, 7)
+    total32 = 3 * 3 * 2 * 5 * 7 * 8 * 4
+    assert kernels.n_chunks(shape, kernel, out_hw, 4, total32) == 1
+    assert kernels.n_chunks(shape, kernel, out_hw, 8, total32) == 2
+    assert kernels.n_chunks(shape, kernel, out_hw, 2, total32 // 2) == 1

@@ -5,11 +5,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given
 
 from strategies import distinct, pool_configs
 from tinyfn import gradcheck, reference as R
-from tinyfn.layers import max_pool2d, max_pool2d_with_switches, max_unpool2d
+from tinyfn.layers import FORMULATIONS, max_pool2d, max_pool2d_with_switches, max_unpool2d
 
 
 def test_switches_hold_flat_indices_of_the_maxima_worked_by_hand():
@@ -86,3 +87,50 @@ def test_max_pool_forward_switches_and_handwritten_vjp_match_references(cfg):
     unpool = lambda g: max_unpool2d(g, switches, x.shape[2:])  # noqa: E731
     np.testing.assert_allclose(unpool(g), R.max_unpool2d(g, switches, x.shape[2:]), rtol=1e-6, atol=1e-6)
     gradcheck.check_vjp(unpool, (g,), reference=lambda g: R.max_unpool2d(g, switches, x.shape[2:]))
+
+
+@pytest.mark.parametrize("name", FORMULATIONS)
+@pytest.mark.parametrize("hw, window", [((5, 5), 2), ((5, 7), (2, 3)), ((7, 4), (3, 2))])
+def test_tiled_windows_with_a_remainder_route_the_gradient_to_the_covered_rows(name, hw, window):
+    # 5 rows and windows of 2: rows 0-3 are pooled, row 4 is in no window and gets no gradient
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(distinct(rng, (2, 2, *hw)))
+    y, vjp = jax.vjp(partial(max_pool2d, window=window, formulation=name), x)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    dx = np.asarray(vjp(g)[0])
+    expected = jax.vjp(partial(R.max_pool2d, window=window), x)[1](g)[0]
+    np.testing.assert_array_equal(dx, expected)
+    kh, kw = (window, window) if isinstance(window, int) else window
+    covered_h, covered_w = hw[0] // kh * kh, hw[1] // kw * kw
+    assert not dx[:, :, covered_h:].any() and not dx[:, :, :, covered_w:].any()
+    # every window sends its g to exactly one input inside it
+    np.testing.assert_allclose(dx[:, :, :covered_h, :covered_w].reshape(2, 2, y.shape[2], kh, y.shape[3], kw).sum((3, 5)), g, rtol=1e-6)
+
+
+def test_negative_switches_are_dropped_not_counted_from_the_end():
+    y = jnp.array([[[[10.0, 20.0]]]])
+    switches = jnp.array([[[[-1, 2]]]], jnp.int32)
+    z = max_unpool2d(y, switches, (2, 2))
+    np.testing.assert_array_equal(np.asarray(z).ravel(), [0.0, 0.0, 20.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(z), np.asarray(R.max_unpool2d(y, switches, (2, 2))))
+    # the backward gathers nothing for the dropped switch either
+    c = jnp.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    dy = jax.grad(lambda y: jnp.vdot(max_unpool2d(y, switches, (2, 2)), c))(y)
+    np.testing.assert_array_equal(np.asarray(dy).ravel(), [0.0, 3.0])
+
+
+@pytest.mark.parametrize("name", FORMULATIONS)
+def test_in_an_all_minus_inf_window_the_first_real_input_wins_over_the_padding(name):
+    x = np.full((1, 1, 2, 2), -np.inf, np.float32)
+    y, switches = max_pool2d_with_switches(x, 3, stride=1, padding=1, formulation=name)
+    np.testing.assert_array_equal(np.asarray(switches).ravel(), [0, 0, 0, 0])  # as PyTorch
+    np.testing.assert_array_equal(np.asarray(y).ravel(), [-np.inf] * 4)
+    # so the gradient and unpooling land on real inputs, all four on the first
+    g = jnp.arange(1.0, 5.0).reshape(1, 1, 2, 2)
+    dx = jax.vjp(partial(max_pool2d, window=3, stride=1, padding=1, formulation=name), jnp.asarray(x))[1](g)[0]
+    np.testing.assert_array_equal(np.asarray(dx).ravel(), [10.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(max_unpool2d(g, switches, (2, 2))), np.asarray(dx))
+    # one real finite value among -inf: it wins every window that holds it
+    x[0, 0, 1, 1] = -5.0
+    _, switches = max_pool2d_with_switches(x, 3, stride=1, padding=1, formulation=name)
+    np.testing.assert_array_equal(np.asarray(switches).ravel(), [3, 3, 3, 3])

@@ -60,7 +60,7 @@ def test_pooling_gradient_comes_from_its_handwritten_rule(rng):
 def test_a_distinguishable_rule_proves_the_custom_rule_runs_under_jit_and_vmap(rng):
     w = jnp.asarray(rng.standard_normal((3, 2, 3, 3)), jnp.float32)
     xs = jnp.asarray(rng.standard_normal((4, 1, 2, 5, 5)), jnp.float32)
-    marker = lambda g, w, stride, padding, in_hw: jnp.full((g.shape[0], w.shape[1], *in_hw), 7.0, g.dtype)  # noqa: E731
+    marker = lambda g, w, stride, padding, in_hw, *how: jnp.full((g.shape[0], w.shape[1], *in_hw), 7.0, g.dtype)  # noqa: E731
     loss = lambda x: conv2d(x, w).sum()  # noqa: E731
     with mock.patch.object(conv_module, "_conv_input_grad", marker):
         dx = jax.jit(jax.vmap(jax.grad(loss)))(xs)

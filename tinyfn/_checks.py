@@ -91,3 +91,30 @@ def rate(name: str, value, *, op: str | None = None) -> float:
     if not 0.0 <= r <= 1.0:
         raise ValueError(f"{_pre(op)}{name} must be a float in [0, 1] (the probability of dropping), got {value!r}")
     return r
+
+
+def window_geometry(op: str, in_hw, window, stride, padding, output_padding=None, *, name: str = "kernel_size") -> None:
+    """A sliding window's geometry is valid, for convolution and pooling and (with ``output_padding``) for
+    transposed convolution. ``in_hw`` may be ``None`` to check only what does not depend on the input.
+
+    Convolution/pooling: ``window <= size + 2*padding`` on each axis. Transposed convolution:
+    ``output_padding < stride`` and the output ``(size - 1) stride - 2 padding + window + output_padding >= 1``.
+    """
+    if output_padding is not None and any(o >= s for o, s in zip(output_padding, stride)):
+        raise ValueError(f"{op}: output_padding {tuple(output_padding)} must be smaller than stride {tuple(stride)} in each dimension")
+    if in_hw is None:
+        return
+    if output_padding is None:
+        for n, k, p, axis in zip(in_hw, window, padding, ("height", "width")):
+            if k > n + 2 * p:
+                raise ValueError(
+                    f"{op}: {name} {tuple(window)} is larger than the padded input "
+                    f"({axis} {n} + 2*{p} = {n + 2 * p}); expected {name} <= input + 2*padding"
+                )
+        return
+    out_hw = tuple((n - 1) * s - 2 * p + k + o for n, k, s, p, o in zip(in_hw, window, stride, padding, output_padding))
+    if min(out_hw) < 1:
+        raise ValueError(
+            f"{op}: output size {out_hw} is not positive for input {tuple(in_hw)}, {name} {tuple(window)}, "
+            f"stride {tuple(stride)}, padding {tuple(padding)}; expected a smaller padding"
+        )

@@ -3,42 +3,53 @@
 from __future__ import annotations
 
 from tinyfn import _checks
-from tinyfn.layers import Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, serial
+from tinyfn.layers import Conv2D, Dropout, Flatten, Float32, Linear, MaxPool2D, ReLU, serial
 
 __all__ = ["lenet5", "wide_cnn", "MODELS", "get_model"]
 
 
-def lenet5(num_classes: int = 10):
+def _in_float32(compute_dtype):
+    """The layers that end a model computing in ``compute_dtype``: a cast back to float32 (for the loss)."""
+    return () if compute_dtype is None else (Float32(),)
+
+
+def lenet5(num_classes: int = 10, *, compute_dtype=None):
     """LeNet-5 for ``(N, 1, 28, 28)`` images (61,706 params for 10 classes).
 
     conv(6, 5×5, pad 2) - relu - pool 2 - conv(16, 5×5) - relu - pool 2 - flatten -
-    linear(120) - relu - linear(84) - relu - linear(num_classes).
+    linear(120) - relu - linear(84) - relu - linear(num_classes). With ``compute_dtype``
+    (``jnp.bfloat16``, say) the conv and linear layers compute in it, the params stay
+    float32 and the logits come back as float32.
     """
     num_classes = _checks.positive_int("num_classes", num_classes)
+    cd = dict(compute_dtype=compute_dtype)
     return serial(
-        Conv2D(6, 5, padding=2), ReLU(), MaxPool2D(2),
-        Conv2D(16, 5), ReLU(), MaxPool2D(2),
+        Conv2D(6, 5, padding=2, **cd), ReLU(), MaxPool2D(2),
+        Conv2D(16, 5, **cd), ReLU(), MaxPool2D(2),
         Flatten(),
-        Linear(120), ReLU(),
-        Linear(84), ReLU(),
-        Linear(num_classes),
+        Linear(120, **cd), ReLU(),
+        Linear(84, **cd), ReLU(),
+        Linear(num_classes, **cd),
+        *_in_float32(compute_dtype),
     )  # fmt: skip
 
 
-def wide_cnn(num_classes: int = 10, channels: tuple[int, int] = (32, 64), hidden: int = 128, dropout: float = 0.25):
+def wide_cnn(num_classes: int = 10, channels: tuple[int, int] = (32, 64), hidden: int = 128, dropout: float = 0.25, *, compute_dtype=None):
     """A wider two-conv CNN for ``(N, 1, 28, 28)`` (421,642 params with the defaults), where matrix products dominate.
 
     conv(32, 3×3, pad 1) - relu - pool 2 - conv(64, 3×3, pad 1) - relu - pool 2 - flatten -
-    dropout - linear(hidden) - relu - dropout - linear(num_classes).
+    dropout - linear(hidden) - relu - dropout - linear(num_classes). ``compute_dtype`` as in ``lenet5``.
     """
     num_classes = _checks.positive_int("num_classes", num_classes)
     c1, c2 = (_checks.positive_int("channels", c) for c in channels)
+    cd = dict(compute_dtype=compute_dtype)
     return serial(
-        Conv2D(c1, 3, padding=1), ReLU(), MaxPool2D(2),
-        Conv2D(c2, 3, padding=1), ReLU(), MaxPool2D(2),
+        Conv2D(c1, 3, padding=1, **cd), ReLU(), MaxPool2D(2),
+        Conv2D(c2, 3, padding=1, **cd), ReLU(), MaxPool2D(2),
         Flatten(), Dropout(dropout),
-        Linear(_checks.positive_int("hidden", hidden)), ReLU(), Dropout(dropout),
-        Linear(num_classes),
+        Linear(_checks.positive_int("hidden", hidden), **cd), ReLU(), Dropout(dropout),
+        Linear(num_classes, **cd),
+        *_in_float32(compute_dtype),
     )  # fmt: skip
 
 

@@ -1,4 +1,10 @@
-"""Random configurations of every built-in op, for ``python -m tinyfn gradcheck`` and the tests."""
+"""Random configurations of every built-in op, for ``python -m tinyfn gradcheck`` and the tests.
+
+The conv, deconv and pooling cases take every formulation in turn (``[im2col]``, ``[xla]``,
+``[direct]`` in their config), and fixed cases reach every kernel path: the backend's default
+(``[default]``) on a one-output-channel filter (the direct form) and on batch chunks, and each pooling
+geometry (tiled, tiled with a remainder, overlapping, gapped, padded), with and without exact ties.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +55,40 @@ def _conv_config(rng):
     return int(n), int(c), int(k), (kh, kw), (sh, sw), (ph, pw), (h, w)
 
 
+def _tie_routing(window, stride, padding, shape, formulation=None):
+    """Max-pool's routing on an input full of exact ties, as a function of the cotangent ``g``.
+
+    ``g -> dx`` is linear (finite differences are exact); which input each ``g`` reaches is decided
+    by the first-maximum rule, so the reference (the gather reference's autodiff) checks the ties.
+    """
+    x = np.zeros(shape)
+    x[..., ::2, 1::2] = 1.0  # ones on a sparse grid, zeros elsewhere: most windows hold a two-or-more-way tie
+    kw = dict(stride=stride, padding=padding)
+
+    def route(g, pool, **extra):
+        xs = jnp.asarray(x, g.dtype)  # ties are exact in any float dtype
+        return jax.vjp(lambda x: pool(x, window, **kw, **extra), xs)[1](g)[0]
+
+    f = partial(route, pool=L.max_pool2d, formulation=formulation)
+    return f, partial(route, pool=lambda x, window, **kw: R.max_pool2d_with_switches(x, window, **kw)[0])
+
+
+def _pool_case(rng, x, win, s, p, form):
+    kw = dict(stride=s, padding=p)
+    tag = f" [{form or 'default'}]"
+    cfg = f"x{x.shape} window{win} s{s} p{p}" + tag
+    yield Case("max_pool2d", cfg, partial(L.max_pool2d, window=win, formulation=form, **kw), (x,), partial(R.max_pool2d, window=win, **kw), ("x",))
+    yield Case(
+        "max_pool2d_with_switches", cfg, partial(L.max_pool2d_with_switches, window=win, formulation=form, **kw), (x,),
+        partial(R.max_pool2d_with_switches, window=win, **kw), ("x",),
+    )  # fmt: skip
+    hw = x.shape[2:]
+    y, switches = L.max_pool2d_with_switches(x, win, formulation=form, **kw)
+    unpool = lambda y, sw=switches, hw=hw: L.max_unpool2d(y, sw, hw)  # noqa: E731
+    ref = lambda y, sw=switches, hw=hw: R.max_unpool2d(y, sw, hw)  # noqa: E731
+    yield Case("max_unpool2d", f"y{y.shape} -> {hw}" + tag, unpool, (normal(rng, y.shape),), ref, ("y",))
+
+
 def cases(seed: int = 0, repeats: int = 3) -> Iterator[Case]:
     """``repeats`` random configurations of each op (float32 inputs built away from kinks)."""
     rng = np.random.default_rng(seed)
@@ -57,17 +97,31 @@ def cases(seed: int = 0, repeats: int = 3) -> Iterator[Case]:
         args = (normal(rng, (n, i)), normal(rng, (i, o)), normal(rng, (o,)))
         yield Case("linear", f"x{args[0].shape} w{args[1].shape}", L.linear, args, R.linear, ("x", "w", "b"))
 
-    for _ in range(repeats):
+    for i in range(repeats):
         n, c, k, kern, s, p, hw = _conv_config(rng)
+        form = L.FORMULATIONS[i % len(L.FORMULATIONS)]
         args = (normal(rng, (n, c, *hw)), normal(rng, (k, c, *kern)), normal(rng, (k,)))
         kw = dict(stride=s, padding=p)
-        yield Case("conv2d", f"x{args[0].shape} w{args[1].shape} s{s} p{p}", partial(L.conv2d, **kw), args, partial(R.conv2d, **kw), ("x", "w", "b"))
-    # The configuration whose lax autodiff aborts XLA on jax 0.10.2: the handwritten rule must get it right.
+        yield Case("conv2d", f"x{args[0].shape} w{args[1].shape} s{s} p{p} [{form}]", partial(L.conv2d, formulation=form, **kw), args, partial(R.conv2d, **kw), ("x", "w", "b"))
+    # The configuration whose lax autodiff aborts XLA on jax 0.10.2: every formulation must get it right.
     args = (normal(rng, (2, 3, 6, 4)), normal(rng, (3, 3, 2, 4)), normal(rng, (3,)))
     kw = dict(stride=(2, 3), padding=(1, 2))
-    yield Case("conv2d", "x(2, 3, 6, 4) w(3, 3, 2, 4) s(2, 3) p(1, 2)", partial(L.conv2d, **kw), args, partial(R.conv2d, **kw), ("x", "w", "b"))
+    for form in L.FORMULATIONS:
+        yield Case("conv2d", f"x(2, 3, 6, 4) w(3, 3, 2, 4) s(2, 3) p(1, 2) [{form}]", partial(L.conv2d, formulation=form, **kw), args, partial(R.conv2d, **kw), ("x", "w", "b"))
+    # The backend's default: a single output channel takes the direct form; a large X* goes in batch chunks.
+    kw = dict(stride=(1, 2), padding=1)
+    args = (normal(rng, (2, 2, 5, 6)), normal(rng, (1, 2, 3, 3)), normal(rng, (1,)))
+    yield Case("conv2d", "x(2, 2, 5, 6) w(1, 2, 3, 3) s(1, 2) p1 [default]", partial(L.conv2d, **kw), args, partial(R.conv2d, **kw), ("x", "w", "b"))
+    args = (normal(rng, (5, 2, 6, 5)), normal(rng, (3, 2, 3, 2)), normal(rng, (3,)))
+    yield Case("conv2d", "x(5, 2, 6, 5) w(3, 2, 3, 2) s(1, 2) p1 chunk_bytes=1000 [default]", partial(L.conv2d, chunk_bytes=1000, **kw), args, partial(R.conv2d, **kw), ("x", "w", "b"))
+    kw = dict(stride=(2, 1), padding=(0, 1), output_padding=(1, 0))
+    args = (normal(rng, (2, 1, 3, 4)), normal(rng, (1, 2, 3, 3)), normal(rng, (2,)))
+    yield Case("deconv2d", "x(2, 1, 3, 4) w(1, 2, 3, 3) s(2, 1) p(0, 1) op(1, 0) [default]", partial(L.deconv2d, **kw), args, partial(R.deconv2d, **kw), ("x", "w", "b"))
+    args = (normal(rng, (5, 3, 4, 4)), normal(rng, (3, 2, 3, 3)), normal(rng, (2,)))
+    yield Case("deconv2d", "x(5, 3, 4, 4) w(3, 2, 3, 3) s(2, 1) p(0, 1) op(1, 0) chunk_bytes=1000 [default]", partial(L.deconv2d, chunk_bytes=1000, **kw), args, partial(R.deconv2d, **kw), ("x", "w", "b"))
 
-    for _ in range(repeats):
+    for i in range(repeats):
+        form = L.FORMULATIONS[i % len(L.FORMULATIONS)]
         while True:  # a deconv whose output is not empty
             n, c, k, kern, s, p, hw = _conv_config(rng)
             op = tuple(int(rng.integers(0, si)) for si in s)
@@ -76,25 +130,26 @@ def cases(seed: int = 0, repeats: int = 3) -> Iterator[Case]:
                 break
         args = (normal(rng, (n, c, *hin)), normal(rng, (c, k, *kern)), normal(rng, (k,)))
         kw = dict(stride=s, padding=p, output_padding=op)
-        yield Case("deconv2d", f"x{args[0].shape} w{args[1].shape} s{s} p{p} op{op}", partial(L.deconv2d, **kw), args, partial(R.deconv2d, **kw), ("x", "w", "b"))
+        yield Case("deconv2d", f"x{args[0].shape} w{args[1].shape} s{s} p{p} op{op} [{form}]", partial(L.deconv2d, formulation=form, **kw), args, partial(R.deconv2d, **kw), ("x", "w", "b"))
 
-    for _ in range(repeats):
+    for i in range(repeats):
         win = tuple(int(v) for v in rng.integers(1, 4, 2))
         s = tuple(int(v) for v in rng.integers(1, 4, 2))
         p = tuple(int(rng.integers(0, wi // 2 + 1)) for wi in win)
         hw = tuple(int(rng.integers(wi, wi + 6)) for wi in win)
         x = distinct(rng, (int(rng.integers(1, 3)), int(rng.integers(1, 4)), *hw))
-        kw = dict(stride=s, padding=p)
-        cfg = f"x{x.shape} window{win} s{s} p{p}"
-        yield Case("max_pool2d", cfg, partial(L.max_pool2d, window=win, **kw), (x,), partial(R.max_pool2d, window=win, **kw), ("x",))
-        yield Case(
-            "max_pool2d_with_switches", cfg, partial(L.max_pool2d_with_switches, window=win, **kw), (x,),
-            partial(R.max_pool2d_with_switches, window=win, **kw), ("x",),
-        )  # fmt: skip
-        y, switches = L.max_pool2d_with_switches(x, win, **kw)
-        unpool = lambda y, sw=switches, hw=hw: L.max_unpool2d(y, sw, hw)  # noqa: E731
-        ref = lambda y, sw=switches, hw=hw: R.max_unpool2d(y, sw, hw)  # noqa: E731
-        yield Case("max_unpool2d", f"y{y.shape} -> {hw}", unpool, (normal(rng, y.shape),), ref, ("y",))
+        yield from _pool_case(rng, x, win, s, p, L.FORMULATIONS[i % len(L.FORMULATIONS)])
+    # Every routing geometry with the backend's default: tiled, tiled with a remainder (5 rows, windows of 2:
+    # the last row is in no window), overlapping, gapped, padded; then the same geometries on exact ties.
+    geometries = [((2, 2), (2, 2), (0, 0), (4, 6)), ((2, 2), (2, 2), (0, 0), (5, 5)), ((3, 2), (1, 2), (0, 0), (5, 4)),
+                  ((2, 2), (3, 3), (0, 0), (7, 6)), ((3, 3), (2, 2), (1, 1), (5, 6))]  # fmt: skip
+    for win, s, p, hw in geometries:
+        yield from _pool_case(rng, distinct(rng, (2, 2, *hw)), win, s, p, None)
+    for (win, s, p, hw), form in zip(geometries, (None, *L.FORMULATIONS, None)):
+        f, ref = _tie_routing(win, s, p, (2, 2, *hw), form)
+        ho, wo = L.conv_output_size(hw, win, s, p)
+        cfg = f"ties: routing of x(2, 2, {hw[0]}, {hw[1]}) window{win} s{s} p{p} [{form or 'default'}]"
+        yield Case("max_pool2d", cfg, f, (normal(rng, (2, 2, ho, wo)),), ref, ("g",))
 
     for _ in range(repeats):
         shape = tuple(int(v) for v in rng.integers(1, 5, 3))

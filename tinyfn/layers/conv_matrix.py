@@ -15,7 +15,8 @@ import numpy as np
 import jax.numpy as jnp
 
 from tinyfn import _checks
-from tinyfn.layers.conv import conv2d_args, conv_output_size, deconv2d_args
+from tinyfn.layers.conv import conv2d_args, deconv2d_args
+from tinyfn.layers.kernels import conv_output_size
 
 __all__ = ["unrolled_filter_matrix", "conv2d_matrix", "deconv2d_matrix"]
 
@@ -29,13 +30,13 @@ def unrolled_filter_matrix(w, input_hw, *, stride=1, padding=0):
     ``(r, q)``; taps that fall in the zero padding are left out. For the
     seed's 3×3 input and 2×2 filter this is its 4×9 matrix.
     """
-    w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)", empty_batch=False)
-    h, wd = _checks.int_pair("input_hw", input_hw, minimum=1)
-    (sh, sw), (ph, pw) = _checks.int_pair("stride", stride, minimum=1), _checks.int_pair("padding", padding, minimum=0)
+    op = "unrolled_filter_matrix"
+    w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)", empty_batch=False, op=op)
+    h, wd = _checks.int_pair("input_hw", input_hw, minimum=1, op=op)
+    (sh, sw), (ph, pw) = _checks.int_pair("stride", stride, minimum=1, op=op), _checks.int_pair("padding", padding, minimum=0, op=op)
     k, c, kh, kw = w.shape
+    _checks.window_geometry(op, (h, wd), (kh, kw), (sh, sw), (ph, pw))
     ho, wo = conv_output_size((h, wd), (kh, kw), (sh, sw), (ph, pw))
-    if ho < 1 or wo < 1:
-        raise ValueError(f"unrolled_filter_matrix: kernel {(kh, kw)} is larger than the padded input {(h, wd)}")
     if k * ho * wo * c * h * wd > MAX_ENTRIES:
         raise ValueError(
             f"unrolled_filter_matrix: W* would have {k * ho * wo} x {c * h * wd} entries, over {MAX_ENTRIES}; "

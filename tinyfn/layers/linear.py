@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks, initializers
+from tinyfn.layers import precision
 from tinyfn.layers.base import Layer, _check_any_shape
 
 __all__ = ["linear", "Linear"]
@@ -65,18 +66,21 @@ def linear(x, w, b=None):
     return _linear(x.reshape(-1, w.shape[0]), w, b).reshape(*lead, w.shape[1])
 
 
-def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", dtype=jnp.float32) -> Layer:
+def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", dtype=jnp.float32, compute_dtype=None) -> Layer:
     """Fully connected layer with params ``{"w": (in, out), "b": (out,)}``.
 
     ``w`` is drawn by ``w_init`` (He normal, ``N(0, 2/in)``, by default: the
     right scale for a ReLU net), ``b`` starts at zero. Input ``(N, in)`` or
-    ``(..., in)``, output ``(..., out_features)``.
+    ``(..., in)``, output ``(..., out_features)``. ``compute_dtype`` (e.g.
+    ``jnp.bfloat16``): params stay ``dtype``, the products and the output are in
+    ``compute_dtype`` (see ``tinyfn.layers.precision``).
 
     >>> _, p = Linear(3).init(jax.random.key(0), (None, 2))
     >>> {k: v.shape for k, v in p.items()}
     {'w': (2, 3), 'b': (3,)}
     """
     out_features = _checks.positive_int("out_features", out_features)
+    compute_dtype = precision.check_compute_dtype("Linear", compute_dtype)
     w_init = initializers.get(w_init)
 
     def init(key, input_shape):
@@ -90,6 +94,7 @@ def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", dtyp
         return (*shape[:-1], out_features), params
 
     def apply(params, x, *, key=None, train=False):
-        return linear(x, params["w"], params.get("b"))
+        return linear(*precision.cast(compute_dtype, x, params["w"], params.get("b")))
 
-    return Layer(init, apply, "Linear", MappingProxyType({"out_features": out_features, "use_bias": use_bias}))
+    config = {"out_features": out_features, "use_bias": use_bias}
+    return Layer(init, apply, "Linear", MappingProxyType(config if compute_dtype is None else {**config, "compute_dtype": compute_dtype}))
