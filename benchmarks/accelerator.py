@@ -49,7 +49,7 @@ import tinyfn
 from tinyfn import data, layers, losses, models, train
 
 GPU = dict(models=("lenet5", "wide"), batch_sizes=(128, 1024), rounds=7, round_s=0.25, max_steps=50, correctness_batch=128, epoch_images=None, budget=330.0)
-CPU = dict(models=("lenet5",), batch_sizes=(8,), rounds=2, round_s=0.0, max_steps=2, correctness_batch=8, epoch_images=256, budget=300.0)
+CPU = dict(models=("lenet5",), batch_sizes=(8,), rounds=2, round_s=0.0, max_steps=2, correctness_batch=8, epoch_images=256, budget=float("inf"))
 CORRECTNESS_STEPS = 10
 CORRECTNESS_RTOL = 1e-4  # float32 after 10 steps: summation order and kernel choice only
 SLOW_STEP_S = 2.0  # a step slower than this is timed once per round
@@ -64,7 +64,7 @@ def parse_args(argv=None):
     ap.add_argument("--round-s", type=float, help="seconds of steps per implementation per round (default 0.25 gpu)")
     ap.add_argument("--max-steps", type=int, help="at most this many steps per implementation per round")
     ap.add_argument("--epoch-images", type=int, help="limit the fit epoch to this many images (default: all on gpu, 256 on cpu)")
-    ap.add_argument("--budget", type=float, help="seconds after which the remaining sections are skipped (default 330)")
+    ap.add_argument("--budget", type=float, help="seconds after which the remaining sections are skipped (default 330 on gpu, none on cpu)")
     ap.add_argument("--lr", type=float, default=0.01)
     args = ap.parse_args(argv)
     for name, value in (GPU if args.device == "gpu" else CPU).items():
@@ -138,17 +138,21 @@ class Timed:
         return float(np.median(self.times)) * 1e3 if self.times else float("nan")
 
 
-def interleave(timed, args):
-    """Rounds in which every implementation that runs takes its turn; every step waited for and timed."""
+def interleave(timed, args, deadline=float("inf")):
+    """Rounds in which every implementation that runs takes its turn, every step waited for and timed;
+    after the first round, none is started past ``deadline`` (``time.perf_counter()``). Returns the rounds run."""
     live = [t for t in timed if t.run is not None]
     for t in live:
         t.calibrate(args.round_s, args.max_steps)
-    for _ in range(args.rounds):
+    for done in range(args.rounds):
+        if done and time.perf_counter() > deadline:
+            return done
         for t in live:
             for _ in range(t.steps):
                 start = time.perf_counter()
                 t.run()
                 t.times.append(time.perf_counter() - start)
+    return args.rounds
 
 
 def batch(batch_size, seed=0):
@@ -156,40 +160,44 @@ def batch(batch_size, seed=0):
     return rng.random((batch_size, 1, 28, 28), np.float32), rng.integers(0, 10, batch_size).astype(np.int32)
 
 
-def step_table(args, device, forms, default_form):
-    """Section 1: ``{(model, batch): {key: Timed}}`` with keys ``tinyfn[f]``, ``jax_autodiff``, ``torch_eager``."""
+def step_table(args, device, forms, default_form, deadline):
+    """Section 1: ``{(model, batch): {key: Timed}}`` with keys ``tinyfn[f]``, ``jax_autodiff``, ``torch_eager``;
+    the tables share the time left until ``deadline`` equally (fewer rounds where it runs short)."""
     say(f"\n## Training step, float32, {device.platform} ({device.device_kind}): ms/step, median of {args.rounds} interleaved rounds")
     say("| model | batch | implementation | ms/step median | min | images/s | x JAX autodiff | first step s | compile s |")
     say("|---|---|---|---|---|---|---|---|---|")
     results, notes = {}, []
-    for model_name in args.models:
-        for batch_size in args.batch_sizes:
-            model = peers.MODELS[model_name]()
-            _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
-            x, y = batch(batch_size)
-            specs = peers.layer_specs(model, params, x.shape)
-            timed = {}
-            for f in forms:
-                label = f"tinyfn [{f}{' = default' if f == default_form and f != 'default' else ''}]"
-                timed[f"tinyfn[{f}]"] = Timed(label, lambda f=f: tinyfn_step(f, lambda: peers.tinyfn(model, params, x, y, args.lr, device)))
-            timed["jax_autodiff"] = Timed("JAX lax.conv + grad, jit", lambda: peers.jax_autodiff(model, params, x, y, args.lr, device, specs))
-            if peers.torch_version() is None:
-                notes.append("PyTorch skipped: torch is not installed")
-            else:
-                timed["torch_eager"] = Timed("PyTorch eager" + (" (CUDA)" if device.platform == "gpu" else ""), lambda: _torch(model, params, x, y, args.lr, device, specs))
-            interleave(timed.values(), args)
-            base = timed["jax_autodiff"].median_ms()
-            for t in timed.values():
-                if t.error:
-                    say(f"| {model_name} | {batch_size} | {t.label} | – | – | – | – | – | – |")
-                    notes.append(f"{model_name}, batch {batch_size}, {t.label}: {t.error}")
-                    continue
-                med = t.median_ms()
-                say(f"| {model_name} | {batch_size} | {t.label} | {med:.3f} | {min(t.times) * 1e3:.3f} | {batch_size / med * 1e3:,.0f} | "
-                    f"{med / base:.2f} | {t.first:.2f} | {max(t.first - med / 1e3, 0.0):.2f} |")  # fmt: skip
-            for t in timed.values():
-                t.run = None  # release the device buffers before the next table
-            results[(model_name, batch_size)] = timed
+    groups = [(m, b) for m in args.models for b in args.batch_sizes]
+    for index, (model_name, batch_size) in enumerate(groups):
+        model = peers.MODELS[model_name]()
+        _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+        x, y = batch(batch_size)
+        specs = peers.layer_specs(model, params, x.shape)
+        timed = {}
+        for f in forms:
+            label = f"tinyfn [{f}{' = default' if f == default_form and f != 'default' else ''}]"
+            timed[f"tinyfn[{f}]"] = Timed(label, lambda f=f: tinyfn_step(f, lambda: peers.tinyfn(model, params, x, y, args.lr, device)))
+        timed["jax_autodiff"] = Timed("JAX lax.conv + grad, jit", lambda: peers.jax_autodiff(model, params, x, y, args.lr, device, specs))
+        if peers.torch_version() is None:
+            notes.append("PyTorch skipped: torch is not installed")
+        else:
+            timed["torch_eager"] = Timed("PyTorch eager" + (" (CUDA)" if device.platform == "gpu" else ""), lambda: _torch(model, params, x, y, args.lr, device, specs))
+        share = (deadline - time.perf_counter()) / (len(groups) - index)
+        rounds = interleave(timed.values(), args, time.perf_counter() + share)
+        if rounds < args.rounds:
+            notes.append(f"{model_name}, batch {batch_size}: {rounds} of {args.rounds} rounds (time budget)")
+        base = timed["jax_autodiff"].median_ms()
+        for t in timed.values():
+            if t.error:
+                say(f"| {model_name} | {batch_size} | {t.label} | – | – | – | – | – | – |")
+                notes.append(f"{model_name}, batch {batch_size}, {t.label}: {t.error}")
+                continue
+            med = t.median_ms()
+            say(f"| {model_name} | {batch_size} | {t.label} | {med:.3f} | {min(t.times) * 1e3:.3f} | {batch_size / med * 1e3:,.0f} | "
+                f"{med / base:.2f} | {t.first:.2f} | {max(t.first - med / 1e3, 0.0):.2f} |")  # fmt: skip
+        for t in timed.values():
+            t.run = None  # release the device buffers before the next table
+        results[(model_name, batch_size)] = timed
     return results, notes
 
 
@@ -338,7 +346,7 @@ def main(argv=None):
     forms, default_form, note = formulations(device.platform)
     header(args, device, note)
 
-    results, notes = step_table(args, device, forms, default_form)
+    results, notes = step_table(args, device, forms, default_form, start + 0.6 * args.budget)
     for n in dict.fromkeys(notes):
         say(f"# {n}")
     left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
