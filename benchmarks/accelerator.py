@@ -45,14 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import peers
-import tinyfn
 from tinyfn import data, layers, losses, models, train
 
 GPU = dict(models=("lenet5", "wide"), batch_sizes=(128, 1024), rounds=7, round_s=0.25, max_steps=50, correctness_batch=128, epoch_images=None, budget=330.0)
 CPU = dict(models=("lenet5",), batch_sizes=(8,), rounds=2, round_s=0.0, max_steps=2, correctness_batch=8, epoch_images=256, budget=float("inf"))
 CORRECTNESS_STEPS = 10
 CORRECTNESS_RTOL = 1e-4  # float32 after 10 steps: summation order and kernel choice only
-SLOW_STEP_S = 2.0  # a step slower than this is timed once per round
 
 
 def parse_args(argv=None):
@@ -84,8 +82,7 @@ def say(*parts):
 
 def formulations(platform_name):
     """``(names to measure, the platform's default, a note)`` from ``tinyfn.layers``' formulation API."""
-    choose = getattr(layers, "formulation", None)
-    if choose is None:
+    if getattr(layers, "formulation", None) is None:
         return ("default",), "default", "tinyfn.layers.formulation is absent in this tinyfn: only its default evaluation is measured"
     names = tuple(getattr(layers, "FORMULATIONS", ()))
     default = layers.default_formulation(platform_name) if hasattr(layers, "default_formulation") else names[0]
@@ -132,7 +129,7 @@ class Timed:
         t = time.perf_counter()
         self.run()
         one = time.perf_counter() - t
-        self.steps = 1 if one > SLOW_STEP_S else max(1, min(max_steps, int(round_s / max(one, 1e-6))))
+        self.steps = max(1, min(max_steps, int(round_s / max(one, 1e-6))))  # a slow step: once per round
 
     def median_ms(self):
         return float(np.median(self.times)) * 1e3 if self.times else float("nan")
@@ -323,6 +320,7 @@ def fit_epoch(args, device):
 
 
 def header(args, device, note):
+    """Versions, precision switches, the formulations measured and the time budget."""
     try:
         import torch
 
@@ -334,6 +332,7 @@ def header(args, device, note):
     say(f"# {device.platform}: {device.device_kind}; python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, torch {tv}")
     say(f"# jax default matmul precision: {getattr(jax.config, 'jax_default_matmul_precision', None) or 'backend default'}; {os.cpu_count()} CPUs")
     say(f"# {note}")
+    say(f"# time budget {args.budget:.0f} s: the step tables take up to 60% of it (fewer rounds if short), later sections are skipped past it")
 
 
 def main(argv=None):
