@@ -39,6 +39,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -355,7 +356,11 @@ def main(argv=None):
         if left() <= 0:
             say(f"\n# {section} skipped: past the {args.budget:.0f} s budget")
             continue
-        run()
+        try:
+            run()
+        except Exception as e:  # noqa: BLE001 -- one broken section must not hide the others or the last line
+            traceback.print_exc()
+            say(f"# {section} failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
     say(f"\n# total {time.perf_counter() - start:.0f} s")
 
     lenet = results.get(("lenet5", max(args.batch_sizes)), {})
