@@ -18,6 +18,7 @@ A peer is a function ``make(model, params, x, y, lr, device) -> run`` where
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 import jax
@@ -33,18 +34,46 @@ from tinyfn.layers.conv_matrix import MAX_ENTRIES
 # ----------------------------------------------------------------------------- models
 
 
-def wide_cnn(num_classes: int = 10):
-    """``tinyfn.models.wide_cnn`` without its dropout (which the peers do not implement):
-    conv(32, 3×3, pad 1) - relu - pool 2 - conv(64, 3×3, pad 1) - relu - pool 2 - linear(128) - relu - linear(10),
-    where the matrix products dominate the cost."""
+def supports_compute_dtype() -> bool:
+    """Whether this tinyfn's ``Conv2D`` and ``Linear`` take ``compute_dtype=`` (mixed precision)."""
+    return all("compute_dtype" in inspect.signature(layer).parameters for layer in (Conv2D, Linear))
+
+
+def _precision(compute_dtype):
+    if compute_dtype is None:
+        return {}
+    if not supports_compute_dtype():
+        raise NotImplementedError("this tinyfn's Conv2D/Linear take no compute_dtype")
+    return {"compute_dtype": compute_dtype}
+
+
+def lenet5(num_classes: int = 10, compute_dtype=None):
+    """``tinyfn.models.lenet5``; with ``compute_dtype``, the same layers with their products in that dtype."""
+    if compute_dtype is None:
+        return models.lenet5(num_classes)
+    if "compute_dtype" in inspect.signature(models.lenet5).parameters:
+        return models.lenet5(num_classes, compute_dtype=compute_dtype)
+    kw = _precision(compute_dtype)
     return serial(
-        Conv2D(32, 3, padding=1), ReLU(), MaxPool2D(2),
-        Conv2D(64, 3, padding=1), ReLU(), MaxPool2D(2),
-        Flatten(), Linear(128), ReLU(), Linear(num_classes),
+        Conv2D(6, 5, padding=2, **kw), ReLU(), MaxPool2D(2),
+        Conv2D(16, 5, **kw), ReLU(), MaxPool2D(2),
+        Flatten(), Linear(120, **kw), ReLU(), Linear(84, **kw), ReLU(), Linear(num_classes, **kw),
     )  # fmt: skip
 
 
-MODELS = {"lenet5": models.lenet5, "wide": wide_cnn}
+def wide_cnn(num_classes: int = 10, compute_dtype=None):
+    """``tinyfn.models.wide_cnn`` without its dropout (which the peers do not implement):
+    conv(32, 3×3, pad 1) - relu - pool 2 - conv(64, 3×3, pad 1) - relu - pool 2 - linear(128) - relu - linear(10),
+    where the matrix products dominate the cost; with ``compute_dtype``, the products run in that dtype."""
+    kw = _precision(compute_dtype)
+    return serial(
+        Conv2D(32, 3, padding=1, **kw), ReLU(), MaxPool2D(2),
+        Conv2D(64, 3, padding=1, **kw), ReLU(), MaxPool2D(2),
+        Flatten(), Linear(128, **kw), ReLU(), Linear(num_classes, **kw),
+    )  # fmt: skip
+
+
+MODELS = {"lenet5": lenet5, "wide": wide_cnn}
 
 # ----------------------------------------------------------------------------- architecture
 

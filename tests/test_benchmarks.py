@@ -9,6 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LAST = re.compile(r"tinyfn/jax-autodiff=(\d+\.\d+) tinyfn/torch=(\d+\.\d+|nan)")
+ACCELERATOR_LAST = re.compile(r"cpu tinyfn/jax-autodiff=(\d+\.\d+) tinyfn/torch=(\d+\.\d+|nan)")
 EPOCH_LAST = re.compile(r"epoch_s=(\S+) images_per_s=(\d+) outside=(-?\d+\.\d+) compile_s=(\S+) peak_mib=(\d+)")
 
 
@@ -43,3 +44,21 @@ def test_epoch_reports_fit_time_outside_share_compile_and_memory():
     m = EPOCH_LAST.fullmatch(lines[-1])
     assert m, lines[-1]
     assert float(m.group(1)) > 0 and int(m.group(2)) > 0 and float(m.group(4)) > 0 and int(m.group(5)) > 0
+
+
+@pytest.mark.slow
+def test_accelerator_check_runs_every_section_on_the_cpu_and_each_formulation_matches_the_default():
+    import tinyfn.layers
+
+    lines = _run("accelerator.py", "--device", "cpu")
+    m = ACCELERATOR_LAST.fullmatch(lines[-1])
+    assert m and float(m.group(1)) > 0, lines[-1]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines if line.startswith("| lenet5 |")]
+    names = getattr(tinyfn.layers, "FORMULATIONS", ("default",)) if hasattr(tinyfn.layers, "formulation") else ("default",)
+    for name in names:
+        assert any(row[2].startswith(f"tinyfn [{name}") and float(row[3]) > 0 for row in rows), (name, rows)
+    assert any(row[2].startswith("JAX lax.conv") and float(row[3]) > 0 for row in rows), rows
+    # the same 10 steps under each formulation as under the CPU's default, within float32 tolerance
+    checks = [line for line in lines if line.startswith("correctness ")]
+    assert len(checks) == len(names) and all(line.endswith(": ok") for line in checks), checks
+    assert any(line.startswith("epoch wall ") for line in lines), lines
