@@ -348,7 +348,7 @@ def _deconv2d(x, w, b, stride, padding, out_hw):
 
 
 def _deconv2d_fwd(x, w, b, stride, padding, out_hw):
-    return _deconv2d(x, w, b, stride, padding, out_hw), (x, w, b)
+    return _add_bias(_conv_input_grad(x, w, stride, padding, out_hw), b), (x, w, b)
 
 
 def _deconv2d_bwd(stride, padding, out_hw, res, g):
@@ -437,6 +437,7 @@ def Conv2D(out_channels: int, kernel_size, stride=1, padding=0, *, use_bias=True
 
     def init(key, input_shape):
         n, c, h, w_ = _check_shape("Conv2D", input_shape, 4, "(N, C, H, W)")
+        _checks.not_channels_last((n, c, h, w_), kernel, op="Conv2D")
         _check_conv_geometry("Conv2D", (h, w_), kernel, padding)
         fan_in, fan_out = c * kernel[0] * kernel[1], out_channels * kernel[0] * kernel[1]
         params = {"w": w_init(key, (out_channels, c, *kernel), fan_in, fan_out, dtype)}
@@ -445,6 +446,7 @@ def Conv2D(out_channels: int, kernel_size, stride=1, padding=0, *, use_bias=True
         return (n, out_channels, *conv_output_size((h, w_), kernel, stride, padding)), params
 
     def apply(params, x, *, key=None, train=False):
+        _checks.layer_params(init, params, x, op="Conv2D")
         return conv2d(x, params["w"], params.get("b"), stride=stride, padding=padding)
 
     config = {"out_channels": out_channels, "kernel_size": kernel, "stride": stride, "padding": padding, "use_bias": use_bias}
@@ -478,6 +480,7 @@ def Deconv2D(
         return (n, out_channels, *out_hw), params
 
     def apply(params, x, *, key=None, train=False):
+        _checks.layer_params(init, params, x, op="Deconv2D")
         return deconv2d(x, params["w"], params.get("b"), stride=stride, padding=padding, output_padding=output_padding)
 
     config = {

@@ -220,10 +220,12 @@ def MaxPool2D(window=2, stride=None, padding=0) -> Layer:
 
     def init(key, input_shape):
         n, c, h, w = _check_shape("MaxPool2D", input_shape, 4, "(N, C, H, W)")
+        _checks.not_channels_last((n, c, h, w), window, op="MaxPool2D")
         _check_window("MaxPool2D", (h, w), window, padding)
         return (n, c, *conv_output_size((h, w), window, stride, padding)), {}
 
     def apply(params, x, *, key=None, train=False):
+        _checks.layer_params(init, params, x, op="MaxPool2D")
         return max_pool2d(x, window, stride=stride, padding=padding)
 
     return Layer(init, apply, "MaxPool2D", MappingProxyType({"window": window, "stride": stride, "padding": padding}))
