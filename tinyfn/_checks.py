@@ -162,6 +162,8 @@ def looks_channels_last(shape: tuple, window: tuple[int, int]) -> bool:
     than both other entries, and either those two are equal (a square image: the
     common case) or the window is wider than that last entry (only the padding
     would let the window fit, which is no sensible reading of a real width).
+    A genuine ``(N, C, C, w)`` input with ``w <= 4`` is refused too: a rare shape,
+    and the message says what was assumed.
     """
     _, c, h, w = shape
     return w in _IMAGE_CHANNELS and w < c and w < h and (c == h or w < window[1])

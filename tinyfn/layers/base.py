@@ -11,6 +11,9 @@ size) or an int; ``init`` computes ``output_shape`` without running the layer.
 layer, ``{}`` for a layer without parameters, a tuple of the children's params
 for ``serial``. ``key`` feeds the layers that draw random numbers at apply
 time (dropout) and ``train`` switches them between training and evaluation.
+Every ``apply`` first checks ``params`` against what ``init`` makes for the
+input's shape (``check_params``: keys, shapes, kinds of dtype), once per input
+shape and at trace time under ``jit``, and names the wrong entry.
 
 Besides the two functions a ``Layer`` carries its ``name``, its constructor
 arguments (``config``) and, for combinators, its ``children``, so tools such as
