@@ -13,7 +13,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # Locally: 8 fixed examples per property (fast, reproducible). In CI (CI=true): more examples, drawn afresh
 # each run; a failure prints the seed (--hypothesis-seed) and the blob (@reproduce_failure) that replay it.
 settings.register_profile("tinyfn", max_examples=8, deadline=None, derandomize=True, print_blob=True)
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=False, print_blob=True)
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=False, print_blob=True)
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "tinyfn"))
 

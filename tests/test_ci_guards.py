@@ -41,7 +41,7 @@ def test_ci_selects_the_randomised_profile_with_more_examples(tmp_path):
 
         def test_profile():
             s = settings.default
-            assert (s.max_examples, s.derandomize, s.print_blob) == (40, False, True)
+            assert (s.max_examples, s.derandomize, s.print_blob) == (20, False, True)
         """
     )
     (tmp_path / "hide").mkdir()
