@@ -10,8 +10,21 @@ from hypothesis import settings
 # Broadcasting must be explicit in library code: implicit rank promotion is an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+# Locally: 8 fixed examples per property (fast, reproducible). In CI (CI=true): more examples, drawn afresh
+# each run; a failure prints the seed (--hypothesis-seed) and the blob (@reproduce_failure) that replay it.
 settings.register_profile("tinyfn", max_examples=8, deadline=None, derandomize=True, print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "tinyfn"))
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=False, print_blob=True)
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "tinyfn"))
+
+
+def pytest_sessionstart(session):
+    """In CI the PyTorch oracle is required: without torch its comparisons would turn into silent skips."""
+    if IN_CI:
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            pytest.exit(f"CI=true but the PyTorch oracle cannot be imported ({exc}); install torch (see README)", returncode=1)
 
 
 @pytest.fixture

@@ -80,3 +80,38 @@ def test_dropout_gradient_uses_the_same_mask(key, rng):
 def test_flatten_keeps_the_batch_dimension():
     x = jnp.arange(24.0).reshape(2, 3, 2, 2)
     np.testing.assert_array_equal(flatten(x), np.arange(24.0).reshape(2, 12))
+
+
+@pytest.mark.parametrize("bad", [3, -1])
+def test_a_label_out_of_range_under_jit_gives_a_nan_loss_and_a_nan_gradient(bad):
+    logits = jnp.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]])
+    labels = jnp.array([0, bad])
+    loss, grad = jax.jit(jax.value_and_grad(losses.softmax_cross_entropy))(logits, labels)
+    assert np.isnan(loss)
+    assert np.isnan(np.asarray(grad[1])).all()  # the invalid example's row
+    ok_loss, ok_grad = jax.value_and_grad(losses.softmax_cross_entropy)(logits[:1], labels[:1])
+    np.testing.assert_allclose(grad[0], ok_grad[0] / 2, rtol=1e-6)  # the valid row is as before (mean over 2)
+
+
+def test_checkify_reports_the_first_label_out_of_range_under_jit():
+    from jax.experimental import checkify
+
+    f = jax.jit(lambda z, y: losses.softmax_cross_entropy(z, y, check_labels=True))
+    err, _ = checkify.checkify(f)(jnp.zeros((3, 4)), jnp.array([1, 4, -2]))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"softmax_cross_entropy: labels\[1\] = 4 is outside \[0, 4\)"):
+        err.throw()
+    err, _ = checkify.checkify(f)(jnp.zeros((3, 4)), jnp.array([1, 3, 0]))
+    assert err.get() is None
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: losses.softmax_cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32)), r"^softmax_cross_entropy: the batch is empty"),
+        (lambda: losses.mse(jnp.zeros((0, 3)), jnp.zeros((0, 3))), r"^mse: the batch is empty"),
+        (lambda: jax.jit(losses.mse).lower(jnp.zeros((0,)), jnp.zeros((0,))), r"^mse: the batch is empty"),
+    ],
+)
+def test_losses_refuse_an_empty_batch(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

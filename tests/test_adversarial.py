@@ -6,6 +6,7 @@ whose message names the offending argument. Anything else (an XLA error, an
 ``IndexError``, a ``ZeroDivisionError``, a hang) fails the test.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -287,9 +288,8 @@ def test_sgd(lr, momentum, nesterov, weight_decay, grads_shape):
         assert out is None, "mismatched grads must be refused"
         return
     new, _ = out
-    assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(params)
-    for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(params)):
-        assert a.shape == b.shape and np.isfinite(np.asarray(a)).all()
+    chex.assert_trees_all_equal_shapes(new, params)
+    chex.assert_tree_all_finite(new)
 
 
 @pytest.mark.parametrize("op", ["conv2d", "linear", "max_pool2d", "relu", "softmax_cross_entropy"])

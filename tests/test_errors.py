@@ -15,10 +15,13 @@ from tinyfn.layers import (
     deconv2d,
     dropout,
     linear,
+    log_softmax,
     max_pool2d,
     max_unpool2d,
+    relu,
     serial,
     softmax,
+    Softmax,
 )
 
 X = jnp.zeros((2, 3, 8, 8))
@@ -111,3 +114,52 @@ def test_serial_apply_rejects_params_of_another_model():
     _, params = model.init(jax.random.key(0), (None, 4))
     with pytest.raises(ValueError, match=r"params must be a tuple with one entry per layer \(2\), got a tuple of length 1"):
         model.apply(params[:1], jnp.zeros((1, 4)))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: linear(jnp.zeros((2, 3), jnp.int32), jnp.zeros((3, 5))), r"^linear: x must have a floating dtype"),
+        (lambda: relu("x"), r"^relu: x must be an array"),
+        (lambda: softmax(X, axis=4), r"^softmax: axis must be an int in \[-4, 4\)"),
+        (lambda: softmax(X, axis=1.0), r"^softmax: axis must be an int"),
+        (lambda: log_softmax(jnp.zeros((2, 0)), axis=1), r"^log_softmax: x has shape \(2, 0\)"),
+        (lambda: dropout(jax.random.key(0), X, 1.5, train=True), r"^dropout: rate must be a float in \[0, 1\]"),
+        (lambda: losses.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.array([0, 3])), r"^softmax_cross_entropy: labels\[1\] = 3"),
+        (lambda: losses.mse(jnp.zeros(3, jnp.int32), jnp.zeros(3)), r"^mse: pred must have a floating dtype"),
+        (lambda: Linear(0), r"^Linear: out_features must be a positive int"),
+        (lambda: Dropout(2.0), r"^Dropout: rate must be a float"),
+        (lambda: Softmax(axis="last"), r"^Softmax: axis must be an int"),
+        (lambda: Linear(3).init(jax.random.key(0), (None, 0)), r"^Linear: input_shape must hold positive ints"),
+    ],
+)
+def test_messages_start_with_the_op_or_layer_name(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@pytest.mark.parametrize(
+    "model_name, shape", [("lenet5", (None, 28, 28, 1)), ("lenet5", (8, 32, 32, 3)), ("lenet5", (None, 32, 48, 3)), ("wide_cnn", (None, 28, 28, 1)), ("wide_cnn", (8, 32, 32, 3))]
+)
+def test_a_channels_last_input_shape_is_named_at_the_first_layer(model_name, shape):
+    import re
+
+    from tinyfn.models import get_model
+
+    with pytest.raises(ValueError, match=r"^Conv2D: input_shape " + re.escape(str(shape)) + r" looks channels-last \(N, H, W, C\); tinyfn expects \(N, C, H, W\)"):
+        get_model(model_name).init(jax.random.key(0), shape)
+    with pytest.raises(ValueError, match=r"^MaxPool2D: input_shape \(None, 28, 28, 1\) looks channels-last"):
+        MaxPool2D(2).init(jax.random.key(0), (None, 28, 28, 1))
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (Conv2D(4, (5, 1)), (None, 16, 100, 1)),  # a 1-D signal laid out (N, C, T, 1)
+        (Conv2D(4, 3, padding=1), (None, 3, 32, 32)),
+        (Conv2D(4, 3), (None, 1, 4, 4)),
+        (MaxPool2D(2), (None, 16, 4, 4)),
+    ],
+)
+def test_channels_first_shapes_are_not_mistaken_for_channels_last(layer, shape):
+    layer.init(jax.random.key(0), shape)

@@ -113,3 +113,53 @@ def test_check_vjp_takes_pytrees_such_as_a_layers_params():
     assert [a.name for a in report.args] == ["params[0]['b']", "params[0]['w']", "params[3]['b']", "params[3]['w']", "x"]
     only_params = gradcheck.check_vjp(lambda p, x: model.apply(p, x), (params, x), argnums=(0,), finite_differences=False)
     assert len(only_params.args) == 4
+
+
+_SCALE = jnp.array([1.0, -2.0, 1e-7, 3.0, -2e-7, 1.5])  # two entries 10^7 smaller than the largest
+
+
+@jax.custom_vjp
+def _small_entries_bug(x):
+    return x * _SCALE
+
+
+# the rule is 100% wrong (doubled) on the entries 10^7 smaller than the largest, right elsewhere
+_small_entries_bug.defvjp(lambda x: (x * _SCALE, None), lambda _, g: (g * _SCALE * jnp.where(jnp.abs(_SCALE) < 1e-3, 2.0, 1.0),))
+
+
+def test_check_vjp_catches_a_rule_wrong_only_on_entries_1e7_smaller_than_the_largest():
+    x = jnp.linspace(0.5, 1.5, 6)
+    with pytest.raises(AssertionError, match=r"gradient of args\[0\] \(6,\) is wrong: .*vs finite differences: .*worst entry \((2|4),\)"):
+        gradcheck.check_vjp(_small_entries_bug, (x,), reference=lambda x: x * _SCALE)
+    report = gradcheck.check_vjp(_small_entries_bug, (x,), reference=lambda x: x * _SCALE, raise_on_failure=False)
+    assert report.args[0].fd_rel < 1e-6  # normwise it would pass: the error is 10^-7 of the largest entry
+    assert report.args[0].fd_worst in {(2,), (4,)}
+
+
+@jax.custom_vjp
+def _forward_off_by_one(x):
+    return x**3 + 1.0
+
+
+_forward_off_by_one.defvjp(lambda x: (x**3 + 1.0, x), lambda x, g: (g * 3 * x**2,))  # a right gradient of a wrong forward
+
+
+def test_check_vjp_catches_a_forward_value_off_by_one():
+    x = jnp.linspace(0.5, 2.0, 7)
+    with pytest.raises(AssertionError, match=r"forward value differs from the reference: max abs error 1\.000e\+00"):
+        gradcheck.check_vjp(_forward_off_by_one, (x,), reference=lambda x: x**3)
+    report = gradcheck.check_vjp(_forward_off_by_one, (x,), reference=lambda x: x**3, raise_on_failure=False)
+    assert report.forward_ok is False and all(a.passed for a in report.args) and "forward" in str(report)
+
+
+def test_element_wise_criterion_accepts_the_rounding_of_a_right_rule_on_large_float32_cases():
+    from functools import partial
+
+    from tinyfn import reference as R
+    from tinyfn.layers import conv2d
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 6, 12, 12)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((5, 6, 3, 3)), jnp.float32)
+    report = gradcheck.check_vjp(partial(conv2d, padding=1), (x, w), reference=partial(R.conv2d, padding=1), max_elements=64)
+    assert report.passed and report.forward_ok

@@ -2,6 +2,7 @@
 
 import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +63,7 @@ def test_init_is_driven_only_by_the_key():
     _, a = model.init(jax.random.key(1), (None, 1, 6, 6))
     _, b = model.init(jax.random.key(1), (None, 1, 6, 6))
     _, c = model.init(jax.random.key(2), (None, 1, 6, 6))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)
     assert not np.array_equal(a[0]["w"], c[0]["w"])
     assert not np.array_equal(a[0]["w"].ravel()[:3], a[3]["w"].ravel()[:3])  # each layer gets its own key
 

@@ -7,7 +7,10 @@ with a message that names the argument, the value it got and what it expected.
 from __future__ import annotations
 
 import operator
+import weakref
+from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -118,3 +121,197 @@ def window_geometry(op: str, in_hw, window, stride, padding, output_padding=None
             f"{op}: output size {out_hw} is not positive for input {tuple(in_hw)}, {name} {tuple(window)}, "
             f"stride {tuple(stride)}, padding {tuple(padding)}; expected a smaller padding"
         )
+
+
+# ----------------------------------------------------------------------------- axes
+
+
+def axis(name: str, value, x, *, op: str | None = None) -> int:
+    """``value`` as a non-negative axis of ``x`` whose length is not zero (``-1`` means the last)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{_pre(op)}{name} must be an int, got {value!r}")
+    value = int(value)
+    if not -x.ndim <= value < x.ndim:
+        raise ValueError(f"{_pre(op)}{name} must be an int in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {value!r}")
+    if x.shape[value] == 0:
+        raise ValueError(f"{_pre(op)}{name} {value} of x (shape {tuple(x.shape)}) is empty: normalising over no values is undefined")
+    return value % x.ndim
+
+
+def layer_axis(name: str, value, *, op: str | None = None) -> int:
+    """An axis given to a layer constructor: an int (its range is checked against ``input_shape`` by ``axis_of_shape``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{_pre(op)}{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def axis_of_shape(name: str, value: int, shape: tuple, *, op: str | None = None) -> tuple:
+    """``shape`` unchanged if ``value`` indexes a non-empty entry of it."""
+    if not -len(shape) <= value < len(shape):
+        raise ValueError(f"{_pre(op)}{name} {value} is out of range for input_shape {shape}")
+    if shape[value] == 0:
+        raise ValueError(f"{_pre(op)}{name} {value} of input_shape {shape} is empty")
+    return shape
+
+
+# ----------------------------------------------------------------------------- input shapes of layers
+
+
+def _is_int(d) -> bool:
+    return isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
+
+
+def input_shape(value, *, ndim: int | None = None, layout: str = "", op: str | None = None) -> tuple:
+    """A layer's ``input_shape``: a batch entry (``None`` or an int >= 0), then positive ints; ``ndim`` entries if given."""
+    try:
+        shape = tuple(value)
+    except TypeError:
+        raise TypeError(f"{_pre(op)}input_shape must be a tuple of ints, got {value!r}") from None
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{_pre(op)}input_shape must have {ndim} entries {layout}, got {shape}".replace("  ", " "))
+    if not shape:
+        raise ValueError(f"{_pre(op)}input_shape must have a batch entry, got {shape}")
+    batch, rest = shape[0], shape[1:]
+    if not (batch is None or (_is_int(batch) and batch >= 0)):
+        raise ValueError(f"{_pre(op)}the batch entry of input_shape must be None or an int >= 0, got {shape}")
+    if not all(_is_int(d) and d >= 1 for d in rest):
+        raise ValueError(f"{_pre(op)}input_shape must hold positive ints after the batch entry, got {shape}")
+    return (batch if batch is None else int(batch), *(int(d) for d in rest))
+
+
+_IMAGE_CHANNELS = (1, 2, 3, 4)  # grey, grey + alpha, RGB, RGBA
+
+
+def looks_channels_last(shape: tuple, window: tuple[int, int]) -> bool:
+    """Whether an ``(N, C, H, W)`` shape read with a ``window`` is more plausibly ``(N, H, W, C)``.
+
+    True when the last entry is a typical image channel count (1 to 4) smaller
+    than both other entries, and either those two are equal (a square image: the
+    common case) or the window is wider than that last entry (only the padding
+    would let the window fit, which is no sensible reading of a real width).
+    A genuine ``(N, C, C, w)`` input with ``w <= 4`` is refused too: a rare shape,
+    and the message says what was assumed.
+    """
+    _, c, h, w = shape
+    return w in _IMAGE_CHANNELS and w < c and w < h and (c == h or w < window[1])
+
+
+def not_channels_last(shape: tuple, window, *, op: str | None = None) -> tuple:
+    """``shape`` unchanged, unless it looks channels-last (see ``looks_channels_last``): then a ``ValueError``."""
+    if looks_channels_last(shape, window):
+        n, c, h, w = shape
+        raise ValueError(
+            f"{_pre(op)}input_shape {shape} looks channels-last (N, H, W, C); tinyfn expects (N, C, H, W): "
+            f"move the channels first (x.transpose(0, 3, 1, 2)) and pass input_shape {(n, w, c, h)}"
+        )
+    return shape
+
+
+# ----------------------------------------------------------------------------- params trees
+
+
+def _leaf_spec(leaf):
+    shape = getattr(leaf, "shape", None)
+    dtype = getattr(leaf, "dtype", None)
+    if shape is None or dtype is None:
+        try:
+            a = np.asarray(leaf)
+        except Exception:  # noqa: BLE001 - any unconvertible leaf is reported as such
+            return None, None
+        shape, dtype = a.shape, a.dtype
+    return tuple(shape), dtype
+
+
+def _kind(dtype) -> str:
+    if jnp.issubdtype(dtype, jnp.floating):
+        return "floating"
+    if jnp.issubdtype(dtype, jnp.integer):
+        return "integer"
+    return str(dtype)
+
+
+def _describe(tree) -> str:
+    if isinstance(tree, dict):
+        return f"a dict with keys {sorted(map(str, tree))}" if tree else "an empty dict"
+    if isinstance(tree, (tuple, list)):
+        return f"a {type(tree).__name__} of length {len(tree)}"
+    if hasattr(tree, "shape"):
+        return f"an array of shape {tuple(tree.shape)}"
+    return f"{type(tree).__name__} {tree!r}"
+
+
+def params_match(params, expected, *, path: str = "params", op: str | None = None, where=None) -> None:
+    """Check a params tree against ``expected`` (what ``init`` makes: arrays or ``ShapeDtypeStruct``s).
+
+    Dicts must have exactly the expected keys, tuples/lists the expected length,
+    and each leaf the expected shape and the same kind of dtype (a floating entry
+    may be of any floating precision: a whole model cast to float64 is fine, and
+    the ops check that x and the params agree). A part that is expected empty
+    accepts any empty tree (``{}``, ``()``, ``None``). ``where(path)`` may return
+    a note naming the layer that owns ``path``. Raises naming the first wrong entry.
+    """
+    note = lambda p: f" ({where(p)})" if where is not None and where(p) else ""  # noqa: E731
+
+    if not jax.tree_util.tree_leaves(expected):
+        if jax.tree_util.tree_leaves(params):
+            raise ValueError(f"{_pre(op)}{path}{note(path)} must be empty (the layer has no params), got {_describe(params)}")
+        return
+    if isinstance(expected, dict):
+        if not isinstance(params, Mapping):
+            raise TypeError(f"{_pre(op)}{path}{note(path)} must be a dict with keys {sorted(expected)} (as init makes), got {_describe(params)}")
+        missing = [k for k in expected if k not in params]
+        extra = [k for k in params if k not in expected]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"lacks {', '.join(repr(k) for k in missing)}")
+            if extra:
+                parts.append(f"has unexpected {', '.join(repr(k) for k in extra)}")
+            raise ValueError(
+                f"{_pre(op)}{path}{note(path)} {' and '.join(parts)}; expected keys {sorted(expected)} (as init makes)"
+            )
+        for k in expected:
+            params_match(params[k], expected[k], path=f"{path}[{k!r}]", op=op, where=where)
+        return
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(params, (tuple, list)) or len(params) != len(expected):
+            raise ValueError(f"{_pre(op)}{path}{note(path)} must be a tuple of length {len(expected)} (as init makes), got {_describe(params)}")
+        for i, (p, e) in enumerate(zip(params, expected)):
+            params_match(p, e, path=f"{path}[{i}]", op=op, where=where)
+        return
+    shape, dtype = _leaf_spec(params)
+    want_shape, want_dtype = tuple(expected.shape), expected.dtype
+    if shape is None:
+        raise TypeError(f"{_pre(op)}{path}{note(path)} must be an array of shape {want_shape}, got {_describe(params)}")
+    if shape != want_shape:
+        raise ValueError(f"{_pre(op)}{path}{note(path)} has shape {shape}, expected {want_shape} (as init makes for this input)")
+    if _kind(dtype) != _kind(want_dtype):
+        raise TypeError(f"{_pre(op)}{path}{note(path)} has dtype {dtype}, expected a {_kind(want_dtype)} dtype (init makes {want_dtype})")
+
+
+_EXPECTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def expected_params(init, input_shape: tuple):
+    """What a layer's ``init`` makes for ``input_shape``, as ``ShapeDtypeStruct``s (nothing drawn), or ``None`` if init refuses it.
+
+    Cached per ``init`` and input shape: after the first call, a dict lookup.
+    """
+    per_shape = _EXPECTED.setdefault(init, {})
+    if input_shape not in per_shape:
+        try:
+            per_shape[input_shape] = jax.eval_shape(lambda: init(jax.random.key(0), input_shape)[1])
+        except Exception:  # noqa: BLE001 - init refuses this input: the op's own checks will say why
+            per_shape[input_shape] = None
+    return per_shape[input_shape]
+
+
+def layer_params(init, params, x, *, op: str | None = None, where=None) -> None:
+    """``params_match(params, what init makes for x's shape)``; nothing if ``x`` is no array or init refuses its shape."""
+    try:
+        shape = tuple(int(d) for d in np.shape(x))
+    except Exception:  # noqa: BLE001 - not an array: the op reports it
+        return
+    expected = expected_params(init, shape)
+    if expected is not None:
+        params_match(params, expected, op=op, where=where)

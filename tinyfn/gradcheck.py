@@ -136,6 +136,8 @@ class ArgReport:
     fd_rel: float | None = None
     fd_ok: bool | None = None
     fd_checked: int = 0
+    ref_worst: tuple | None = None  # the entry farthest outside the element-wise bound, vs the reference
+    fd_worst: tuple | None = None  # likewise vs finite differences
 
     @property
     def passed(self) -> bool:
@@ -149,10 +151,14 @@ class GradcheckReport:
     args: list[ArgReport]
     ref_tolerance: tuple[float, float] | None
     fd_tolerance: tuple[float, float] | None
+    forward_abs: float | None = None  # max |f(args) - reference(args)| over the float outputs
+    forward_rel: float | None = None
+    forward_ok: bool | None = None  # None without a reference
+    forward_worst: str | None = None  # the output leaf and index farthest outside the element-wise bound
 
     @property
     def passed(self) -> bool:
-        return all(a.passed for a in self.args)
+        return self.forward_ok is not False and all(a.passed for a in self.args)
 
     @property
     def max_ref_rel(self) -> float | None:
@@ -172,19 +178,50 @@ class GradcheckReport:
                 f"{a.name:<10} {str(a.shape):<18} {fmt(a.ref_abs) + ' / ' + fmt(a.ref_rel):<22} "
                 f"{fmt(a.fd_abs) + ' / ' + fmt(a.fd_rel):<24} {'yes' if a.passed else 'NO'}"
             )
+        if self.forward_ok is not None:
+            lines.append(
+                f"{'forward':<10} {'':<18} {fmt(self.forward_abs) + ' / ' + fmt(self.forward_rel):<22} {'-':<24} "
+                f"{'yes' if self.forward_ok else 'NO'}"
+            )
         return "\n".join(lines)
 
 
-def _compare(a, b, rtol, atol):
+@dataclasses.dataclass
+class _Comparison:
+    abs: float  # max |a - b|
+    rel: float  # max |a - b| / max |b| (normwise)
+    ok: bool  # both criteria hold
+    worst: tuple | None = None  # the index where |a - b| / (atol + rtol |b|) is largest
+    worst_ratio: float = 0.0  # that ratio: > 1 fails the element-wise criterion
+
+
+def _compare(a, b, rtol, atol, *, noise=None) -> _Comparison:
+    """Normwise ``max|a - b| <= atol + rtol·max|b|`` and element-wise ``|a - b| <= atol + noise + rtol·|b|`` (NaNs in ``b`` skipped).
+
+    The normwise criterion alone lets a rule be wholly wrong on entries much
+    smaller than the largest; the element-wise one (as ``torch.autograd.gradcheck``)
+    catches them, down to ``noise``: the rounding floor of the comparison itself
+    (``16·eps(dtype)·max|b|`` by default: an entry that cancels in the sum that makes
+    it keeps an absolute error of about ``eps`` times the terms summed).
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     keep = ~np.isnan(b)
     if not keep.any():
-        return 0.0, 0.0, True
-    a, b = a[keep], b[keep]
-    err = float(np.max(np.abs(a - b))) if a.size else 0.0
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
+        return _Comparison(0.0, 0.0, True)
+    diff = np.where(keep, np.abs(a - b), 0.0)
+    diff = np.where(keep & np.isnan(a), np.inf, diff)  # a NaN where the reference is a number is an error
+    err = float(np.max(diff))
+    scale = float(np.max(np.abs(b[keep])))
     rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
-    return err, rel, bool(np.isfinite(err) and err <= atol + rtol * scale)
+    if noise is None:
+        noise = 16 * float(np.finfo(b.dtype if b.dtype.kind == "f" else np.float64).eps) * scale
+    bound = atol + noise + rtol * np.abs(np.where(keep, b, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, np.where(bound > 0, diff / np.where(bound > 0, bound, 1.0), np.inf))
+    worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.size else None
+    worst_ratio = float(ratio[worst]) if worst is not None else 0.0
+    normwise = bool(np.isfinite(err) and err <= atol + rtol * scale)
+    return _Comparison(err, rel, normwise and worst_ratio <= 1.0, tuple(int(i) for i in worst) if worst is not None else None, worst_ratio)
 
 
 def _random_cotangent(y, rng):
@@ -224,15 +261,21 @@ def check_vjp(
         are checked (or those in ``argnums``); others (integer labels, switches) are passed through.
       reference: an independent implementation differentiated by JAX, compared in
         the arguments' own dtype with ``rtol``/``atol`` (``default_tolerance`` of the
-        dtype when ``None``): pass if ``max|a - b| <= atol + rtol · max|b|``.
+        dtype when ``None``). Its forward values are compared with ``f``'s too (a rule
+        whose forward is off passes every gradient comparison), then the VJPs. Two
+        criteria must both hold, for forward values and gradients alike: normwise,
+        ``max|a - b| <= atol + rtol · max|b|``, and element-wise (as
+        ``torch.autograd.gradcheck``), ``|a - b| <= atol + rtol · |b|`` for every entry,
+        which catches a rule wrong only on entries much smaller than the largest.
       cotangent: the ``v`` of ``vᵀ J``; standard normal (seeded) by default.
       finite_differences: also compare ``f``'s VJP, recomputed in float64, with
-        central differences (``eps``, ``fd_rtol``, ``fd_atol``); arguments with more
+        central differences (``eps``, ``fd_rtol``, ``fd_atol``, both criteria); arguments with more
         than ``max_elements`` entries are checked on that many random coordinates.
       raise_on_failure: raise ``AssertionError`` naming the argument and its error.
 
     Returns:
-      A ``GradcheckReport`` with, per argument, the largest absolute and relative errors.
+      A ``GradcheckReport`` with the forward comparison and, per argument, the largest absolute and
+      (normwise) relative errors and the entry farthest outside the element-wise bound.
     """
     args = tuple(args)
     if not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in args):
@@ -253,7 +296,7 @@ def check_vjp(
     ours = vjp_fn(v)
     reports = [ArgReport(names[i], tuple(args[i].shape)) for i in argnums]
 
-    ref_tol = None
+    ref_tol, forward = None, None
     if reference is not None:
         dtype = args[argnums[0]].dtype if argnums else jnp.float32
         r0, a0 = default_tolerance(dtype)
@@ -263,7 +306,9 @@ def check_vjp(
             raise ValueError("check_vjp: reference returns a different output structure than f")
         theirs = vjp_ref(v)
         for rep, i in zip(reports, argnums):
-            rep.ref_abs, rep.ref_rel, rep.ref_ok = _compare(ours[i], theirs[i], *ref_tol)
+            c = _compare(ours[i], theirs[i], *ref_tol, noise=_noise(theirs[i], dtype))
+            rep.ref_abs, rep.ref_rel, rep.ref_ok, rep.ref_worst = c.abs, c.rel, c.ok, c.worst if not c.ok else None
+        forward = _compare_outputs(y, y_ref, *ref_tol, dtype=dtype)
 
     fd_tol = None
     if finite_differences:
@@ -272,21 +317,64 @@ def check_vjp(
         with jax.enable_x64(True):
             args64 = tuple(_to64(a) for a in args)
             v64 = jax.tree_util.tree_map(lambda c: _to64(c) if _is_float(c) else c, v)
-            ours64 = jax.vjp(jax.jit(f), *args64)[1](v64)
+            y64, vjp64 = jax.vjp(jax.jit(f), *args64)
+            ours64 = vjp64(v64)
+            # central differences of phi = <f, v> lose about eps64 · Σ|f·v| to rounding in each evaluation, divided by 2 eps
+            fd_noise = 4 * float(np.finfo(np.float64).eps) * float(_vdot_abs(y64, v64)) / eps
             for rep, i, num in zip(reports, argnums, numeric):
-                rep.fd_abs, rep.fd_rel, rep.fd_ok = _compare(ours64[i], num, *fd_tol)
+                c = _compare(ours64[i], num, *fd_tol, noise=fd_noise)
+                rep.fd_abs, rep.fd_rel, rep.fd_ok, rep.fd_worst = c.abs, c.rel, c.ok, c.worst if not c.ok else None
                 rep.fd_checked = int(np.sum(~np.isnan(num)))
 
     report = GradcheckReport(reports, ref_tol, fd_tol)
+    if forward is not None:
+        report.forward_abs, report.forward_rel, report.forward_ok, report.forward_worst = forward
     if raise_on_failure and not report.passed:
+        if report.forward_ok is False:
+            raise AssertionError(
+                f"forward value differs from the reference: max abs error {report.forward_abs:.3e}, rel {report.forward_rel:.3e}, "
+                f"worst at {report.forward_worst} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})\n{report}"
+            )
         bad = next(a for a in reports if not a.passed)
         parts = []
         if bad.ref_ok is False:
-            parts.append(f"vs autodiff of the reference: max abs error {bad.ref_abs:.3e}, rel {bad.ref_rel:.3e} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})")
+            parts.append(
+                f"vs autodiff of the reference: max abs error {bad.ref_abs:.3e}, rel {bad.ref_rel:.3e}, "
+                f"worst entry {bad.ref_worst} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})"
+            )
         if bad.fd_ok is False:
-            parts.append(f"vs finite differences: max abs error {bad.fd_abs:.3e}, rel {bad.fd_rel:.3e} (rtol {fd_rtol:g}, atol {fd_atol:g})")
+            parts.append(
+                f"vs finite differences: max abs error {bad.fd_abs:.3e}, rel {bad.fd_rel:.3e}, "
+                f"worst entry {bad.fd_worst} (rtol {fd_rtol:g}, atol {fd_atol:g})"
+            )
         raise AssertionError(f"gradient of {bad.name} {bad.shape} is wrong: " + "; ".join(parts) + f"\n{report}")
     return report
+
+
+def _noise(b, dtype) -> float:
+    return 16 * float(np.finfo(np.dtype(dtype)).eps) * float(np.nanmax(np.abs(np.asarray(b, np.float64)), initial=0.0))
+
+
+def _vdot_abs(y, v):
+    return sum(jnp.sum(jnp.abs(a) * jnp.abs(b)) for a, b in zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(v)) if _is_float(a))
+
+
+def _compare_outputs(y, y_ref, rtol, atol, *, dtype):
+    """``(abs, rel, ok, worst)`` over the float leaves of two outputs (integer leaves, such as switches, must be equal)."""
+    worst_abs, worst_rel, ok, where = 0.0, 0.0, True, None
+    paths = jax.tree_util.tree_flatten_with_path(y)[0]
+    for (path, a), b in zip(paths, jax.tree_util.tree_leaves(y_ref)):
+        name = "y" + jax.tree_util.keystr(path)
+        if not _is_float(a):
+            if not np.array_equal(np.asarray(a), np.asarray(b)):
+                bad = tuple(int(i) for i in np.argwhere(np.asarray(a) != np.asarray(b))[0])
+                return math.inf, math.inf, False, f"{name}{list(bad)} (integer outputs differ)"
+            continue
+        c = _compare(a, b, rtol, atol, noise=_noise(b, dtype))
+        worst_abs, worst_rel = max(worst_abs, c.abs), max(worst_rel, c.rel)
+        if not c.ok and ok:
+            ok, where = False, f"{name}{list(c.worst) if c.worst is not None else ''}"
+    return worst_abs, worst_rel, ok, where
 
 
 def _check_vjp_pytree(f, args, reference, argnums, argnames, **kwargs):

@@ -5,68 +5,102 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from tinyfn import _checks
-from tinyfn.layers.activation import _stable_log_softmax
+from tinyfn._logsumexp import log_softmax as _plain_log_softmax
 
 __all__ = ["softmax_cross_entropy", "mse"]
 
 
+def _valid(labels, num_classes):
+    return (labels >= 0) & (labels < num_classes)
+
+
+def _plain_sce(logits, labels):
+    """The loss and ``log softmax(logits)``; NaN for every example whose label is outside ``[0, K)``."""
+    logp = _plain_log_softmax(logits, -1)
+    valid = _valid(labels, logits.shape[1])
+    picked = jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[:, None], axis=1)[:, 0]
+    losses = jnp.where(valid, -picked, jnp.full((), jnp.nan, logits.dtype))
+    return losses.mean(), logp
+
+
 @jax.custom_vjp
 def _softmax_cross_entropy(logits, labels):
-    logp = _stable_log_softmax(logits, -1)
-    return -jnp.take_along_axis(logp, labels[:, None], axis=1).mean()
+    return _plain_sce(logits, labels)[0]
 
 
-def _sce_fwd(logits, labels):
-    logp = _stable_log_softmax(logits, -1)
-    loss = -jnp.take_along_axis(logp, labels[:, None], axis=1).mean()
+def _sce_fwd(logits, labels):  # plain functions inside the rule, so that forward mode can run through it
+    loss, logp = _plain_sce(logits, labels)
     return loss, (jnp.exp(logp), labels)
 
 
 def _sce_bwd(res, g):
     probs, labels = res
     onehot = jax.nn.one_hot(labels, probs.shape[1], dtype=probs.dtype)
-    # d/dlogits of mean_n(-log softmax(logits_n)[y_n]) = (softmax - onehot) / N
-    return g * (probs - onehot) / probs.shape[0], None
+    # d/dlogits of mean_n(-log softmax(logits_n)[y_n]) = (softmax - onehot) / N; NaN rows for invalid labels, as the loss
+    grad = jnp.where(_valid(labels, probs.shape[1])[:, None], probs - onehot, jnp.full((), jnp.nan, probs.dtype))
+    return g * grad / probs.shape[0], None
 
 
 _softmax_cross_entropy.defvjp(_sce_fwd, _sce_bwd)
 
 
-def softmax_cross_entropy(logits, labels):
+def softmax_cross_entropy(logits, labels, *, check_labels: bool = False):
     """Mean over the batch of ``-log softmax(logits)[label]``, log-sum-exp stable.
 
     Args:
-      logits: ``(N, K)`` floats.
+      logits: ``(N, K)`` floats, ``N >= 1``.
       labels: ``(N,)`` integer class indices in ``[0, K)``.
+      check_labels: also state the label range as a ``jax.experimental.checkify``
+        check, so that ``checkify.checkify(f)`` of a jitted ``f`` reports the first
+        label out of range (the caller must then checkify ``f``; without checkify,
+        a jitted ``f`` refuses to trace with it).
 
     Returns:
       A scalar. Backward (handwritten): ``(softmax(logits) - onehot(labels)) / N``.
+
+    Labels out of range are refused eagerly (with their position and value).
+    Under ``jit`` their values are unknown at trace time: then the loss *and* its
+    gradient are NaN (the gradient's rows of those examples, hence every
+    parameter gradient that depends on them), never a plausible number, so a
+    finite check (``fit``'s guard) stops at that step.
     """
-    logits = _checks.float_array("logits", logits, ndim=2, layout="(N, num_classes)")
+    op = "softmax_cross_entropy"
+    logits = _checks.float_array("logits", logits, ndim=2, layout="(N, num_classes)", op=op)
+    if logits.shape[0] == 0:
+        raise ValueError(f"{op}: the batch is empty (logits has shape {tuple(logits.shape)}); the mean over no examples is undefined")
     if not hasattr(labels, "dtype"):
         labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"softmax_cross_entropy: labels must be integer class indices, got dtype {labels.dtype}")
+        raise TypeError(f"{op}: labels must be integer class indices, got dtype {labels.dtype}")
     if labels.shape != logits.shape[:1]:
-        raise ValueError(
-            f"softmax_cross_entropy: labels has shape {tuple(labels.shape)}, expected ({logits.shape[0]},) "
-            f"to match logits {tuple(logits.shape)}"
-        )
+        raise ValueError(f"{op}: labels has shape {tuple(labels.shape)}, expected ({logits.shape[0]},) to match logits {tuple(logits.shape)}")
     if not isinstance(labels, jax.core.Tracer):
         bad = np.flatnonzero((np.asarray(labels) < 0) | (np.asarray(labels) >= logits.shape[1]))
         if bad.size:
             raise ValueError(
-                f"softmax_cross_entropy: labels[{bad[0]}] = {int(np.asarray(labels)[bad[0]])} is outside "
+                f"{op}: labels[{bad[0]}] = {int(np.asarray(labels)[bad[0]])} is outside "
                 f"[0, {logits.shape[1]}) for logits of shape {tuple(logits.shape)}"
             )
+    elif check_labels:
+        valid = _valid(labels, logits.shape[1])
+        first = jnp.argmin(valid)
+        checkify.check(
+            valid.all(), f"{op}: labels[{{i}}] = {{v}} is outside [0, {logits.shape[1]}) for logits of shape {tuple(logits.shape)}",
+            i=first, v=labels[first],
+        )  # fmt: skip
     return _softmax_cross_entropy(logits, labels.astype(jnp.int32))
+
+
+def _plain_mse(pred, target):
+    return jnp.mean(jnp.square(pred - target))
 
 
 @jax.custom_vjp
 def _mse(pred, target):
-    return jnp.mean(jnp.square(pred - target))
+    return _plain_mse(pred, target)
 
 
 def _mse_fwd(pred, target):
@@ -83,13 +117,15 @@ _mse.defvjp(_mse_fwd, _mse_bwd)
 
 
 def mse(pred, target):
-    """Mean squared error over all elements, ``mean((pred - target)²)``.
+    """Mean squared error over all elements, ``mean((pred - target)²)``; ``pred`` and ``target`` of one non-empty shape.
 
     Backward (handwritten): ``2 (pred - target) / size`` for ``pred`` and its negative for ``target``.
     """
-    pred = _checks.float_array("pred", pred)
-    target = _checks.float_array("target", target)
+    pred = _checks.float_array("pred", pred, op="mse")
+    target = _checks.float_array("target", target, op="mse")
     _checks.same_dtype("mse", pred=pred, target=target)
     if pred.shape != target.shape:
         raise ValueError(f"mse: pred has shape {tuple(pred.shape)} but target has shape {tuple(target.shape)}; expected equal shapes")
+    if pred.size == 0:
+        raise ValueError(f"mse: the batch is empty (pred has shape {tuple(pred.shape)}); the mean over no elements is undefined")
     return _mse(pred, target)

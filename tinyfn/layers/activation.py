@@ -8,18 +8,23 @@ import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks
+from tinyfn._logsumexp import log_softmax as _plain_log_softmax
 from tinyfn.layers.base import Layer, parameterless
 
 __all__ = ["relu", "softmax", "log_softmax", "ReLU", "Softmax", "LogSoftmax"]
 
 
-@jax.custom_vjp
-def _relu(x):
+def _plain_relu(x):
     return jnp.maximum(x, jnp.zeros((), x.dtype))
 
 
-def _relu_fwd(x):
-    y = _relu(x)
+@jax.custom_vjp
+def _relu(x):
+    return _plain_relu(x)
+
+
+def _relu_fwd(x):  # the plain forward (not _relu itself), so that forward mode can run through this rule
+    y = _plain_relu(x)
     return y, y
 
 
@@ -33,45 +38,22 @@ _relu.defvjp(_relu_fwd, _relu_bwd)
 
 def relu(x):
     """``max(x, 0)`` elementwise. Backward (handwritten): ``g · [x > 0]``."""
-    return _relu(_checks.float_array("x", x))
-
-
-def _check_axis(x, axis):
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"axis must be an int, got {axis!r}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {axis!r}")
-    if x.shape[axis] == 0:
-        raise ValueError(f"axis {axis} of x (shape {tuple(x.shape)}) is empty: softmax over no values is undefined")
-    return axis % x.ndim
+    return _relu(_checks.float_array("x", x, op="relu"))
 
 
 def _axis_layer(name, fn, axis):
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise TypeError(f"{name}: axis must be an int, got {axis!r}")
-
-    def shape_fn(shape):
-        if not -len(shape) <= axis < len(shape):
-            raise ValueError(f"{name}: axis {axis} is out of range for input_shape {shape}")
-        if shape[axis] == 0:
-            raise ValueError(f"{name}: axis {axis} of input_shape {shape} is empty")
-        return shape
-
+    axis = _checks.layer_axis("axis", axis, op=name)
+    shape_fn = partial(_checks.axis_of_shape, "axis", axis, op=name)
     return parameterless(name, partial(fn, axis=axis), shape_fn, axis=axis)
-
-
-def _stable_log_softmax(x, axis):
-    shifted = x - jax.lax.stop_gradient(x.max(axis=axis, keepdims=True))
-    return shifted - jnp.log(jnp.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _softmax(x, axis):
-    return jnp.exp(_stable_log_softmax(x, axis))
+    return jnp.exp(_plain_log_softmax(x, axis))
 
 
 def _softmax_fwd(x, axis):
-    y = _softmax(x, axis)
+    y = jnp.exp(_plain_log_softmax(x, axis))
     return y, y
 
 
@@ -85,11 +67,11 @@ _softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _log_softmax(x, axis):
-    return _stable_log_softmax(x, axis)
+    return _plain_log_softmax(x, axis)
 
 
 def _log_softmax_fwd(x, axis):
-    y = _log_softmax(x, axis)
+    y = _plain_log_softmax(x, axis)
     return y, y
 
 
@@ -106,8 +88,8 @@ def softmax(x, axis=-1):
 
     Backward (handwritten): ``dx = y · (g - Σ g·y)``.
     """
-    x = _checks.float_array("x", x)
-    return _softmax(x, _check_axis(x, axis))
+    x = _checks.float_array("x", x, op="softmax")
+    return _softmax(x, _checks.axis("axis", axis, x, op="softmax"))
 
 
 def log_softmax(x, axis=-1):
@@ -115,8 +97,8 @@ def log_softmax(x, axis=-1):
 
     Backward (handwritten): ``dx = g - softmax(x) · Σ g``.
     """
-    x = _checks.float_array("x", x)
-    return _log_softmax(x, _check_axis(x, axis))
+    x = _checks.float_array("x", x, op="log_softmax")
+    return _log_softmax(x, _checks.axis("axis", axis, x, op="log_softmax"))
 
 
 def ReLU() -> Layer:

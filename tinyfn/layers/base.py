@@ -11,6 +11,9 @@ size) or an int; ``init`` computes ``output_shape`` without running the layer.
 layer, ``{}`` for a layer without parameters, a tuple of the children's params
 for ``serial``. ``key`` feeds the layers that draw random numbers at apply
 time (dropout) and ``train`` switches them between training and evaluation.
+Every ``apply`` first checks ``params`` against what ``init`` makes for the
+input's shape (``check_params``: keys, shapes, kinds of dtype), once per input
+shape and at trace time under ``jit``, and names the wrong entry.
 
 Besides the two functions a ``Layer`` carries its ``name``, its constructor
 arguments (``config``) and, for combinators, its ``children``, so tools such as
@@ -24,7 +27,9 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 
-__all__ = ["Layer", "serial", "parameterless"]
+from tinyfn import _checks
+
+__all__ = ["Layer", "serial", "parameterless", "check_params"]
 
 
 class Layer(NamedTuple):
@@ -43,29 +48,27 @@ class Layer(NamedTuple):
 
 
 def _check_shape(name: str, input_shape, ndim: int, layout: str) -> tuple:
-    shape = tuple(input_shape)
-    if len(shape) != ndim:
-        raise ValueError(f"{name}: input_shape must have {ndim} entries {layout}, got {shape}")
-    for d in shape[1:]:
-        if not isinstance(d, int) or d < 1:
-            raise ValueError(f"{name}: input_shape must hold positive ints after the batch entry, got {shape}")
-    return shape
+    """``_checks.input_shape`` with a fixed rank (kept for the layers that import it from here)."""
+    return _checks.input_shape(input_shape, ndim=ndim, layout=layout, op=name)
 
 
 def _check_any_shape(name: str, input_shape) -> tuple:
-    """An input shape of any rank: a batch entry (``None`` or an int >= 0), then positive ints."""
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        raise TypeError(f"{name}: input_shape must be a tuple of ints, got {input_shape!r}") from None
-    if not shape:
-        raise ValueError(f"{name}: input_shape must have a batch entry, got {shape}")
-    batch, rest = shape[0], shape[1:]
-    if not (batch is None or (isinstance(batch, int) and not isinstance(batch, bool) and batch >= 0)):
-        raise ValueError(f"{name}: the batch entry of input_shape must be None or an int >= 0, got {shape}")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in rest):
-        raise ValueError(f"{name}: input_shape must hold positive ints after the batch entry, got {shape}")
-    return shape
+    """``_checks.input_shape`` of any rank (kept for the layers that import it from here)."""
+    return _checks.input_shape(input_shape, op=name)
+
+
+def check_params(name: str, init: Callable, params, x, *, where: Callable | None = None) -> None:
+    """Check ``params`` against what ``init`` makes for ``x``'s shape: keys, shapes and kinds of dtype.
+
+    Every layer calls it first in its ``apply`` (a custom layer should too).
+    Shapes are static, so under ``jit`` it runs once, at trace time; eagerly it
+    costs a cached lookup (per ``init`` and input shape) and a walk over the
+    tree. The error names the wrong entry (``Conv2D: params lacks 'b' and has
+    unexpected 'bias' ...``, ``Linear: params['w'] has shape (3, 4), expected
+    (5, 4) ...``). If ``init`` refuses ``x``'s shape, nothing is checked here
+    and the op reports the input. See ``tinyfn._checks.layer_params``.
+    """
+    _checks.layer_params(init, params, x, op=name, where=where)
 
 
 def parameterless(name: str, fn: Callable, shape_fn: Callable | None = None, **config) -> Layer:
@@ -77,7 +80,8 @@ def parameterless(name: str, fn: Callable, shape_fn: Callable | None = None, **c
         return (shape_fn(shape) if shape_fn else shape), {}
 
     def apply(params, x, *, key=None, train=False):
-        del params, key, train
+        del key, train
+        check_params(name, init, params, x)
         return fn(x)
 
     return Layer(init, apply, name, MappingProxyType(dict(config)))
@@ -100,6 +104,12 @@ def serial(*layers: Layer) -> Layer:
             raise TypeError(f"serial: argument {i} must be a Layer (an init/apply pair), got {type(layer).__name__}")
     n = len(layers)
 
+    def _owner(path: str) -> str:
+        if not path.startswith("params["):
+            return ""
+        i = int(path[len("params[") : path.index("]")])
+        return f"layer {i}, {layers[i].name}"
+
     def init(key, input_shape):
         keys = jax.random.split(key, n) if n else []
         shape, params = tuple(input_shape), []
@@ -112,6 +122,7 @@ def serial(*layers: Layer) -> Layer:
         if not isinstance(params, (tuple, list)) or len(params) != n:
             got = f"a {type(params).__name__} of length {len(params)}" if hasattr(params, "__len__") else repr(params)
             raise ValueError(f"serial: params must be a tuple with one entry per layer ({n}), got {got}")
+        check_params("serial", init, params, x, where=_owner)
         keys = jax.random.split(key, n) if key is not None else [None] * n
         for layer, p, k in zip(layers, params, keys):
             x = layer.apply(p, x, key=k, train=train)

@@ -129,7 +129,7 @@ def _deconv2d(x, w, b, stride, padding, out_hw, how):
 
 
 def _deconv2d_fwd(x, w, b, stride, padding, out_hw, how):
-    return _deconv2d(x, w, b, stride, padding, out_hw, how), (x, w, b)
+    return _add_bias(_conv_input_grad(x, w, stride, padding, out_hw, how, "deconv2d"), b), (x, w, b)
 
 
 def _deconv2d_bwd(stride, padding, out_hw, how, res, g):
@@ -215,6 +215,7 @@ def Conv2D(
 
     def init(key, input_shape):
         n, c, h, w_ = _check_shape("Conv2D", input_shape, 4, "(N, C, H, W)")
+        _checks.not_channels_last((n, c, h, w_), kernel, op="Conv2D")
         _checks.window_geometry("Conv2D", (h, w_), kernel, stride, padding)
         fan_in, fan_out = c * kernel[0] * kernel[1], out_channels * kernel[0] * kernel[1]
         params = {"w": w_init(key, (out_channels, c, *kernel), fan_in, fan_out, dtype)}
@@ -223,6 +224,7 @@ def Conv2D(
         return (n, out_channels, *conv_output_size((h, w_), kernel, stride, padding)), params
 
     def apply(params, x, *, key=None, train=False):
+        _checks.layer_params(init, params, x, op="Conv2D")
         x, w, b = precision.cast(compute_dtype, x, params["w"], params.get("b"))
         return conv2d(x, w, b, stride=stride, padding=padding, formulation=formulation, chunk_bytes=chunk_bytes)
 
@@ -256,6 +258,7 @@ def Deconv2D(
         return (n, out_channels, *deconv_output_size((h, w_), kernel, stride, padding, output_padding)), params
 
     def apply(params, x, *, key=None, train=False):
+        _checks.layer_params(init, params, x, op="Deconv2D")
         x, w, b = precision.cast(compute_dtype, x, params["w"], params.get("b"))
         kw = dict(stride=stride, padding=padding, output_padding=output_padding, formulation=formulation, chunk_bytes=chunk_bytes)
         return deconv2d(x, w, b, **kw)

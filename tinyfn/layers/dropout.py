@@ -8,24 +8,28 @@ import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks
-from tinyfn.layers.base import Layer, _check_any_shape
+from tinyfn.layers.base import Layer, check_params
 
 __all__ = ["dropout", "Dropout"]
 
 
-@jax.custom_vjp
-def _masked_scale(x, mask, scale):
+def _plain_masked_scale(x, mask, scale):
     return jnp.where(mask, x * scale, jnp.zeros((), x.dtype))
 
 
-def _masked_scale_fwd(x, mask, scale):
-    return _masked_scale(x, mask, scale), (mask, scale)
+@jax.custom_vjp
+def _masked_scale(x, mask, scale):
+    return _plain_masked_scale(x, mask, scale)
+
+
+def _masked_scale_fwd(x, mask, scale):  # plain functions inside the rule, so that forward mode can run through it
+    return _plain_masked_scale(x, mask, scale), (mask, scale)
 
 
 def _masked_scale_bwd(res, g):
     mask, scale = res
     # Diagonal Jacobian diag(mask · scale): dx = g · mask · scale
-    return _masked_scale(g, mask, scale), None, None
+    return _plain_masked_scale(g, mask, scale), None, None
 
 
 _masked_scale.defvjp(_masked_scale_fwd, _masked_scale_bwd)
@@ -40,10 +44,10 @@ def dropout(key, x, rate, *, train: bool):
 
     Backward (handwritten): ``g`` times the same mask and scale.
     """
-    rate = _checks.rate("rate", rate)
+    rate = _checks.rate("rate", rate, op="dropout")
     if not isinstance(train, bool):
         raise TypeError(f"dropout: train must be a Python bool (it is static), got {train!r}")
-    x = _checks.float_array("x", x)
+    x = _checks.float_array("x", x, op="dropout")
     if not train or rate == 0.0:
         return x
     if rate == 1.0:
@@ -56,12 +60,13 @@ def dropout(key, x, rate, *, train: bool):
 
 def Dropout(rate: float) -> Layer:
     """``dropout`` as a layer (no params). ``apply(..., key=k, train=True)`` drops; ``train=False`` is the identity."""
-    rate = _checks.rate("rate", rate)
+    rate = _checks.rate("rate", rate, op="Dropout")
 
     def init(key, input_shape):
-        return _check_any_shape("Dropout", input_shape), {}
+        return _checks.input_shape(input_shape, op="Dropout"), {}
 
     def apply(params, x, *, key=None, train=False):
+        check_params("Dropout", init, params, x)
         return dropout(key, x, rate, train=train)
 
     return Layer(init, apply, "Dropout", MappingProxyType({"rate": rate}))

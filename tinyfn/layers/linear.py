@@ -9,19 +9,23 @@ import jax.numpy as jnp
 
 from tinyfn import _checks, initializers
 from tinyfn.layers import precision
-from tinyfn.layers.base import Layer, _check_any_shape
+from tinyfn.layers.base import Layer, check_params
 
 __all__ = ["linear", "Linear"]
 
 
-@jax.custom_vjp
-def _linear(x, w, b):
+def _plain_linear(x, w, b):
     y = x @ w
     return y if b is None else y + b[None, :]
 
 
-def _linear_fwd(x, w, b):
-    return _linear(x, w, b), (x, w, b)
+@jax.custom_vjp
+def _linear(x, w, b):
+    return _plain_linear(x, w, b)
+
+
+def _linear_fwd(x, w, b):  # the plain forward (not _linear itself), so that forward mode can run through this rule
+    return _plain_linear(x, w, b), (x, w, b)
 
 
 def _linear_bwd(res, g):
@@ -48,10 +52,10 @@ def linear(x, w, b=None):
 
     Backward (handwritten): ``dx = g wᵀ``, ``dw = xᵀ g``, ``db = Σ_N g``.
     """
-    x = _checks.float_array("x", x)
-    w = _checks.float_array("w", w, ndim=2, layout="(in_features, out_features)", empty_batch=False)
+    x = _checks.float_array("x", x, op="linear")
+    w = _checks.float_array("w", w, ndim=2, layout="(in_features, out_features)", empty_batch=False, op="linear")
     if b is not None:
-        b = _checks.float_array("b", b, ndim=1, layout="(out_features,)", empty_batch=False)
+        b = _checks.float_array("b", b, ndim=1, layout="(out_features,)", empty_batch=False, op="linear")
     _checks.same_dtype("linear", x=x, w=w, b=b)
     if x.ndim < 1 or x.shape[-1] != w.shape[0]:
         raise ValueError(
@@ -79,12 +83,12 @@ def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", dtyp
     >>> {k: v.shape for k, v in p.items()}
     {'w': (2, 3), 'b': (3,)}
     """
-    out_features = _checks.positive_int("out_features", out_features)
+    out_features = _checks.positive_int("out_features", out_features, op="Linear")
     compute_dtype = precision.check_compute_dtype("Linear", compute_dtype)
     w_init = initializers.get(w_init)
 
     def init(key, input_shape):
-        shape = _check_any_shape("Linear", input_shape)
+        shape = _checks.input_shape(input_shape, op="Linear")
         if len(shape) < 2:
             raise ValueError(f"Linear: input_shape must be (N, in_features) with in_features >= 1, got {shape}")
         fan_in = shape[-1]
@@ -94,6 +98,7 @@ def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", dtyp
         return (*shape[:-1], out_features), params
 
     def apply(params, x, *, key=None, train=False):
+        check_params("Linear", init, params, x)
         return linear(*precision.cast(compute_dtype, x, params["w"], params.get("b")))
 
     config = {"out_features": out_features, "use_bias": use_bias}

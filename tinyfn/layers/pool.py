@@ -184,10 +184,12 @@ def MaxPool2D(window=2, stride=None, padding=0, *, formulation=None) -> Layer:
 
     def init(key, input_shape):
         n, c, h, w = _check_shape("MaxPool2D", input_shape, 4, "(N, C, H, W)")
+        _checks.not_channels_last((n, c, h, w), window, op="MaxPool2D")
         _checks.window_geometry("MaxPool2D", (h, w), window, stride, padding, name="window")
         return (n, c, *conv_output_size((h, w), window, stride, padding)), {}
 
     def apply(params, x, *, key=None, train=False):
+        _checks.layer_params(init, params, x, op="MaxPool2D")
         return max_pool2d(x, window, stride=stride, padding=padding, formulation=formulation)
 
     config = {"window": window, "stride": stride, "padding": padding}
