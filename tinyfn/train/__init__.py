@@ -6,11 +6,25 @@ from tinyfn._malloc import keep_freed_memory
 from tinyfn.train.parallel import data_mesh, is_writer
 from tinyfn.train.model_io import load_model
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
+from tinyfn.train.optim import (
+    AdamState, EmptyState, GradientTransformation, SGDState, adam, adamw, apply_updates, as_gradient_transformation,
+    chain, clip_by_global_norm,
+)  # fmt: skip
 from tinyfn.train.plots import confusion_matrix, plot_confusion, plot_history
 from tinyfn.train.step import accuracy, make_eval_step, make_train_step
 
 __all__ = [
     "sgd",
+    "adam",
+    "adamw",
+    "clip_by_global_norm",
+    "chain",
+    "apply_updates",
+    "as_gradient_transformation",
+    "GradientTransformation",
+    "SGDState",
+    "AdamState",
+    "EmptyState",
     "Optimizer",
     "constant",
     "step_decay",

@@ -179,7 +179,7 @@ def fit(
             raise ValueError(f"{ckpt_path} holds no training position (optimizer state, key, epoch); it cannot be resumed")
         if not np.array_equal(jax.random.key_data(ckpt.key), jax.random.key_data(key)):
             raise ValueError(f"{ckpt_path} was written by a run with another key (seed); resume with the same seed")
-        params, opt_state = ckpt.params, jax.tree_util.tree_map(jnp.asarray, ckpt.opt_state)
+        params, opt_state = ckpt.params, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(opt_state), [jnp.asarray(a) for a in jax.tree_util.tree_leaves(ckpt.opt_state)])
         start_epoch, start_batch = pos["epoch"], pos["batch"]
         partial = (pos["loss_sum"], pos["accuracy_sum"], pos["count"])
         history = {k: list(ckpt.metadata.get("history", {}).get(k, [])) for k in HISTORY_KEYS}
@@ -191,7 +191,7 @@ def fit(
         position = {"epoch": epoch, "batch": batch, "loss_sum": sums[0], "accuracy_sum": sums[1], "count": sums[2]}
         meta = dict(metadata or {}, position=position, history=history, epochs=epochs, batch_size=batch_size)
         local = lambda tree: jax.tree_util.tree_map(_one_copy, tree)  # noqa: E731
-        return save_checkpoint(ckpt_path, local(params), opt_state=local(opt_state), step=epoch * steps + batch, key=key, metadata=meta)
+        return save_checkpoint(ckpt_path, local(params), opt_state=jax.tree_util.tree_leaves(local(opt_state)), step=epoch * steps + batch, key=key, metadata=meta)
 
     train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh)
     eval_step = make_eval_step(model, loss_fn) if eval_data is not None else None
