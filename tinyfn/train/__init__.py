@@ -12,6 +12,7 @@ from tinyfn.train.optim import (
 )  # fmt: skip
 from tinyfn.train.plots import confusion_matrix, plot_confusion, plot_history
 from tinyfn.train.step import accuracy, make_eval_step, make_train_step
+from tinyfn.train import augment
 
 __all__ = [
     "sgd",
@@ -30,6 +31,7 @@ __all__ = [
     "step_decay",
     "cosine",
     "make_train_step",
+    "augment",
     "make_eval_step",
     "accuracy",
     "fit",
