@@ -26,6 +26,7 @@ from tinyfn.layers import (  # noqa: E402
     softmax,
 )
 from tinyfn.losses import mse, softmax_cross_entropy  # noqa: E402
+from tinyfn.layers import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -51,4 +52,5 @@ __all__ = [
     "softmax_cross_entropy",
     "mse",
     "__version__",
+    "summary",
 ]

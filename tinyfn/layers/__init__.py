@@ -17,6 +17,8 @@ from tinyfn.layers.combinators import (
     Add, Concat, Identity, add, add_arrays, branch, concat, concat_arrays, fan_out, identity, parallel, residual,
 )  # fmt: skip
 from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm, batch_norm, batch_norm_inference, layer_norm
+from tinyfn.layers.spec import LAYERS, from_spec, register_layer, to_spec
+from tinyfn.layers.tabulate import summary
 from tinyfn.layers.avg_pool import AvgPool2D, GlobalAvgPool2D, avg_pool2d, global_avg_pool2d
 
 __all__ = [
@@ -80,4 +82,10 @@ __all__ = [
     "global_avg_pool2d",
     "add_arrays",
     "concat_arrays",
+    # architecture as data
+    "summary",
+    "to_spec",
+    "from_spec",
+    "register_layer",
+    "LAYERS",
 ]
