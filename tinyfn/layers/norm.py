@@ -250,7 +250,7 @@ def _batch_norm_layer(name, ndims, layout, momentum, eps, affine):
         x = _checks.float_array("x", x, op=name)
         if x.ndim not in ndims:
             raise ValueError(f"{name}: x must have shape {layout}, got {tuple(x.shape)}")
-        gamma, beta = params.get("gamma"), params.get("beta")
+        gamma, beta = (None if v is None else v.astype(x.dtype) for v in (params.get("gamma"), params.get("beta")))
         if not train:
             return batch_norm_inference(x, state["mean"].astype(x.dtype), state["var"].astype(x.dtype), gamma, beta, eps=eps), state
         y = batch_norm(x, gamma, beta, eps=eps)
