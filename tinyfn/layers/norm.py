@@ -303,6 +303,8 @@ def LayerNorm(normalized_ndim: int = 1, eps: float = 1e-5, affine: bool = True) 
         return shape, params
 
     def apply(params, x, *, key=None, train=False):
-        return layer_norm(x, params.get("gamma"), params.get("beta"), normalized_ndim=normalized_ndim, eps=eps)
+        x = _checks.float_array("x", x, op="LayerNorm")
+        gamma, beta = (None if v is None else v.astype(x.dtype) for v in (params.get("gamma"), params.get("beta")))
+        return layer_norm(x, gamma, beta, normalized_ndim=normalized_ndim, eps=eps)
 
     return Layer(init, apply, "LayerNorm", MappingProxyType({"normalized_ndim": normalized_ndim, "eps": eps, "affine": affine}))
