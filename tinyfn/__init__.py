@@ -27,6 +27,7 @@ from tinyfn.layers import (
     softmax,
 )
 from tinyfn.losses import mse, softmax_cross_entropy
+from tinyfn.layers import summary
 
 __version__ = "0.1.0"
 
@@ -53,4 +54,5 @@ __all__ = [
     "mse",
     "tune_allocator",
     "__version__",
+    "summary",
 ]

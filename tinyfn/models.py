@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from tinyfn import _checks
 from tinyfn.layers import Conv2D, Dropout, Flatten, Float32, Linear, MaxPool2D, ReLU, serial
+from tinyfn.layers import BatchNorm2D, GlobalAvgPool2D, residual
 
-__all__ = ["lenet5", "wide_cnn", "MODELS", "get_model"]
+__all__ = ["lenet5", "wide_cnn", "resnet", "basic_block", "MODELS", "get_model"]
 
 
 def _in_float32(compute_dtype):
@@ -53,7 +54,46 @@ def wide_cnn(num_classes: int = 10, channels: tuple[int, int] = (32, 64), hidden
     )  # fmt: skip
 
 
-MODELS = {"lenet5": lenet5, "wide_cnn": wide_cnn}
+def basic_block(channels: int, stride: int = 1, project: bool = False):
+    """He et al.'s basic residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``.
+
+    Both convolutions are 3×3 without bias (batch norm's shift replaces it); the
+    first has ``stride``. With ``project`` the shortcut is a strided 1×1
+    convolution and batch norm (for a change of width or resolution), else the identity.
+    """
+    body = serial(
+        Conv2D(channels, 3, stride, 1, use_bias=False), BatchNorm2D(), ReLU(),
+        Conv2D(channels, 3, 1, 1, use_bias=False), BatchNorm2D(),
+    )  # fmt: skip
+    shortcut = serial(Conv2D(channels, 1, stride, use_bias=False), BatchNorm2D()) if project else None
+    return serial(residual(body, shortcut), ReLU())
+
+
+def resnet(num_classes: int = 10, width: int = 16, blocks_per_stage: int = 2, stages: int = 3):
+    """A small ResNet for ``(N, C, H, W)`` images (He et al.'s CIFAR design), with batch norm.
+
+    stem conv(width, 3×3) - bn - relu, then ``stages`` stages of
+    ``blocks_per_stage`` basic blocks of ``width · 2^s`` channels (each stage after
+    the first halves the resolution in its first block), global average pooling,
+    linear(num_classes). The defaults (16-32-64 channels, 2 blocks each) have
+    174,970 params for 10 classes. A stateful model: train it with
+    ``tinyfn.layers.init_with_state`` and ``make_train_step`` (``with_state``).
+    """
+    num_classes = _checks.positive_int("num_classes", num_classes)
+    width = _checks.positive_int("width", width)
+    blocks_per_stage = _checks.positive_int("blocks_per_stage", blocks_per_stage)
+    stages = _checks.positive_int("stages", stages)
+    layers = [Conv2D(width, 3, 1, 1, use_bias=False), BatchNorm2D(), ReLU()]
+    for s in range(stages):
+        channels = width * 2**s
+        for b in range(blocks_per_stage):
+            first = b == 0 and s > 0
+            layers.append(basic_block(channels, stride=2 if first else 1, project=first))
+    layers += [GlobalAvgPool2D(), Linear(num_classes)]
+    return serial(*layers)
+
+
+MODELS = {"lenet5": lenet5, "wide_cnn": wide_cnn, "resnet": resnet}
 
 
 def get_model(name: str, **kwargs):

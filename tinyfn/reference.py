@@ -169,3 +169,62 @@ def softmax_cross_entropy(logits, labels):
 
 def mse(pred, target):
     return jnp.mean((pred - target) ** 2)
+
+
+# ---- normalisation, average pooling and fan-in (definitions, differentiated by JAX) ----
+
+__all__ += ["batch_norm", "batch_norm_inference", "layer_norm", "avg_pool2d", "global_avg_pool2d", "add_arrays", "concat_arrays"]
+
+
+def batch_norm(x, gamma=None, beta=None, *, eps=1e-5):
+    """``γ (x - μ)/√(σ² + ε) + β`` with the biased statistics over every axis but 1."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = [1 if a in axes else x.shape[a] for a in range(x.ndim)]
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean((x - mean) ** 2, axis=axes, keepdims=True)
+    y = (x - mean) / jnp.sqrt(var + eps)
+    y = y if gamma is None else y * gamma.reshape(shape)
+    return y if beta is None else y + beta.reshape(shape)
+
+
+def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
+    shape = [1, x.shape[1]] + [1] * (x.ndim - 2)
+    y = (x - mean.reshape(shape)) / jnp.sqrt(var.reshape(shape) + eps)
+    y = y if gamma is None else y * gamma.reshape(shape)
+    return y if beta is None else y + beta.reshape(shape)
+
+
+def layer_norm(x, gamma=None, beta=None, *, normalized_ndim=1, eps=1e-5):
+    """Each sample's trailing ``normalized_ndim`` axes flattened, standardised, then scaled."""
+    lead, trailing = x.shape[: x.ndim - normalized_ndim], x.shape[x.ndim - normalized_ndim :]
+    rows = x.reshape(-1, int(np.prod(trailing)))
+    mean = rows.mean(axis=1, keepdims=True)
+    var = ((rows - mean) ** 2).mean(axis=1, keepdims=True)
+    y = ((rows - mean) / jnp.sqrt(var + eps)).reshape(*lead, *trailing)
+    pad = (1,) * len(lead)
+    y = y if gamma is None else y * gamma.reshape(pad + gamma.shape)
+    return y if beta is None else y + beta.reshape(pad + beta.shape)
+
+
+def avg_pool2d(x, window=2, *, stride=None, padding=0, count_include_pad=True):
+    """Average of every gathered window; the divisor counts padded taps or not, as PyTorch."""
+    window = int_pair("window", window)
+    stride = window if stride is None else int_pair("stride", stride)
+    win = _windows(x, window, stride, padding, 0.0)  # (N, C, Ho, kh, Wo, kw)
+    total = win.sum(axis=(3, 5))
+    if count_include_pad:
+        return total / (window[0] * window[1])
+    inside = _windows(jnp.ones((1, 1, *x.shape[2:]), x.dtype), window, stride, padding, 0.0).sum(axis=(3, 5))
+    return total / inside
+
+
+def global_avg_pool2d(x):
+    return x.mean(axis=(2, 3))
+
+
+def add_arrays(xs):
+    return sum(xs[1:], xs[0])
+
+
+def concat_arrays(xs, axis=1):
+    return jnp.concatenate(xs, axis=axis)

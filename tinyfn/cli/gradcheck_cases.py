@@ -168,3 +168,33 @@ def cases(seed: int = 0, repeats: int = 3) -> Iterator[Case]:
         ref = lambda z, labels=labels: R.softmax_cross_entropy(z, labels)  # noqa: E731
         yield Case("softmax_cross_entropy", f"logits({n}, {k})", sce, (normal(rng, (n, k)),), ref, ("logits",))
         yield Case("mse", f"pred{shape}", losses.mse, (normal(rng, shape), normal(rng, shape)), R.mse, ("pred", "target"))
+
+    for _ in range(repeats):
+        n, c = int(rng.integers(2, 4)), int(rng.integers(1, 4))
+        hw = tuple(int(v) for v in rng.integers(1, 4, 2))
+        shape = (n, c, *hw)
+        args = (normal(rng, shape), normal(rng, (c,)), normal(rng, (c,)))
+        yield Case("batch_norm", f"x{shape}", L.batch_norm, args, R.batch_norm, ("x", "gamma", "beta"))
+        stats = (normal(rng, (c,)), jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32))
+        args = (normal(rng, shape), *stats, normal(rng, (c,)), normal(rng, (c,)))
+        yield Case("batch_norm_inference", f"x{shape}", L.batch_norm_inference, args, R.batch_norm_inference, ("x", "mean", "var", "gamma", "beta"))
+        k = int(rng.integers(1, 3))
+        trailing = shape[4 - k :]
+        args = (normal(rng, shape), normal(rng, trailing), normal(rng, trailing))
+        ln, ref = partial(L.layer_norm, normalized_ndim=k), partial(R.layer_norm, normalized_ndim=k)
+        yield Case("layer_norm", f"x{shape} normalized_ndim={k}", ln, args, ref, ("x", "gamma", "beta"))
+
+    for _ in range(repeats):
+        win = tuple(int(v) for v in rng.integers(1, 4, 2))
+        s = tuple(int(v) for v in rng.integers(1, 4, 2))
+        p = tuple(int(rng.integers(0, wi // 2 + 1)) for wi in win)
+        hw = tuple(int(rng.integers(wi, wi + 5)) for wi in win)
+        include = bool(rng.integers(0, 2))
+        x = normal(rng, (int(rng.integers(1, 3)), int(rng.integers(1, 4)), *hw))
+        kw = dict(window=win, stride=s, padding=p, count_include_pad=include)
+        yield Case("avg_pool2d", f"x{x.shape} window{win} s{s} p{p} count_include_pad={include}", partial(L.avg_pool2d, **kw), (x,), partial(R.avg_pool2d, **kw), ("x",))
+        yield Case("global_avg_pool2d", f"x{x.shape}", L.global_avg_pool2d, (x,), R.global_avg_pool2d, ("x",))
+        parts = tuple(normal(rng, (x.shape[0], int(rng.integers(1, 4)), *hw)) for _ in range(int(rng.integers(2, 4))))
+        yield Case("concat", " ".join(f"x{a.shape}" for a in parts), L.concat_arrays, (parts,), R.concat_arrays, ("xs",))
+        same = tuple(normal(rng, x.shape) for _ in range(len(parts)))
+        yield Case("add", f"{len(same)} × x{x.shape}", L.add_arrays, (same,), R.add_arrays, ("xs",))

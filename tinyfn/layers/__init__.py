@@ -15,6 +15,14 @@ from tinyfn.layers.linear import Linear, linear
 from tinyfn.layers.pool import MaxPool2D, max_pool2d, max_pool2d_with_switches, max_unpool2d
 from tinyfn.layers.precision import Float32
 from tinyfn.layers.reshape import Flatten, flatten
+from tinyfn.layers.base import apply_with_state, has_state, init_with_state
+from tinyfn.layers.combinators import (
+    Add, Concat, Identity, add, add_arrays, branch, concat, concat_arrays, fan_out, identity, parallel, residual,
+)  # fmt: skip
+from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm, batch_norm, batch_norm_inference, layer_norm
+from tinyfn.layers.spec import LAYERS, from_spec, register_layer, to_spec
+from tinyfn.layers.tabulate import summary
+from tinyfn.layers.avg_pool import AvgPool2D, GlobalAvgPool2D, avg_pool2d, global_avg_pool2d
 
 __all__ = [
     # combinators
@@ -54,4 +62,38 @@ __all__ = [
     "unrolled_filter_matrix",
     "conv2d_matrix",
     "deconv2d_matrix",
+    # state
+    "has_state",
+    "init_with_state",
+    "apply_with_state",
+    # more combinators
+    "branch",
+    "parallel",
+    "fan_out",
+    "residual",
+    "add",
+    "Add",
+    "concat",
+    "Concat",
+    "identity",
+    "Identity",
+    # normalisation and average pooling
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "LayerNorm",
+    "AvgPool2D",
+    "GlobalAvgPool2D",
+    "batch_norm",
+    "batch_norm_inference",
+    "layer_norm",
+    "avg_pool2d",
+    "global_avg_pool2d",
+    "add_arrays",
+    "concat_arrays",
+    # architecture as data
+    "summary",
+    "to_spec",
+    "from_spec",
+    "register_layer",
+    "LAYERS",
 ]

@@ -18,6 +18,28 @@ shape and at trace time under ``jit``, and names the wrong entry.
 Besides the two functions a ``Layer`` carries its ``name``, its constructor
 arguments (``config``) and, for combinators, its ``children``, so tools such as
 checkpoints and visualisations can read a model's structure.
+
+State (batch norm's running statistics) is a second pytree, threaded beside
+params the way Haiku's ``transform_with_state`` does it. A stateful layer fills
+two more fields::
+
+    init_with_state(key, input_shape) -> (output_shape, params, state)
+    apply_with_state(params, state, x, *, key=None, train=False) -> (y, new_state)
+
+and its plain ``init`` still returns ``(output_shape, params)`` while its plain
+``apply`` raises, naming the functions to use. Stateless layers leave both
+fields ``None``: their signatures, and a ``serial`` of them, are exactly as
+above. The module functions ``init_with_state``/``apply_with_state`` accept
+every layer (a stateless one has state ``{}``), so training code treats all
+models alike; ``has_state(layer)`` tells them apart. A combinator is stateful
+when a child is, and its state mirrors its params (the tuple of the
+children's states for ``serial``).
+
+Why a separate pytree, and not state inside params or a mutable object:
+gradients are taken with respect to params only and optimizers never see the
+statistics; ``apply_with_state`` stays a pure function that ``jit``, ``grad``
+(``has_aux``) and sharding handle like any other; and the state saves and
+restores like params, so training resumes bit-identically.
 """
 
 from __future__ import annotations
@@ -29,7 +51,7 @@ import jax
 
 from tinyfn import _checks
 
-__all__ = ["Layer", "serial", "parameterless", "check_params"]
+__all__ = ["Layer", "serial", "parameterless", "check_params", "has_state", "init_with_state", "apply_with_state"]
 
 
 class Layer(NamedTuple):
@@ -38,6 +60,8 @@ class Layer(NamedTuple):
     name: str = "Layer"
     config: Mapping[str, Any] = MappingProxyType({})
     children: tuple["Layer", ...] = ()
+    init_with_state: Callable[..., tuple[tuple, Any, Any]] | None = None  # stateful layers only
+    apply_with_state: Callable[..., tuple[Any, Any]] | None = None  # stateful layers only
 
     def __repr__(self) -> str:
         if self.children:
@@ -45,6 +69,39 @@ class Layer(NamedTuple):
             return f"{self.name}(\n{inner}\n)"
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
         return f"{self.name}({args})"
+
+
+def has_state(layer: Layer) -> bool:
+    """Whether ``layer`` (or a child) carries state besides its params."""
+    return layer.apply_with_state is not None
+
+
+def init_with_state(layer: Layer, key, input_shape) -> tuple[tuple, Any, Any]:
+    """``(output_shape, params, state)`` for any layer; a stateless layer's state is ``{}``."""
+    if layer.init_with_state is not None:
+        return layer.init_with_state(key, input_shape)
+    shape, params = layer.init(key, input_shape)
+    return shape, params, {}
+
+
+def apply_with_state(layer: Layer, params, state, x, *, key=None, train=False):
+    """``(y, new_state)`` for any layer; a stateless layer returns ``state`` unchanged."""
+    if layer.apply_with_state is not None:
+        return layer.apply_with_state(params, state, x, key=key, train=train)
+    return layer.apply(params, x, key=key, train=train), state
+
+
+def stateful_apply_error(name: str) -> Callable:
+    """The plain ``apply`` of a stateful layer: it raises, naming what to call instead."""
+
+    def apply(params, x, *, key=None, train=False):
+        raise TypeError(
+            f"{name}: this layer carries state (running statistics); use "
+            f"tinyfn.layers.init_with_state(model, key, shape) and "
+            f"tinyfn.layers.apply_with_state(model, params, state, x, key=..., train=...) -> (y, new_state)"
+        )
+
+    return apply
 
 
 def _check_shape(name: str, input_shape, ndim: int, layout: str) -> tuple:
@@ -128,4 +185,28 @@ def serial(*layers: Layer) -> Layer:
             x = layer.apply(p, x, key=k, train=train)
         return x
 
-    return Layer(init, apply, "serial", MappingProxyType({}), tuple(layers))
+    if not any(has_state(layer) for layer in layers):
+        return Layer(init, apply, "serial", MappingProxyType({}), tuple(layers))
+
+    def init_stateful(key, input_shape):
+        keys = jax.random.split(key, n) if n else []
+        shape, params, states = tuple(input_shape), [], []
+        for layer, k in zip(layers, keys):
+            shape, p, s = init_with_state(layer, k, shape)
+            params.append(p)
+            states.append(s)
+        return shape, tuple(params), tuple(states)
+
+    def apply_stateful(params, state, x, *, key=None, train=False):
+        for name, tree in (("params", params), ("state", state)):
+            if not isinstance(tree, (tuple, list)) or len(tree) != n:
+                got = f"a {type(tree).__name__} of length {len(tree)}" if hasattr(tree, "__len__") else repr(tree)
+                raise ValueError(f"serial: {name} must be a tuple with one entry per layer ({n}), got {got}")
+        keys = jax.random.split(key, n) if key is not None else [None] * n
+        new_state = []
+        for layer, p, s, k in zip(layers, params, state, keys):
+            x, s = apply_with_state(layer, p, s, x, key=k, train=train)
+            new_state.append(s)
+        return x, tuple(new_state)
+
+    return Layer(init, stateful_apply_error("serial"), "serial", MappingProxyType({}), tuple(layers), init_stateful, apply_stateful)

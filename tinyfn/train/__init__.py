@@ -9,17 +9,33 @@ from tinyfn.train.checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError
 from tinyfn.train.loop import Interrupted, evaluate, fit
 from tinyfn.train.parallel import data_mesh, is_writer
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
+from tinyfn.train.optim import (
+    AdamState, EmptyState, GradientTransformation, SGDState, adam, adamw, apply_updates, as_gradient_transformation,
+    chain, clip_by_global_norm,
+)  # fmt: skip
 from tinyfn.train.plots import confusion_matrix, plot_confusion, plot_history
 from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, format_epoch
 from tinyfn.train.step import accuracy, make_eval_step, make_train_step
+from tinyfn.train import augment
 
 __all__ = [
     "sgd",
+    "adam",
+    "adamw",
+    "clip_by_global_norm",
+    "chain",
+    "apply_updates",
+    "as_gradient_transformation",
+    "GradientTransformation",
+    "SGDState",
+    "AdamState",
+    "EmptyState",
     "Optimizer",
     "constant",
     "step_decay",
     "cosine",
     "make_train_step",
+    "augment",
     "make_eval_step",
     "accuracy",
     "fit",

@@ -12,6 +12,7 @@ pickle anywhere. A run directory holds its checkpoint as ``CHECKPOINT_NAME``;
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from pathlib import Path
@@ -54,6 +55,9 @@ def _structure(tree, prefix: str):
     """A JSON description of ``tree`` whose leaves are tensor names; lists stand for tuples."""
     if isinstance(tree, dict):
         return {"dict": {str(k): _structure(v, f"{prefix}{k}.") for k, v in tree.items()}}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple (optimizer states): named by field
+        fields = {f: _structure(getattr(tree, f), f"{prefix}{f}.") for f in tree._fields}
+        return {"namedtuple": {"type": type(tree).__name__, "fields": fields}}
     if isinstance(tree, (tuple, list)):
         return {"tuple" if isinstance(tree, tuple) else "list": [_structure(v, f"{prefix}{i}.") for i, v in enumerate(tree)]}
     if tree is None:
@@ -65,12 +69,27 @@ def _rebuild(spec, tensors):
     (kind, value), = spec.items()
     if kind == "dict":
         return {k: _rebuild(v, tensors) for k, v in value.items()}
+    if kind == "namedtuple":  # rebuilt as a namedtuple of the same name and fields (see ``restore_like``)
+        cls = collections.namedtuple(value["type"], list(value["fields"]))
+        return cls(*(_rebuild(v, tensors) for v in value["fields"].values()))
     if kind in ("tuple", "list"):
         items = [_rebuild(v, tensors) for v in value]
         return tuple(items) if kind == "tuple" else items
     if kind == "none":
         return None
     return jnp.asarray(tensors[value])
+
+
+def restore_like(tree, template, *, what: str = "opt_state"):
+    """``tree``'s arrays in ``template``'s pytree structure (e.g. an optimizer's NamedTuple state from
+    ``optimizer.init(params)``), matched leaf by leaf in order; a count or shape mismatch raises ``CheckpointError``."""
+    leaves, (ref, treedef) = jax.tree_util.tree_leaves(tree), jax.tree_util.tree_flatten(template)
+    if len(leaves) != len(ref):
+        raise CheckpointError(f"{what} holds {len(leaves)} arrays but the optimizer's state has {len(ref)}: another optimizer wrote it")
+    for i, (a, b) in enumerate(zip(leaves, ref)):
+        if np.shape(a) != np.shape(b):
+            raise CheckpointError(f"{what} array {i} has shape {np.shape(a)}, the optimizer's state expects {np.shape(b)}")
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype=getattr(b, "dtype", None)) for a, b in zip(leaves, ref)])
 
 
 def _flatten(tree, prefix: str) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from tinyfn.losses import softmax_cross_entropy
 from tinyfn.train import parallel
-from tinyfn.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from tinyfn.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_like, save_checkpoint
 from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, progress_bar
 from tinyfn.train.step import make_eval_step, make_train_step
 
@@ -167,7 +167,7 @@ def _restore(ckpt_path, run: _Run, key) -> _Run:
         raise ValueError(f"fit: {ckpt_path} was written by a run with another key (seed); resume with the same seed")
     history = {k: list(ckpt.metadata.get("history", {}).get(k, [])) for k in HISTORY_KEYS}
     return _Run(
-        ckpt.params, jax.tree_util.tree_map(jnp.asarray, ckpt.opt_state), pos["epoch"], pos["batch"],
+        ckpt.params, restore_like(ckpt.opt_state, run.opt_state), pos["epoch"], pos["batch"],
         pos["loss_sum"], pos["accuracy_sum"], pos["count"], 0, history, history["wall_time"][-1] if history["wall_time"] else 0.0,
     )  # fmt: skip
 

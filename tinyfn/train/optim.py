@@ -1,30 +1,104 @@
-"""Stochastic gradient descent as a pure ``(init, update)`` pair, and learning-rate schedules.
+"""Optimizers as gradient transformations (optax's protocol), and learning-rate schedules.
 
-With gradient ``g``, weight decay ``λ``, momentum ``μ`` and learning rate ``η_t``
-(PyTorch's ``torch.optim.SGD`` conventions, no dampening)::
+A ``GradientTransformation`` is a pair of pure functions::
 
-    d = g + λ p
-    v ← μ v + d                      (when μ > 0)
-    step = d + μ v  if nesterov  else  v
-    p ← p - η_t step
+    init(params) -> state
+    update(grads, state, params=None) -> (updates, state)
+
+and ``apply_updates(params, updates)`` adds the updates: ``p ← p + u``. The
+updates already carry the learning rate and the minus sign. This is optax's
+protocol exactly, so tinyfn's optimizers run inside ``optax.chain`` and any
+optax transformation (``optax.adam(1e-3)``) runs in ``make_train_step``. States
+are NamedTuples (a tuple of them for ``chain``). tinyfn does not depend on optax.
+
+With gradient ``g``, step ``t`` (from 1), learning rate ``η_t`` (a number or a
+schedule ``step -> lr`` evaluated at ``t - 1``) and weight decay ``λ``:
+
+* ``sgd`` (PyTorch's ``torch.optim.SGD``, no dampening)::
+
+      d = g + λ p;   v ← μ v + d;   u = -η_t (d + μ v  if nesterov  else  v)
+
+* ``adam`` (Kingma & Ba; ``torch.optim.Adam``, ``λ`` is L2 added to the gradient)::
+
+      d = g + λ p;   m ← β₁ m + (1-β₁) d;   s ← β₂ s + (1-β₂) d²
+      u = -η_t m̂ / (√ŝ + ε),   m̂ = m / (1-β₁ᵗ),  ŝ = s / (1-β₂ᵗ)
+
+* ``adamw`` (Loshchilov & Hutter's decoupled decay; ``torch.optim.AdamW``)::
+
+      u = -η_t (m̂ / (√ŝ + ε) + λ p)          (m, s from g alone)
+
+* ``clip_by_global_norm(c)``: ``u = g · min(1, c / ‖g‖₂)`` over the whole tree.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Optimizer", "sgd", "constant", "step_decay", "cosine"]
+__all__ = [
+    "GradientTransformation",
+    "Optimizer",
+    "SGDState",
+    "AdamState",
+    "EmptyState",
+    "sgd",
+    "adam",
+    "adamw",
+    "clip_by_global_norm",
+    "chain",
+    "apply_updates",
+    "as_gradient_transformation",
+    "constant",
+    "step_decay",
+    "cosine",
+]
 
 
-class Optimizer(NamedTuple):
-    """``init(params) -> state`` and ``update(grads, state, params) -> (params, state)``, both pure."""
+class GradientTransformation(NamedTuple):
+    """``init(params) -> state`` and ``update(grads, state, params=None) -> (updates, state)``, both pure."""
 
     init: Callable
     update: Callable
+
+
+Optimizer = GradientTransformation  # the name used before the protocol was optax's
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transformation."""
+
+
+class SGDState(NamedTuple):
+    count: jax.Array  # int32, steps taken
+    velocity: Any  # a tree like params, or None without momentum
+
+
+class AdamState(NamedTuple):
+    count: jax.Array  # int32, steps taken
+    mu: Any  # first moment, a tree like params
+    nu: Any  # second moment, a tree like params
+
+
+def apply_updates(params, updates):
+    """``params + updates`` leaf by leaf, each sum in its parameter's dtype (optax's ``apply_updates``)."""
+    return jax.tree_util.tree_map(lambda p, u: jnp.asarray(p + u.astype(jnp.result_type(p))), params, updates)
+
+
+def as_gradient_transformation(optimizer, *, op: str = "optimizer"):
+    """``optimizer`` if it follows the protocol (tinyfn's or optax's), else a ``TypeError`` saying what was expected."""
+    if isinstance(optimizer, GradientTransformation):
+        return optimizer
+    init, update = getattr(optimizer, "init", None), getattr(optimizer, "update", None)
+    if callable(init) and callable(update) and not isinstance(optimizer, type):
+        return optimizer
+    raise TypeError(
+        f"{op}: optimizer must be a gradient transformation with init(params) -> state and "
+        f"update(grads, state, params) -> (updates, state) (tinyfn.train.sgd/adam/adamw or an optax one), "
+        f"got {type(optimizer).__name__}: {optimizer!r}"
+    )
 
 
 def constant(learning_rate: float) -> Callable:
@@ -35,7 +109,7 @@ def constant(learning_rate: float) -> Callable:
 def step_decay(learning_rate: float, step_size: int, gamma: float = 0.1) -> Callable:
     """``learning_rate · gamma ** floor(step / step_size)``."""
     if step_size < 1:
-        raise ValueError(f"step_size must be a positive int, got {step_size}")
+        raise ValueError(f"step_decay: step_size must be a positive int, got {step_size}")
     return lambda step: learning_rate * gamma ** jnp.floor_divide(step, step_size)
 
 
@@ -43,7 +117,7 @@ def cosine(learning_rate: float, total_steps: int, final_learning_rate: float = 
     """Linear warm-up over ``warmup_steps``, then a half cosine from ``learning_rate`` to ``final_learning_rate``
     at ``total_steps`` (constant afterwards)."""
     if total_steps < 1 or not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}")
+        raise ValueError(f"cosine: need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}")
 
     def schedule(step):
         step = jnp.asarray(step) * 1.0
@@ -55,47 +129,163 @@ def cosine(learning_rate: float, total_steps: int, final_learning_rate: float = 
     return schedule
 
 
-def _check_number(name, value, lo, hi=math.inf):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value < hi:
-        raise ValueError(f"{name} must be a number in [{lo}, {hi}), got {value!r}")
+def _check_number(op, name, value, lo, hi=math.inf, *, closed_hi=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value and (value <= hi if closed_hi else value < hi)
+    if not ok:
+        raise ValueError(f"{op}: {name} must be a number in [{lo}, {hi}{']' if closed_hi else ')'}, got {value!r}")
     return float(value)
 
 
-def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> Optimizer:
+def _schedule(op, learning_rate):
+    return learning_rate if callable(learning_rate) else constant(_check_number(op, "learning_rate", learning_rate, 0.0))
+
+
+def _tree_map(f, *trees):
+    return jax.tree_util.tree_map(f, *trees)
+
+
+def _check_trees(op, grads, params):
+    gs, ps = jax.tree_util.tree_structure(grads), jax.tree_util.tree_structure(params)
+    if gs != ps:
+        raise ValueError(f"{op}: grads and params have different tree structures:\n  grads:  {gs}\n  params: {ps}")
+    for path, g, p in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params)):
+        if jnp.shape(g) != jnp.shape(p):
+            raise ValueError(f"{op}: grads{jax.tree_util.keystr(path[0])} has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(p)}")
+
+
+def _needs_params(op, params, weight_decay):
+    if weight_decay and params is None:
+        raise ValueError(f"{op}: weight_decay={weight_decay} needs params: call update(grads, state, params)")
+
+
+def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> GradientTransformation:
     """SGD with optional (Nesterov) momentum and L2 weight decay, over any params pytree.
 
     ``learning_rate`` is a number or a schedule ``step -> lr`` (``constant``,
-    ``step_decay``, ``cosine`` or your own). The state holds the step count
-    and, with momentum, one velocity per parameter.
+    ``step_decay``, ``cosine`` or your own). The state is ``SGDState(count,
+    velocity)``; ``velocity`` is ``None`` without momentum.
+
+    >>> opt = sgd(0.1, momentum=0.9)
+    >>> params = {"w": jnp.ones(2)}
+    >>> updates, state = opt.update({"w": jnp.ones(2)}, opt.init(params), params)
+    >>> apply_updates(params, updates)["w"].tolist(), int(state.count)
+    ([0.8999999761581421, 0.8999999761581421], 1)
     """
-    schedule = learning_rate if callable(learning_rate) else constant(_check_number("learning_rate", learning_rate, 0.0))
-    momentum = _check_number("momentum", momentum, 0.0, 1.0)
-    weight_decay = _check_number("weight_decay", weight_decay, 0.0)
+    schedule = _schedule("sgd", learning_rate)
+    momentum = _check_number("sgd", "momentum", momentum, 0.0, 1.0)
+    weight_decay = _check_number("sgd", "weight_decay", weight_decay, 0.0)
     if nesterov and momentum == 0.0:
-        raise ValueError("nesterov=True needs momentum > 0")
+        raise ValueError("sgd: nesterov=True needs momentum > 0")
 
     def init(params):
-        velocity = jax.tree_util.tree_map(jnp.zeros_like, params) if momentum else None
-        return {"step": jnp.zeros((), jnp.int32), "velocity": velocity}
+        velocity = _tree_map(jnp.zeros_like, params) if momentum else None
+        return SGDState(jnp.zeros((), jnp.int32), velocity)
 
-    def update(grads, state, params):
-        _check_trees(grads, params)
-        lr = schedule(state["step"])
-        d = grads if not weight_decay else jax.tree_util.tree_map(lambda g, p: g + weight_decay * p, grads, params)
-        velocity = state["velocity"]
+    def update(grads, state, params=None):
+        _needs_params("sgd", params, weight_decay)
+        if params is not None:
+            _check_trees("sgd", grads, params)
+        lr = schedule(state.count)
+        d = grads if not weight_decay else _tree_map(lambda g, p: g + weight_decay * p, grads, params)
+        velocity = state.velocity
         if momentum:
-            velocity = jax.tree_util.tree_map(lambda v, g: momentum * v + g, velocity, d)
-            d = jax.tree_util.tree_map(lambda g, v: g + momentum * v, d, velocity) if nesterov else velocity
-        new = jax.tree_util.tree_map(lambda p, s: p - (lr * s).astype(p.dtype), params, d)
-        return new, {"step": state["step"] + 1, "velocity": velocity}
+            velocity = _tree_map(lambda v, g: momentum * v + g, velocity, d)
+            d = _tree_map(lambda g, v: g + momentum * v, d, velocity) if nesterov else velocity
+        updates = _tree_map(lambda s: -(lr * s).astype(s.dtype), d)
+        return updates, SGDState(state.count + 1, velocity)
 
-    return Optimizer(init, update)
+    return GradientTransformation(init, update)
 
 
-def _check_trees(grads, params):
-    gs, ps = jax.tree_util.tree_structure(grads), jax.tree_util.tree_structure(params)
-    if gs != ps:
-        raise ValueError(f"grads and params have different tree structures:\n  grads:  {gs}\n  params: {ps}")
-    for path, g, p in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params)):
-        if jnp.shape(g) != jnp.shape(p):
-            raise ValueError(f"grads{jax.tree_util.keystr(path[0])} has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(p)}")
+def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled):
+    schedule = _schedule(op, learning_rate)
+    b1 = _check_number(op, "b1", b1, 0.0, 1.0)
+    b2 = _check_number(op, "b2", b2, 0.0, 1.0)
+    eps = _check_number(op, "eps", eps, 0.0)
+    weight_decay = _check_number(op, "weight_decay", weight_decay, 0.0)
+
+    def init(params):
+        zeros = lambda: _tree_map(jnp.zeros_like, params)  # noqa: E731
+        return AdamState(jnp.zeros((), jnp.int32), zeros(), zeros())
+
+    def update(grads, state, params=None):
+        _needs_params(op, params, weight_decay)
+        if params is not None:
+            _check_trees(op, grads, params)
+        count = state.count + 1
+        lr = schedule(state.count)
+        d = grads if decoupled or not weight_decay else _tree_map(lambda g, p: g + weight_decay * p, grads, params)
+        mu = _tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, d)
+        nu = _tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, d)
+
+        def direction(m, v, p):
+            t = count.astype(m.dtype)
+            step = (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
+            if decoupled and weight_decay:
+                step = step + weight_decay * p
+            return -(lr * step).astype(m.dtype)
+
+        updates = _tree_map(direction, mu, nu, params if params is not None else mu)
+        return updates, AdamState(count, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> GradientTransformation:
+    """Adam with bias correction (``torch.optim.Adam``; ``weight_decay`` is L2 added to the gradient).
+
+    State ``AdamState(count, mu, nu)``; ``learning_rate`` a number or a schedule.
+    """
+    return _adam("adam", learning_rate, b1, b2, eps, weight_decay, decoupled=False)
+
+
+def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01) -> GradientTransformation:
+    """Adam with decoupled weight decay (Loshchilov & Hutter; ``torch.optim.AdamW``, ``optax.adamw``).
+
+    The decay ``-η_t λ p`` is added to the update, not to the gradient, so it is
+    not rescaled by the second moment. State ``AdamState(count, mu, nu)``.
+    """
+    return _adam("adamw", learning_rate, b1, b2, eps, weight_decay, decoupled=True)
+
+
+def clip_by_global_norm(max_norm: float) -> GradientTransformation:
+    """Scale the whole gradient tree by ``min(1, max_norm / ‖g‖₂)`` (optax's ``clip_by_global_norm``). Stateless."""
+    max_norm = _check_number("clip_by_global_norm", "max_norm", max_norm, 0.0)
+    if max_norm == 0.0:
+        raise ValueError("clip_by_global_norm: max_norm must be > 0, got 0.0")
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(grads, state, params=None):
+        del params
+        leaves = jax.tree_util.tree_leaves(grads)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves)) if leaves else jnp.zeros(())
+        clipped = norm > max_norm
+        return _tree_map(lambda g: jnp.where(clipped, g / norm.astype(g.dtype) * max_norm, g), grads), state
+
+    return GradientTransformation(init, update)
+
+
+def chain(*transformations) -> GradientTransformation:
+    """Apply transformations in order, each to the previous one's updates (optax's ``chain``).
+
+    The state is the tuple of their states. Each may be tinyfn's or optax's:
+    ``chain(clip_by_global_norm(1.0), adamw(1e-3))``.
+    """
+    transformations = tuple(as_gradient_transformation(t, op=f"chain (argument {i})") for i, t in enumerate(transformations))
+
+    def init(params):
+        return tuple(t.init(params) for t in transformations)
+
+    def update(grads, state, params=None):
+        if not isinstance(state, tuple) or len(state) != len(transformations):
+            raise ValueError(f"chain: state must be a tuple of {len(transformations)} states, got {type(state).__name__}")
+        new_state = []
+        for t, s in zip(transformations, state):
+            grads, s = t.update(grads, s, params)
+            new_state.append(s)
+        return grads, tuple(new_state)
+
+    return GradientTransformation(init, update)

@@ -7,9 +7,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tinyfn.layers import Layer
+from tinyfn.layers import Layer, apply_with_state, has_state
 from tinyfn.train import parallel
-from tinyfn.train.optim import Optimizer
+from tinyfn.train.optim import GradientTransformation, apply_updates, as_gradient_transformation
 
 __all__ = ["make_train_step", "make_eval_step", "accuracy"]
 
@@ -25,57 +25,98 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]))
 
 
-def make_train_step(model: Layer, loss_fn, optimizer: Optimizer, *, donate: bool = True, mesh=None):
-    """A jitted ``(params, opt_state, x, y, key) -> (params, opt_state, metrics)``.
+def make_train_step(model: Layer, loss_fn, optimizer: GradientTransformation, *, donate: bool = True, mesh=None, with_state: bool | None = None):
+    """A jitted training step.
 
-    ``key`` is a ``jax.random`` key or its raw data (``jax.random.key_data``).
+    Without model state (the default for a stateless ``model``)::
 
-    Gradients come from ``jax.grad`` through the layers' handwritten rules;
-    ``metrics`` holds ``loss``, ``accuracy`` (on the batch, before the update)
-    and ``finite``. A step whose loss or gradients are not finite leaves params
-    and optimizer state unchanged (``finite`` false), so the caller can stop with
-    the last good values. ``params`` and ``opt_state`` buffers are donated.
+        step(params, opt_state, x, y, key) -> (params, opt_state, metrics)
+
+    With state (``with_state=True``; the default when ``tinyfn.layers.has_state(model)``)::
+
+        step(params, model_state, opt_state, x, y, key) -> (params, model_state, opt_state, metrics)
+
+    where ``model_state`` comes from ``tinyfn.layers.init_with_state`` (``{}``
+    for a stateless model) and the step returns it as updated in training mode
+    (batch norm's running statistics). ``key`` is a ``jax.random`` key or its raw
+    data (``jax.random.key_data``).
+
+    ``optimizer`` is a gradient transformation (tinyfn's ``sgd``/``adam``/``adamw``/
+    ``chain`` or any optax one): ``updates, opt_state = optimizer.update(grads,
+    opt_state, params)``, then ``params + updates``. Gradients come from
+    ``jax.grad`` through the layers' handwritten rules; ``metrics`` holds
+    ``loss``, ``accuracy`` (on the batch, before the update) and ``finite``. A step
+    whose loss or gradients are not finite leaves params, model state and
+    optimizer state unchanged (``finite`` false), so the caller can stop with the
+    last good values. Params and both states are donated.
 
     With a ``mesh`` (``tinyfn.train.data_mesh``), the step is data-parallel:
-    ``x`` and ``y`` are split along the mesh's ``data`` axis, params, optimizer
-    state and metrics are replicated, and XLA inserts the all-reduce of the
-    gradients. The batch size must divide by the number of devices.
+    ``x`` and ``y`` are split along the mesh's ``data`` axis, params, states and
+    metrics are replicated, and XLA inserts the all-reduce of the gradients (and
+    of batch statistics: they are over the global batch). The batch size must
+    divide by the number of devices.
     """
+    optimizer = as_gradient_transformation(optimizer, op="make_train_step")
+    with_state = has_state(model) if with_state is None else bool(with_state)
+    if has_state(model) and not with_state:
+        raise ValueError(
+            f"make_train_step: the model carries state ({model.name} holds batch statistics); "
+            "use with_state=True and step(params, model_state, opt_state, x, y, key)"
+        )
 
-    def step(params, opt_state, x, y, key):
+    def stateful_step(params, model_state, opt_state, x, y, key):
         if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data (uint32), as fit stages it
             key = jax.random.wrap_key_data(key)
 
         def objective(p):
-            logits = model.apply(p, x, key=key, train=True)
-            return loss_fn(logits, y), logits
+            logits, new_model_state = apply_with_state(model, p, model_state, x, key=key, train=True)
+            return loss_fn(logits, y), (logits, new_model_state)
 
-        (loss, logits), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        new_params, new_state = optimizer.update(grads, opt_state, params)
+        (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = apply_updates(params, updates)
         ok = jnp.isfinite(loss) & _all_finite(grads)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        return keep(new_params, params), keep(new_state, opt_state), {"loss": loss, "accuracy": accuracy(logits, y), "finite": ok}
+        metrics = {"loss": loss, "accuracy": accuracy(logits, y), "finite": ok}
+        return keep(new_params, params), keep(new_model_state, model_state), keep(new_opt_state, opt_state), metrics
 
-    donate_argnums = (0, 1) if donate else ()
+    def stateless_step(params, opt_state, x, y, key):
+        new_params, _, new_opt_state, metrics = stateful_step(params, {}, opt_state, x, y, key)
+        return new_params, new_opt_state, metrics
+
+    step = stateful_step if with_state else stateless_step
+    n_trees = 3 if with_state else 2
+    donate_argnums = tuple(range(n_trees)) if donate else ()
     if mesh is None:
         return jax.jit(step, donate_argnums=donate_argnums)
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    sharded = jax.jit(step, in_shardings=(rep, rep, data, data, rep), out_shardings=rep, donate_argnums=donate_argnums)
+    sharded = jax.jit(step, in_shardings=(rep,) * n_trees + (data, data, rep), out_shardings=rep, donate_argnums=donate_argnums)
 
     @functools.wraps(step)
-    def checked(params, opt_state, x, y, key):
-        parallel.check_batch_size(mesh, x.shape[0])  # before jit's own, less telling, error
-        return sharded(params, opt_state, x, y, key)
+    def checked(*args):
+        parallel.check_batch_size(mesh, args[n_trees].shape[0])  # before jit's own, less telling, error
+        return sharded(*args)
 
     return checked
 
 
-def make_eval_step(model: Layer, loss_fn):
-    """A jitted ``(params, x, y) -> metrics`` with the batch's mean ``loss``, ``accuracy`` and ``predictions``."""
+def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None):
+    """A jitted ``(params, x, y) -> metrics`` (or ``(params, model_state, x, y) -> metrics`` with state).
 
-    def step(params, x, y):
-        logits = model.apply(params, x, train=False)
+    ``metrics`` holds the batch's mean ``loss``, ``accuracy`` and ``predictions``.
+    The model runs in evaluation mode (``train=False``): batch norm reads the
+    running statistics from ``model_state`` and leaves them as they are.
+    """
+    with_state = has_state(model) if with_state is None else bool(with_state)
+    if has_state(model) and not with_state:
+        raise ValueError(f"make_eval_step: the model carries state ({model.name}); use with_state=True and step(params, model_state, x, y)")
+
+    def stateful_step(params, model_state, x, y):
+        logits, _ = apply_with_state(model, params, model_state, x, train=False)
         preds = jnp.argmax(logits, axis=-1) if logits.ndim == 2 else logits
         return {"loss": loss_fn(logits, y), "accuracy": accuracy(logits, y), "predictions": preds}
 
-    return jax.jit(step)
+    def stateless_step(params, x, y):
+        return stateful_step(params, {}, x, y)
+
+    return jax.jit(stateful_step if with_state else stateless_step)
