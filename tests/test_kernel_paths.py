@@ -4,7 +4,7 @@ import itertools
 
 import jax
 
-from tinyfn import _gradcheck_cases
+from tinyfn.cli import gradcheck_cases as _gradcheck_cases
 from tinyfn.layers import FORMULATIONS, kernels
 
 CONV_PRODUCTS = ("W X*", "W*ᵀ g", "g X*ᵀ")

@@ -87,16 +87,17 @@ def restore_like(tree, template, *, what: str = "opt_state"):
     if len(leaves) != len(ref):
         raise CheckpointError(f"{what} holds {len(leaves)} arrays but the optimizer's state has {len(ref)}: another optimizer wrote it")
     for i, (a, b) in enumerate(zip(leaves, ref)):
-        if np.shape(a) != np.shape(b):
+        if np.shape(a) != np.shape(b) and not (np.size(a) == 1 and np.shape(b) == ()):  # older files stored scalars as (1,)
             raise CheckpointError(f"{what} array {i} has shape {np.shape(a)}, the optimizer's state expects {np.shape(b)}")
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype=getattr(b, "dtype", None)) for a, b in zip(leaves, ref)])
+    values = [jnp.asarray(a, dtype=getattr(b, "dtype", None)).reshape(np.shape(b)) for a, b in zip(leaves, ref)]
+    return jax.tree_util.tree_unflatten(treedef, values)
 
 
 def _flatten(tree, prefix: str) -> dict[str, np.ndarray]:
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name = prefix + ".".join(_key_name(p) for p in path)
-        out[name] = np.ascontiguousarray(np.asarray(leaf))
+        out[name] = np.asarray(leaf).copy(order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
     return out
 
 
@@ -195,6 +196,8 @@ def _leaf_names(spec) -> list[str]:
         return [n for v in value.values() for n in _leaf_names(v)]
     if kind in ("tuple", "list"):
         return [n for v in value for n in _leaf_names(v)]
+    if kind == "namedtuple":
+        return [n for v in value["fields"].values() for n in _leaf_names(v)]
     return [] if kind == "none" else [value]
 
 
