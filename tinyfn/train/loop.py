@@ -28,6 +28,7 @@ from tinyfn.losses import softmax_cross_entropy
 from tinyfn.train import parallel
 from tinyfn.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_like, save_checkpoint
 from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, progress_bar
+from tinyfn.train.optim import as_gradient_transformation
 from tinyfn.train.step import make_eval_step, make_train_step
 
 __all__ = ["fit", "FitResult", "evaluate", "StepInfo", "EpochSummary", "Interrupted", "HISTORY_KEYS", "CHECKPOINT_NAME"]
@@ -405,6 +406,7 @@ def fit(
     the device count. Same seed and global batch, same result as on one device
     (up to float32 summation order). Only process 0 writes checkpoints.
     """
+    optimizer = as_gradient_transformation(optimizer, op="fit")  # never an optax update taken for the new params
     x, y, eval_data = _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_size, on_nonfinite)
     mesh = _resolve_mesh(mesh, devices, batch_size)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
