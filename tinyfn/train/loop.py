@@ -401,8 +401,9 @@ def fit(
 
     Data parallel: with ``mesh`` (a ``jax.sharding.Mesh`` with a ``"data"``
     axis) or ``devices`` (a count or a list, see ``tinyfn.train.data_mesh``),
-    every batch is placed split over the devices, params and optimizer state are
-    replicated and XLA all-reduces the gradients; ``batch_size`` must divide by
+    every batch is placed split over the devices, params, optimizer and model state
+    are replicated and XLA all-reduces the gradients (and batch norm's statistics,
+    which are over the global batch); ``batch_size`` must divide by
     the device count. Same seed and global batch, same result as on one device
     (up to float32 summation order). Only process 0 writes checkpoints.
     """
