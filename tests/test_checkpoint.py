@@ -159,3 +159,54 @@ def test_checkpoints_and_pngs_respect_the_umask(lenet, tmp_path, umask_022):
     (tmp_path / "plain.json").write_text("{}")  # what open() makes under this umask
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
     assert modes == {"c.safetensors": "0o644", "curves.png": "0o644", "plain.json": "0o644"}
+
+
+def _bn_residual_model():
+    from tinyfn.layers import BatchNorm2D, Conv2D, Flatten, GlobalAvgPool2D, Linear, ReLU, residual, serial
+
+    block = residual(serial(Conv2D(3, 3, padding=1, use_bias=False), BatchNorm2D(), ReLU()))
+    return serial(Conv2D(3, 3, padding=1), BatchNorm2D(), ReLU(), block, GlobalAvgPool2D(), Flatten(), Linear(4))
+
+
+def test_load_model_rebuilds_any_built_in_architecture_with_its_state(tmp_path):
+    from tinyfn.layers import apply_with_state, init_with_state
+    from tinyfn.train import model_record
+
+    model = _bn_residual_model()  # in no registry: rebuilt from its recorded layer tree
+    _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 8, 8))
+    x = jax.random.normal(jax.random.key(1), (6, 1, 8, 8))
+    _, state = apply_with_state(model, params, state, x, train=True)  # running statistics away from their start
+    save_checkpoint(tmp_path / "checkpoint.safetensors", params, model_state=state, metadata={"model": model_record(model, (1, 8, 8))})
+    loaded = load_model(tmp_path)
+    model2, params2, _ = loaded
+    assert repr(model2) == repr(model)
+    chex.assert_trees_all_equal(loaded.model_state, state)
+    y, _ = apply_with_state(model, params, state, x, train=False)
+    y2, _ = apply_with_state(model2, params2, loaded.model_state, x, train=False)
+    np.testing.assert_array_equal(y2, y)
+
+
+def test_load_model_refuses_a_stateful_checkpoint_without_its_state(tmp_path):
+    from tinyfn.layers import init_with_state
+    from tinyfn.train import model_record
+
+    model = _bn_residual_model()
+    _, params, _ = init_with_state(model, jax.random.key(0), (None, 1, 8, 8))
+    save_checkpoint(tmp_path / "checkpoint.safetensors", params, metadata={"model": model_record(model, (1, 8, 8))})
+    with pytest.raises(CheckpointError, match="carries state .* holds none"):
+        load_model(tmp_path)
+
+
+def test_a_layer_tinyfn_does_not_know_is_named(lenet, tmp_path):
+    from tinyfn.layers import parameterless, serial
+    from tinyfn.train import model_record
+
+    model, params = lenet
+    record = model_record(model, (1, 28, 28))
+    record["spec"]["children"][1] = {"name": "Swish", "config": {}}
+    save_checkpoint(tmp_path / "checkpoint.safetensors", params, metadata={"model": record})
+    with pytest.raises(CheckpointError, match=r"unknown layer 'Swish' at model.children\[1\]"):
+        load_model(tmp_path)
+    odd = serial(parameterless("Swish", lambda x: x * jax.nn.sigmoid(x)))
+    with pytest.raises(ValueError, match=r"model.children\[0\] is a layer named 'Swish'.*register_layer"):
+        model_record(odd, (1, 28, 28))

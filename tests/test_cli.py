@@ -108,3 +108,113 @@ def test_curves_are_titled_with_the_short_data_name_and_one_epoch_gets_a_sane_ax
         assert ax.get_xlim() == (0.5, 1.5)
         assert [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
     assert fig.axes[0].get_title() == "lenet5 on mnist: loss"
+
+
+# --- the flags, on a tiny IDX directory (384 training / 128 test images) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_idx(tmp_path_factory):
+    from tinyfn.data import load_embedded, write_idx
+
+    d = tmp_path_factory.mktemp("tiny-idx")
+    for prefix, split, n in (("train", "train", 384), ("t10k", "test", 128)):
+        ds = load_embedded(split)
+        write_idx(d / f"{prefix}-images-idx3-ubyte", np.asarray(ds.images[:n]).reshape(n, 28, 28))
+        write_idx(d / f"{prefix}-labels-idx1-ubyte", np.asarray(ds.labels[:n]).astype(np.uint8))
+    return d
+
+
+def _train_tiny(tiny_idx, out, *flags):
+    proc = _run("train", "--data", str(tiny_idx), "--model", "lenet5", "--epochs", "1", "--batch-size", "64", "--quiet", "--out", str(out), *flags)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
+    from tinyfn.train import load_checkpoint
+
+    return load_checkpoint(out / "checkpoint.safetensors")
+
+
+@pytest.fixture(scope="module")
+def plain_tiny(tiny_idx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain") / "run"
+    return out, _train_tiny(tiny_idx, out)
+
+
+def _differs(a, b):
+    import jax
+
+    return any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.slow
+def test_train_records_the_architecture_and_summary_prints_it(plain_tiny):
+    out, ckpt = plain_tiny
+    record = ckpt.metadata["model"]
+    assert record["spec"]["name"] == "serial" and record["spec"]["children"][0]["name"] == "Conv2D"
+    assert record["input_shape"] == [1, 28, 28] and ckpt.metadata["recipe"]["optimizer"] == "sgd"
+    assert type(ckpt.opt_state).__name__ == "SGDState"
+    proc = _run("summary", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "Total params: 61,706" in proc.stdout and "Conv2D(out_channels=6" in proc.stdout  # LeNet-5's known count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer, state", [("adam", "AdamState"), ("adamw", "AdamState")])
+def test_optimizer_flag_trains_with_that_optimizer(tiny_idx, plain_tiny, tmp_path, optimizer, state):
+    ckpt = _train_tiny(tiny_idx, tmp_path / "run", "--optimizer", optimizer, "--lr", "1e-3")
+    assert ckpt.metadata["recipe"]["optimizer"] == optimizer and type(ckpt.opt_state).__name__ == state
+    assert _differs(ckpt.params, plain_tiny[1].params)
+
+
+@pytest.mark.slow
+def test_precision_bf16_builds_the_model_computing_in_bfloat16(tiny_idx, tmp_path):
+    ckpt = _train_tiny(tiny_idx, tmp_path / "run", "--precision", "bf16")
+    convs = [c for c in ckpt.metadata["model"]["spec"]["children"] if c["name"] in ("Conv2D", "Linear")]
+    assert convs and all(c["config"]["compute_dtype"] == {"dtype": "bfloat16"} for c in convs)
+    assert all(np.asarray(a).dtype == np.float32 for a in __import__("jax").tree.leaves(ckpt.params))  # params stay float32
+    proc = _run("evaluate", str(tmp_path / "run"))  # rebuilt from the record, in bf16 again
+    assert proc.returncode == 0 and "test accuracy: " in proc.stdout, proc.stderr
+
+
+def test_precision_bf16_is_refused_for_a_model_without_compute_dtype(tiny_idx, tmp_path):  # refused before any training
+    proc = _run("train", "--data", str(tiny_idx), "--model", "resnet", "--precision", "bf16", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert "--precision bf16" in proc.stderr and "'resnet' takes no argument 'compute_dtype'" in proc.stderr and "lenet5" in proc.stderr
+
+
+@pytest.mark.slow
+def test_formulation_flag_is_recorded_and_trains_to_the_same_result(tiny_idx, plain_tiny, tmp_path):
+    ckpt = _train_tiny(tiny_idx, tmp_path / "run", "--formulation", "xla")
+    assert ckpt.metadata["formulation"] == "xla"
+    import jax
+
+    for a, b in zip(jax.tree.leaves(ckpt.params), jax.tree.leaves(plain_tiny[1].params)):  # another evaluation of the same rules
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.slow
+def test_augment_flag_trains_on_augmented_batches(tiny_idx, plain_tiny, tmp_path):
+    ckpt = _train_tiny(tiny_idx, tmp_path / "run", "--augment")
+    assert ckpt.metadata["recipe"]["augment"] is True
+    assert _differs(ckpt.params, plain_tiny[1].params)
+
+
+@pytest.mark.slow
+def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_path):
+    out = tmp_path / "resnet"
+    proc = _run("train", "--data", str(tiny_idx), "--model", "resnet", "--epochs", "1", "--batch-size", "64", "--quiet", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    from tinyfn.train import load_checkpoint
+
+    ckpt = load_checkpoint(out / "checkpoint.safetensors")
+    assert ckpt.metadata["recipe"]["optimizer"] == "adamw" and ckpt.metadata["recipe"]["augment"] is True
+    assert ckpt.model_state is not None and ckpt.model_state[1]["mean"].shape == (16,)  # the stem's batch norm
+    test_acc = float(proc.stdout.strip().splitlines()[-1].split(": ")[1])
+    proc = _run("evaluate", str(out))
+    assert proc.returncode == 0 and f"test accuracy: {test_acc:.4f}" in proc.stdout, proc.stderr  # the state came back
+    proc = _run("summary", str(out))
+    assert "Total params: 174,970" in proc.stdout and "BatchNorm2D" in proc.stdout
+    proc = _run("visualize", str(out), "--k", "2", "--images", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "visualize" / "feature_maps_conv1.png").is_file() and (out / "visualize" / "deconv_conv1.png").is_file()
+    assert "no comparison.png" in proc.stderr and "'bn1' (BatchNorm2D)" in proc.stderr

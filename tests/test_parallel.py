@@ -70,6 +70,24 @@ SCRIPT = textwrap.dedent(
         pr, hr = fit(model, params, (xs, ys), devices=8, checkpoint_dir=d, resume=True, **dict(kw, epochs=3))
         out["resumed_epochs"] = hr["epoch"]
         out["resumed_devices"] = len(jax.tree.leaves(pr)[0].sharding.device_set)
+
+    # batch norm on 8 devices: the statistics are over the global batch, equal to one device's
+    from tinyfn.layers import BatchNorm2D, Conv2D, Flatten, Linear, ReLU, init_with_state, serial
+    bn = serial(Conv2D(3, 5, stride=3, use_bias=False), BatchNorm2D(momentum=1.0), ReLU(), Flatten(), Linear(10))
+    _, bp, bs = init_with_state(bn, jax.random.key(1), (None, 1, 28, 28))
+
+    def run_bn(mesh):
+        step = make_train_step(bn, losses.softmax_cross_entropy, opt, mesh=mesh, donate=False, with_state=True)
+        return step(bp, bs, opt.init(bp), x, y, jax.random.key(0))
+
+    p1, s1, _, _ = run_bn(None)
+    p8, s8, _, _ = run_bn(mesh)
+    conv_out = np.asarray(bn.children[0].apply(bp[0], jnp.asarray(x)))
+    out["bn_state_diff"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)))
+    out["bn_param_diff"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
+    # momentum 1.0: the running mean is the batch mean itself; the global one, not the first device's 4 images
+    out["bn_mean_vs_global"] = float(np.max(np.abs(np.asarray(s8[1]["mean"]) - conv_out.mean(axis=(0, 2, 3)))))
+    out["bn_mean_vs_shard"] = float(np.max(np.abs(np.asarray(s8[1]["mean"]) - conv_out[:4].mean(axis=(0, 2, 3)))))
     print(json.dumps(out))
     """
 )
@@ -100,6 +118,11 @@ def test_fit_on_eight_devices_matches_one_device_and_checkpoints_resume(result):
     assert result["fit_diff"] < 1e-4
     assert result["ckpt_diff"] == 0.0
     assert result["resumed_epochs"] == [1, 2, 3] and result["resumed_devices"] == 8
+
+
+def test_batch_norm_on_eight_devices_uses_the_global_batch_statistics(result):
+    assert result["bn_state_diff"] <= ATOL and result["bn_param_diff"] <= ATOL, result
+    assert result["bn_mean_vs_global"] <= 1e-5 < result["bn_mean_vs_shard"], result
 
 
 @pytest.mark.slow

@@ -257,3 +257,25 @@ def test_a_projector_compiles_once_across_channels(monkeypatch):
     project = V.make_projector(model, "conv1")
     for channel in range(3):
         project(params, x, channel)
+
+
+def test_a_stateful_model_is_recorded_in_evaluation_mode_and_the_walk_names_batch_norm():
+    from tinyfn.layers import BatchNorm2D, init_with_state, residual
+
+    model = serial(Conv2D(2, 3), BatchNorm2D(), ReLU(), residual(serial(Conv2D(2, 3, padding=1), ReLU())), Flatten(), Linear(3))
+    _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 6, 6))
+    state = (state[0], {"mean": jnp.asarray([0.5, -1.0]), "var": jnp.asarray([4.0, 0.25])}, *state[2:])
+    x = jax.random.normal(jax.random.key(1), (2, 1, 6, 6))
+    table = V.layer_table(model)
+    assert [t.name for t in table] == ["conv1", "bn1", "relu1", "residual1", "flatten1", "linear1"]
+    rec = V.record(model, params, x, model_state=state)
+    conv = np.asarray(rec.outputs[0])
+    expected = (conv - np.array([0.5, -1.0])[None, :, None, None]) / np.sqrt(np.array([4.0, 0.25]) + 1e-5)[None, :, None, None]
+    np.testing.assert_allclose(rec.outputs[1], expected, rtol=1e-5, atol=1e-6)  # the running statistics, not the batch's
+    with pytest.raises(ValueError, match="record: the model carries state.*model_state="):
+        V.record(model, params, x)
+    assert V.make_projector(model, "conv1", model_state=state)(params, x, 1).shape == x.shape
+    with pytest.raises(ValueError, match=r"cannot project through layer 'bn1' \(BatchNorm2D\)"):
+        V.make_projector(model, "relu1", model_state=state)
+    top = V.top_activations(model, params, np.asarray(x), "residual1", [0], k=1, model_state=state)
+    assert top.images.shape == (1, 1)

@@ -97,7 +97,19 @@ MODELS = {"lenet5": lenet5, "wide_cnn": wide_cnn, "resnet": resnet}
 
 
 def get_model(name: str, **kwargs):
-    """A model by name from ``MODELS``, built with ``kwargs``."""
+    """A model by name from ``MODELS``, built with ``kwargs``; an argument the model does not take is named.
+
+    ``get_model("lenet5", compute_dtype=jnp.bfloat16)`` builds LeNet-5 computing in
+    bfloat16; ``resnet`` takes no ``compute_dtype`` and says so.
+    """
+    import inspect
+
     if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+        raise ValueError(f"get_model: model must be one of {sorted(MODELS)}, got {name!r}")
+    accepted = inspect.signature(MODELS[name]).parameters
+    for arg in kwargs:
+        if arg not in accepted:
+            takers = sorted(m for m, f in MODELS.items() if arg in inspect.signature(f).parameters)
+            also = f" (models that take it: {', '.join(takers)})" if takers else ""
+            raise ValueError(f"get_model: model {name!r} takes no argument {arg!r}{also}")
     return MODELS[name](**kwargs)

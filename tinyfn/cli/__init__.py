@@ -1,6 +1,6 @@
 """The ``tinyfn`` application: ``python -m tinyfn <command>`` or ``tinyfn <command>``.
 
-One module per command (``train``, ``evaluate``, ``visualize``, ``gradcheck``),
+One module per command (``train``, ``evaluate``, ``visualize``, ``summary``, ``gradcheck``),
 recipes and run directories in ``runs``. The application, not the library,
 makes the process-wide choices: ``main`` tunes the allocator first thing
 (``tinyfn.tune_allocator``) and figures are written as PNGs.
@@ -18,6 +18,7 @@ _COMMANDS = (
     ("train", "train a CNN (lenet5 on the embedded Fashion-MNIST subset by default) and write a run directory"),
     ("evaluate", "test loss, accuracy and per-class accuracy of a checkpoint"),
     ("visualize", "DeconvNet projections, filters, feature maps and saliency figures of a trained model"),
+    ("summary", "the table of a checkpoint's layers, output shapes and parameter counts"),
 )
 
 

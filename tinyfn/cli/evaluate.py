@@ -19,7 +19,8 @@ def run(args) -> int:
     from tinyfn.train import CheckpointError, evaluate, load_model
 
     try:
-        model, params, meta = load_model(args.checkpoint)
+        loaded = load_model(args.checkpoint)
+        model, params, meta = loaded
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -27,7 +28,7 @@ def run(args) -> int:
     test = D.load_dataset(data, "test")
     norm = meta.get("normalization") or {}
     x = D.normalize(test.images, norm.get("mean", 0.0), norm.get("std", 1.0))
-    loss, acc, preds = evaluate(model, params, (x, test.labels), batch_size=args.batch_size)
+    loss, acc, preds = evaluate(model, params, (x, test.labels), batch_size=args.batch_size, model_state=loaded.model_state)
     print(f"{args.checkpoint} on {data} test ({len(test):,} images)")
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")

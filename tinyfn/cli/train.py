@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from tinyfn.cli.runs import RECIPES, VAL_FRACTION, check_recipe, data_name, run_dir, schedule, validation_split
+from tinyfn.cli.runs import OPTIMIZERS, PRECISIONS, VAL_FRACTION, check_recipe, data_name, make_augment, make_optimizer, recipe_for, run_dir, validation_split
 
 
 def add_arguments(p):
     p.add_argument("--data", default="embedded", help="'embedded' (default: 8,000/2,000 images shipped with tinyfn), 'fashion-mnist' (the Debian location) or an IDX directory")
-    p.add_argument("--model", default=None, help="a model of tinyfn.models.MODELS (default: lenet5 on embedded data, wide_cnn on full data)")
+    p.add_argument("--model", default=None, help="a model of tinyfn.models.MODELS: lenet5, wide_cnn, resnet (default: lenet5 on embedded data, "
+                   "wide_cnn on full data; resnet brings its own recipe: AdamW, cosine with warm-up, augmentation)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="sgd (Nesterov momentum), adam or adamw (decoupled weight decay); default: the recipe's")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops (padding 2) and horizontal flips, on the device inside the step (default: the recipe's; on for resnet)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="bf16: convolutions and linear layers compute in bfloat16, params and the loss stay float32 (lenet5, wide_cnn)")
+    p.add_argument("--formulation", choices=("auto", "im2col", "xla", "direct"), default="auto",
+                   help="how the convolutions and pooling are evaluated (auto: the backend's default; see README 'Speed')")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
@@ -35,12 +45,15 @@ def run(args) -> int:
     import jax
 
     from tinyfn import data as D
+    import jax.numpy as jnp
+
+    from tinyfn.layers import formulation, init_with_state
     from tinyfn.models import get_model
     from tinyfn.train import (
-        CHECKPOINT_NAME, ConsoleLog, confusion_matrix, data_mesh, evaluate, fit, is_writer, plot_confusion, plot_history, sgd,
+        CHECKPOINT_NAME, ConsoleLog, confusion_matrix, data_mesh, evaluate, fit, is_writer, model_record, plot_confusion, plot_history,
     )  # fmt: skip
 
-    recipe = dict(RECIPES["embedded" if args.data == "embedded" else "full"])
+    recipe = recipe_for(args.data, args.model)
     for name in recipe:
         value = getattr(args, name, None)
         if value is not None:
@@ -57,7 +70,13 @@ def run(args) -> int:
     validation = (x_all[val_idx], full_train.labels[val_idx]) if len(val_idx) else None
     x_test = D.normalize(test_set.images, mean, std)
     num_classes = len(full_train.classes)
-    model = get_model(recipe["model"], num_classes=num_classes)
+    extra = {} if PRECISIONS[args.precision] is None else {"compute_dtype": jnp.dtype(PRECISIONS[args.precision])}
+    try:
+        model = get_model(recipe["model"], num_classes=num_classes, **extra)
+    except ValueError as exc:
+        if extra and "compute_dtype" in str(exc):
+            raise ValueError(f"--precision {args.precision}: {exc}") from None
+        raise
     out = run_dir(args.out, args.resume, args.data, recipe["model"])
     command = "python -m tinyfn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     writer = is_writer()  # with several hosts, only process 0 writes files
@@ -68,11 +87,14 @@ def run(args) -> int:
     key = jax.random.key(args.seed)
     init_key, fit_key = jax.random.split(key)
     input_shape = tuple(int(d) for d in x_train.shape[1:])
-    _, params = model.init(init_key, (None, *input_shape))
+    _, params, model_state = init_with_state(model, init_key, (None, *input_shape))
     steps = len(x_train) // recipe["batch_size"]
-    optimizer = sgd(schedule(recipe["schedule"], recipe["lr"], steps * recipe["epochs"]), momentum=recipe["momentum"], nesterov=recipe["momentum"] > 0, weight_decay=recipe["weight_decay"])
+    optimizer = make_optimizer(recipe, steps * recipe["epochs"])
+    augment = make_augment(recipe, input_shape)
     metadata = {
-        "model": {"name": recipe["model"], "kwargs": {"num_classes": num_classes}, "input_shape": list(input_shape)},
+        "model": model_record(model, input_shape, name=recipe["model"], kwargs={"num_classes": num_classes}),
+        "precision": args.precision,
+        "formulation": args.formulation,
         "normalization": {"mean": mean, "std": std},
         "data": args.data,
         "classes": list(full_train.classes),
@@ -84,18 +106,25 @@ def run(args) -> int:
     n_params = sum(int(a.size) for a in jax.tree_util.tree_leaves(params))
     if not args.quiet:
         where = f" on {mesh.size} devices" if mesh is not None else ""
+        momentum = f"momentum {recipe['momentum']}, " if recipe["optimizer"] == "sgd" else ""
+        extras = (", augmented" if augment else "") + (f", {args.precision}" if extra else "") + ("" if args.formulation == "auto" else f", {args.formulation}")
         print(f"training {recipe['model']} ({n_params:,} params){where} on {args.data}: {len(x_train):,} train / {len(val_idx):,} validation / "
-              f"{len(x_test):,} test images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, SGD lr {recipe['lr']} ({recipe['schedule']}), "
-              f"momentum {recipe['momentum']}, weight decay {recipe['weight_decay']}; run directory {out}", flush=True)  # fmt: skip
+              f"{len(x_test):,} test images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, {recipe['optimizer']} lr {recipe['lr']} "
+              f"({recipe['schedule']}), {momentum}weight decay {recipe['weight_decay']}{extras}; run directory {out}", flush=True)  # fmt: skip
     t0 = time.perf_counter()
+    def forced():  # the --formulation of the ops traced inside (the step is traced on its first call, in fit)
+        return contextlib.nullcontext() if args.formulation == "auto" else formulation(args.formulation)
+
     try:
-        params, history = fit(
-            model, params, (x_train, y_train), epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-            optimizer=optimizer, key=fit_key, eval_data=validation, checkpoint_dir=out,
-            resume=args.resume, metadata=metadata, quiet=args.quiet, mesh=mesh,
-            epoch_callbacks=() if args.quiet else (ConsoleLog(eval_label="val"),),
-            on_nonfinite="skip" if args.skip_nonfinite else "stop",
-        )  # fmt: skip
+        with forced():
+            result = fit(
+                model, params, (x_train, y_train), epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+                optimizer=optimizer, key=fit_key, eval_data=validation, checkpoint_dir=out,
+                resume=args.resume, metadata=metadata, quiet=args.quiet, mesh=mesh,
+                epoch_callbacks=() if args.quiet else (ConsoleLog(eval_label="val"),),
+                on_nonfinite="skip" if args.skip_nonfinite else "stop", model_state=model_state, augment=augment,
+            )  # fmt: skip
+        params, history = result
     except KeyboardInterrupt as exc:
         for line in (str(exc), *getattr(exc, "__notes__", ())):
             if line:
@@ -105,7 +134,8 @@ def run(args) -> int:
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    loss, acc, preds = evaluate(model, params, (x_test, test_set.labels))  # the test set, once, at the end
+    with forced():
+        loss, acc, preds = evaluate(model, params, (x_test, test_set.labels), model_state=result.model_state)  # the test set, once, at the end
     if not writer:
         return 0
     record = dict(history, validation=metadata["validation"], test_loss=loss, test_accuracy=acc)

@@ -22,23 +22,33 @@ def run(args) -> int:
     from tinyfn.train import CheckpointError, checkpoint_path, load_model
 
     try:
-        model, params, meta = load_model(args.checkpoint)
+        loaded = load_model(args.checkpoint)
+        model, params, meta = loaded
         out = args.out or checkpoint_path(args.checkpoint).parent / "visualize"
-        paths = make_figures(model, params, meta, data=args.data, layer=args.layer, channels=args.channels, k=args.k, n_images=args.images, out=out)
+        paths, notes = make_figures(model, params, meta, model_state=loaded.model_state, data=args.data, layer=args.layer, channels=args.channels, k=args.k, n_images=args.images, out=out)
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for p in paths:
         print(p)
+    for note in notes:
+        print(note, file=sys.stderr)
     return 0
 
 
-def make_figures(model, params, meta, *, data=None, layer=None, channels=None, k=9, n_images=4, out):
-    """Write the figures for ``model`` into ``out``; returns their paths."""
+def make_figures(model, params, meta, *, model_state=None, data=None, layer=None, channels=None, k=9, n_images=4, out):
+    """Write the figures for ``model`` into ``out``; returns ``(paths, notes)``: the figures written, and why any was not.
+
+    A stateful model (batch norm) runs in evaluation mode with ``model_state``. The
+    DeconvNet walk passes conv, pool, ReLU, linear, flatten and dropout layers only:
+    a conv layer above a batch norm or residual block gets its filters, top
+    activations and feature maps, and the projections stop with a note naming the layer.
+    """
     import jax
 
     from tinyfn import data as D
     from tinyfn.visualize import (
+        check_walkable,
         guided_backprop,
         layer_table,
         make_projector,
@@ -61,18 +71,28 @@ def make_figures(model, params, meta, *, data=None, layer=None, channels=None, k
     convs = [t for t in table if t.layer.name == "Conv2D"]
     chosen = [resolve_layer(model, layer)] if layer is not None else convs
     if not chosen:
-        raise ValueError("the model has no Conv2D layer to visualize; pass --layer")
+        raise ValueError("the model has no Conv2D layer at the top level to visualize; pass --layer")
     out = Path(out)
     paths = []
     if convs:
         w = np.asarray(convs[0].params(params)["w"])
         paths.append(_written(plot_filters, w, out / f"filters_{convs[0].name}.png", title=f"{convs[0].name}: the {w.shape[0]} learned filters"))
     shape = (None, *x.shape[1:])
+    notes = []
     for info in chosen:
-        n_maps = jax.eval_shape(lambda p, x: record(model, p, x, upto=info.index).outputs[-1], params, x[:1]).shape[1]
-        maps = list(range(min(8, n_maps))) if channels is None else list(channels)
-        top = top_activations(model, params, x, info.index, maps, k=k)
-        project = make_projector(model, info.index, rule="deconvnet", mode="max")
+        rec = record(model, params, x[:1], upto=info.index, model_state=model_state)
+        act = np.asarray(rec.outputs[-1][0])
+        if act.ndim == 3:
+            title = f"{info.name}: the {act.shape[0]} feature maps of test image 0 ({classes[int(test.labels[0])]})"
+            paths.append(_written(plot_feature_maps, act, out / f"feature_maps_{info.name}.png", title=title, image=test.images[0]))
+        try:
+            check_walkable(model, info.index, op="visualize")
+        except ValueError as exc:
+            notes.append(f"no deconv_{info.name}.png: {exc}")
+            continue
+        maps = list(range(min(8, act.shape[0]))) if channels is None else list(channels)
+        top = top_activations(model, params, x, info.index, maps, k=k, model_state=model_state)
+        project = make_projector(model, info.index, rule="deconvnet", mode="max", model_state=model_state)
         projections, patches = [], []
         for row, c in enumerate(maps):
             imgs = x[top.images[row]]
@@ -81,16 +101,16 @@ def make_figures(model, params, meta, *, data=None, layer=None, channels=None, k
             projections.append([p[:, r0:r1, c0:c1] for p, (r0, r1, c0, c1) in zip(proj, boxes)])
             patches.append([img[:, r0:r1, c0:c1] for img, (r0, r1, c0, c1) in zip(test.images[top.images[row]], boxes)])
         paths.append(_written(plot_deconv_grid, projections, patches, out / f"deconv_{info.name}.png", layer=info.name, channels=maps, image_indices=top.images))
-        rec = record(model, params, x[:1], upto=info.index)
-        act = np.asarray(rec.outputs[-1][0])
-        if act.ndim == 3:
-            title = f"{info.name}: the {act.shape[0]} feature maps of test image 0 ({classes[int(test.labels[0])]})"
-            paths.append(_written(plot_feature_maps, act, out / f"feature_maps_{info.name}.png", title=title, image=test.images[0]))
     # the three rules side by side, for the predicted class of one image per class
+    last = len(table) - 1
+    try:
+        check_walkable(model, last, op="visualize")
+    except ValueError as exc:
+        notes.append(f"no comparison.png: {exc}")
+        return paths, notes
     picks = [int(np.flatnonzero(test.labels == c)[0]) for c in range(min(n_images, len(classes)))]
     logits = np.asarray(model.apply(params, x[picks]))
     cols = {"deconvnet": [], "saliency": [], "guided backprop": []}
-    last = len(table) - 1
     project_class = make_projector(model, last, rule="deconvnet", mode="max")
     for i, pred in zip(picks, logits.argmax(axis=1)):
         deconv = project_class(params, x[i : i + 1], int(pred))
@@ -99,7 +119,7 @@ def make_figures(model, params, meta, *, data=None, layer=None, channels=None, k
         cols["guided backprop"].append(np.asarray(guided_backprop(model, params, x[i], int(pred))))
     titles = [f"image {i}: {classes[int(test.labels[i])]} → {classes[int(p)]}" for i, p in zip(picks, logits.argmax(axis=1))]
     paths.append(_written(plot_comparison, test.images[picks], {k_: np.stack(v) for k_, v in cols.items()}, out / "comparison.png", row_titles=titles, title="the predicted class score mapped back to pixels"))
-    return paths
+    return paths, notes
 
 
 def _written(plot, *args, **kwargs) -> Path:

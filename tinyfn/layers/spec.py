@@ -27,6 +27,7 @@ from tinyfn.layers.dropout import Dropout
 from tinyfn.layers.linear import Linear
 from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm
 from tinyfn.layers.pool import MaxPool2D
+from tinyfn.layers.precision import Float32
 from tinyfn.layers.reshape import Flatten
 
 __all__ = ["to_spec", "from_spec", "register_layer", "LAYERS"]
@@ -44,6 +45,7 @@ LAYERS: dict[str, tuple[Callable[..., Layer], bool]] = {
     "LogSoftmax": (LogSoftmax, False),
     "Flatten": (Flatten, False),
     "Dropout": (Dropout, False),
+    "Float32": (Float32, False),
     "BatchNorm1D": (BatchNorm1D, False),
     "BatchNorm2D": (BatchNorm2D, False),
     "LayerNorm": (LayerNorm, False),

@@ -1,12 +1,12 @@
-"""Training: an optax-free SGD, a jitted step, the fit loop, checkpoints and plots.
+"""Training: optax-protocol optimizers (no optax dependency), a jitted step, the fit loop, augmentation, checkpoints and plots.
 
 A library: nothing here parses arguments or prints. ``fit`` reports through
 callbacks (``StepInfo`` per step, ``EpochSummary`` per epoch; ``ConsoleLog`` is
 the default epoch line), and the plots return ``matplotlib`` figures.
 """
 
-from tinyfn.train.checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, checkpoint_path, load_checkpoint, load_model, save_checkpoint
-from tinyfn.train.loop import Interrupted, evaluate, fit
+from tinyfn.train.checkpoint import CHECKPOINT_NAME, Checkpoint, LoadedModel, model_record, CheckpointError, checkpoint_path, load_checkpoint, load_model, save_checkpoint
+from tinyfn.train.loop import FitResult, Interrupted, evaluate, fit
 from tinyfn.train.parallel import data_mesh, is_writer
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
 from tinyfn.train.optim import (
@@ -39,6 +39,7 @@ __all__ = [
     "make_eval_step",
     "accuracy",
     "fit",
+    "FitResult",
     "evaluate",
     "StepInfo",
     "EpochSummary",
@@ -48,6 +49,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
+    "LoadedModel",
+    "model_record",
     "checkpoint_path",
     "Checkpoint",
     "CheckpointError",

@@ -2,7 +2,8 @@
 
 Tensor names are the flattened pytree paths: ``"0.w"``, ``"3.b"`` for a
 ``serial`` model's params, ``"opt_state.velocity.0.w"`` for the optimizer
-state, ``"key"`` for the random key's data. One JSON metadata entry holds the
+state, ``"model_state.1.mean"`` for the model's state (batch norm's running
+statistics), ``"key"`` for the random key's data. One JSON metadata entry holds the
 format version, the tinyfn version, the pytree structures, and whatever the
 caller adds (model name and configuration, normalisation, history...).
 Writes are atomic (temporary file, then rename) and respect the umask; no
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 
 from tinyfn._files import atomic_write
 
-__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_path", "CHECKPOINT_NAME", "FORMAT_VERSION"]
+__all__ = ["LoadedModel", "model_record", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_path", "CHECKPOINT_NAME", "FORMAT_VERSION"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the checkpoint's name inside a run directory
 FORMAT_VERSION = 1
@@ -42,6 +43,7 @@ class Checkpoint(NamedTuple):
     step: int | None
     key: Any
     metadata: dict
+    model_state: Any = None  # the model's state (batch norm's running statistics); None if none was saved
 
 
 def _key_name(entry) -> str:
@@ -84,25 +86,28 @@ def restore_like(tree, template, *, what: str = "opt_state"):
     """``tree``'s arrays in ``template``'s pytree structure (e.g. an optimizer's NamedTuple state from
     ``optimizer.init(params)``), matched leaf by leaf in order; a count or shape mismatch raises ``CheckpointError``."""
     leaves, (ref, treedef) = jax.tree_util.tree_leaves(tree), jax.tree_util.tree_flatten(template)
+    shape = lambda a: tuple(a.shape) if hasattr(a, "shape") else np.shape(a)  # noqa: E731  (arrays or ShapeDtypeStructs)
     if len(leaves) != len(ref):
-        raise CheckpointError(f"{what} holds {len(leaves)} arrays but the optimizer's state has {len(ref)}: another optimizer wrote it")
+        raise CheckpointError(f"{what} holds {len(leaves)} arrays but the expected {what} has {len(ref)}: another optimizer or model wrote it")
     for i, (a, b) in enumerate(zip(leaves, ref)):
-        if np.shape(a) != np.shape(b) and not (np.size(a) == 1 and np.shape(b) == ()):  # older files stored scalars as (1,)
-            raise CheckpointError(f"{what} array {i} has shape {np.shape(a)}, the optimizer's state expects {np.shape(b)}")
-    values = [jnp.asarray(a, dtype=getattr(b, "dtype", None)).reshape(np.shape(b)) for a, b in zip(leaves, ref)]
-    return jax.tree_util.tree_unflatten(treedef, values)
+        if shape(a) != shape(b) and not (shape(b) == () and shape(a) == (1,)):  # (1,): a scalar as older versions saved it
+            raise CheckpointError(f"{what} array {i} has shape {shape(a)}, the expected {what} has {shape(b)}")
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype=getattr(b, "dtype", None)).reshape(shape(b)) for a, b in zip(leaves, ref)])
 
 
 def _flatten(tree, prefix: str) -> dict[str, np.ndarray]:
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name = prefix + ".".join(_key_name(p) for p in path)
-        out[name] = np.asarray(leaf).copy(order="C")  # (ascontiguousarray would turn a scalar into shape (1,))
+        out[name] = np.require(np.asarray(leaf), requirements="C")  # C order, and a scalar stays 0-d
     return out
 
 
-def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metadata=None) -> Path:
-    """Write ``params`` (and optionally the optimizer state, step and key) to ``path`` atomically.
+def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metadata=None, model_state=None) -> Path:
+    """Write ``params`` (and optionally the optimizer state, step, key and model state) to ``path`` atomically.
+
+    ``model_state`` (from ``tinyfn.layers.init_with_state``; ``{}`` or ``None``
+    for a stateless model) is stored as its own group of tensors, ``model_state.*``.
 
     ``metadata`` must be JSON-serialisable. An existing file at ``path`` is only
     replaced once the new one is completely written.
@@ -113,6 +118,8 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
     tensors = _flatten(params, "")
     if opt_state is not None:
         tensors.update(_flatten(opt_state, "opt_state."))
+    if model_state is not None:
+        tensors.update(_flatten(model_state, "model_state."))
     if key is not None:
         tensors["key"] = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
     from tinyfn import __version__
@@ -122,6 +129,7 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
         "tinyfn_version": __version__,
         "params_structure": _structure(params, ""),
         "opt_state_structure": None if opt_state is None else _structure(opt_state, "opt_state."),
+        "model_state_structure": None if model_state is None else _structure(model_state, "model_state."),
         "step": None if step is None else int(step),
         "has_key": key is not None,
         "metadata": metadata or {},
@@ -233,11 +241,14 @@ def load_checkpoint(path, like=None) -> Checkpoint:
         names = _leaf_names(meta["params_structure"])
         if meta.get("opt_state_structure"):
             names += _leaf_names(meta["opt_state_structure"])
+        if meta.get("model_state_structure"):
+            names += _leaf_names(meta["model_state_structure"])
         missing = [n for n in names if n not in tensors]
         if missing:
             raise CheckpointError(f"{path}: tensor '{missing[0]}' is listed in the metadata but missing from the file")
         params = _rebuild(meta["params_structure"], tensors)
         opt_state = _rebuild(meta["opt_state_structure"], tensors) if meta.get("opt_state_structure") else None
+        model_state = _rebuild(meta["model_state_structure"], tensors) if meta.get("model_state_structure") else None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, CheckpointError):
             raise
@@ -245,7 +256,7 @@ def load_checkpoint(path, like=None) -> Checkpoint:
     if like is not None:
         _check_like(path, params, like)
     key = jax.random.wrap_key_data(jnp.asarray(tensors["key"])) if meta.get("has_key") and "key" in tensors else None
-    return Checkpoint(params, opt_state, meta.get("step"), key, meta.get("metadata", {}))
+    return Checkpoint(params, opt_state, meta.get("step"), key, meta.get("metadata", {}), model_state)
 
 
 def checkpoint_path(path_or_run_dir) -> Path:
@@ -258,27 +269,72 @@ def checkpoint_path(path_or_run_dir) -> Path:
     return path
 
 
-def load_model(path_or_run_dir):
+class LoadedModel(tuple):
+    """``load_model``'s result: unpacks as ``(model, params, metadata)``; ``model_state`` is the model's state
+    (``{}`` for a stateless model; batch norm's running statistics otherwise)."""
+
+    def __new__(cls, model, params, metadata, model_state):
+        loaded = super().__new__(cls, (model, params, metadata))
+        loaded.model_state = model_state
+        return loaded
+
+    model = property(lambda self: self[0])
+    params = property(lambda self: self[1])
+    metadata = property(lambda self: self[2])
+
+
+def model_record(model, input_shape, **extra) -> dict:
+    """The metadata entry ``"model"`` that ``load_model`` rebuilds from: the architecture (``to_spec``),
+    the input shape without the batch, and ``extra`` (e.g. the registry ``name`` and ``kwargs``)."""
+    from tinyfn.layers import to_spec
+
+    return {**extra, "spec": to_spec(model), "input_shape": [int(d) for d in input_shape]}
+
+
+def _rebuild_model(path, record):
+    from tinyfn.layers import from_spec
+    from tinyfn.models import get_model
+
+    if "spec" in record:
+        try:
+            return from_spec(record["spec"], _where="model")
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: cannot rebuild the recorded model: {exc}") from None
+    try:  # checkpoints written before the architecture was recorded: a registry name and its kwargs
+        return get_model(record["name"], **record.get("kwargs", {}))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild model {record!r}: {exc}") from None
+
+
+def load_model(path_or_run_dir) -> LoadedModel:
     """``(model, params, metadata)`` from a checkpoint that records its model (as ``python -m tinyfn train`` writes).
 
     ``path_or_run_dir`` is a ``.safetensors`` file or a run directory holding
-    ``CHECKPOINT_NAME``. The model is rebuilt from the registry
-    ``tinyfn.models.MODELS`` with the recorded configuration, and the stored
-    params are checked against its shapes; a mismatch raises
-    ``CheckpointError`` naming the first difference.
+    ``CHECKPOINT_NAME``. The model is rebuilt from the recorded architecture
+    (``metadata["model"]["spec"]``, written by ``model_record`` from
+    ``tinyfn.layers.to_spec``: any model composed of built-in or registered layers;
+    a layer tinyfn does not know is named in the error), or, for older checkpoints,
+    from the registry ``tinyfn.models.MODELS`` by name and kwargs. The stored params
+    (and model state) are checked against the model's shapes; a mismatch raises
+    ``CheckpointError`` naming the first difference. The result unpacks as three;
+    its ``model_state`` attribute holds the model's state for ``apply_with_state``.
     """
-    from tinyfn.models import get_model
+    from tinyfn.layers import init_with_state
 
     path = checkpoint_path(path_or_run_dir)
     meta = load_checkpoint(path).metadata
-    spec = meta.get("model")
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise CheckpointError(f"{path} does not record its model (metadata 'model': {{'name', 'kwargs', 'input_shape'}})")
-    try:
-        model = get_model(spec["name"], **spec.get("kwargs", {}))
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild model {spec!r}: {exc}") from None
-    input_shape = tuple(spec.get("input_shape", (1, 28, 28)))
-    like = jax.eval_shape(lambda k: model.init(k, (None, *input_shape))[1], jax.random.key(0))
+    record = meta.get("model")
+    if not isinstance(record, dict) or not ("spec" in record or "name" in record):
+        raise CheckpointError(f"{path} does not record its model (metadata 'model': {{'spec', 'input_shape'}}, see model_record)")
+    model = _rebuild_model(path, record)
+    input_shape = tuple(record.get("input_shape", (1, 28, 28)))
+    _, like, like_state = jax.eval_shape(lambda k: init_with_state(model, k, (None, *input_shape)), jax.random.key(0))
     ckpt = load_checkpoint(path, like=like)
-    return model, ckpt.params, ckpt.metadata
+    state = ckpt.model_state
+    if state is None:
+        if jax.tree_util.tree_leaves(like_state):
+            raise CheckpointError(f"{path}: the model carries state (running statistics) but the checkpoint holds none")
+        state = {}
+    else:
+        state = restore_like(state, like_state, what="model_state")
+    return LoadedModel(model, ckpt.params, ckpt.metadata, state)

@@ -23,13 +23,15 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from tinyfn.layers import apply_with_state, has_state, init_with_state
 from tinyfn.losses import softmax_cross_entropy
 from tinyfn.train import parallel
 from tinyfn.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_like, save_checkpoint
 from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, progress_bar
+from tinyfn.train.optim import as_gradient_transformation
 from tinyfn.train.step import make_eval_step, make_train_step
 
-__all__ = ["fit", "evaluate", "StepInfo", "EpochSummary", "Interrupted", "HISTORY_KEYS", "CHECKPOINT_NAME"]
+__all__ = ["fit", "FitResult", "evaluate", "StepInfo", "EpochSummary", "Interrupted", "HISTORY_KEYS", "CHECKPOINT_NAME"]
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "images_per_second", "epoch_time", "wall_time", "skipped_steps")
 
@@ -66,15 +68,51 @@ class _DeferredSignals:
         return False
 
 
-def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cross_entropy, eval_step=None):
-    """Mean loss, accuracy and the predictions of ``model`` on ``data = (x, y)``, in batches."""
+class FitResult(tuple):
+    """What ``fit`` returns: unpacks as ``(params, history)``, as it always has; ``model_state`` holds the model's
+    state after training (batch norm's running statistics; ``{}`` for a stateless model)::
+
+        params, history = fit(...)           # any model
+        result = fit(...); result.model_state  # the state to evaluate a stateful model with
+    """
+
+    def __new__(cls, params, history, model_state):
+        result = super().__new__(cls, (params, history))
+        result.model_state = model_state
+        return result
+
+    params = property(lambda self: self[0])
+    history = property(lambda self: self[1])
+
+
+def _initial_state(model, params, x_shape, op):
+    """A stateful model's initial state (deterministic: batch norm starts at mean 0, variance 1), ``{}`` for the others."""
+    if not has_state(model):
+        return {}
+    _, like, state = init_with_state(model, jax.random.key(0), (None, *x_shape))
+    if jax.tree_util.tree_structure(like) != jax.tree_util.tree_structure(params):
+        raise ValueError(f"{op}: params do not match the model's structure; pass model_state= from tinyfn.layers.init_with_state")
+    return state
+
+
+def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cross_entropy, eval_step=None, model_state=None):
+    """Mean loss, accuracy and the predictions of ``model`` on ``data = (x, y)``, in batches.
+
+    The model runs in evaluation mode. A stateful model (batch norm) needs its
+    ``model_state`` (``fit(...).model_state`` or ``load_model(...).model_state``);
+    ``eval_step`` is a ``make_eval_step(model, loss_fn, with_state=True)``.
+    """
     x, y = data
     n = len(y)
-    eval_step = eval_step or make_eval_step(model, loss_fn)
+    if model_state is None:
+        if has_state(model):
+            raise ValueError(f"evaluate: the model carries state ({model.name}: running statistics); pass model_state= (from fit(...).model_state or load_model(...).model_state)")
+        model_state = {}
+    eval_step = eval_step or make_eval_step(model, loss_fn, with_state=True)
     loss = correct = 0.0
     preds = []
     for start in range(0, n, batch_size):
-        m = eval_step(params, jnp.asarray(x[start : start + batch_size]), jnp.asarray(y[start : start + batch_size]))
+        m = eval_step(params, model_state, jnp.asarray(x[start : start + batch_size]), jnp.asarray(y[start : start + batch_size]))
         m = jax.device_get(m)
         size = min(batch_size, n - start)
         loss += float(m["loss"]) * size
@@ -89,6 +127,7 @@ class _Run:
 
     params: object
     opt_state: object
+    model_state: object
     epoch: int = 0  # 0-based epoch in progress
     batch: int = 0  # steps of that epoch already taken
     loss_sum: float = 0.0  # over the finite steps of the epoch so far
@@ -118,7 +157,10 @@ def _check_labels(model, params, x, y, name):
     """Integer labels must index the model's outputs: out-of-range ones would train on garbage silently."""
     if not np.issubdtype(y.dtype, np.integer) or len(y) == 0:
         return
-    out = jax.eval_shape(lambda p, a: model.apply(p, a), params, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+    def logits(p, a):  # the initial state is enough for the shape: traced, never run
+        return apply_with_state(model, p, init_with_state(model, jax.random.key(0), a.shape)[2], a)[0]
+
+    out = jax.eval_shape(logits, params, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
     if len(out.shape) != 2:
         return
     lo, hi = int(y.min()), int(y.max())
@@ -156,7 +198,7 @@ def _resolve_mesh(mesh, devices, batch_size):
 
 
 def _restore(ckpt_path, run: _Run, key) -> _Run:
-    """The run saved at ``ckpt_path``: params, optimizer state, position, history; refused if another key wrote it."""
+    """The run saved at ``ckpt_path``: params, optimizer and model state, position, history; refused if another key wrote it."""
     if ckpt_path is None or not ckpt_path.is_file():
         raise FileNotFoundError(f"fit: resume=True but there is no checkpoint to resume from at {ckpt_path}")
     ckpt = load_checkpoint(ckpt_path, like=run.params)
@@ -166,8 +208,11 @@ def _restore(ckpt_path, run: _Run, key) -> _Run:
     if not np.array_equal(jax.random.key_data(ckpt.key), jax.random.key_data(key)):
         raise ValueError(f"fit: {ckpt_path} was written by a run with another key (seed); resume with the same seed")
     history = {k: list(ckpt.metadata.get("history", {}).get(k, [])) for k in HISTORY_KEYS}
+    if ckpt.model_state is None and jax.tree_util.tree_leaves(run.model_state):
+        raise ValueError(f"fit: {ckpt_path} holds no model state (running statistics) but the model carries state; it cannot be resumed")
+    model_state = restore_like(ckpt.model_state, run.model_state, what="model_state") if ckpt.model_state is not None else run.model_state
     return _Run(
-        ckpt.params, restore_like(ckpt.opt_state, run.opt_state), pos["epoch"], pos["batch"],
+        ckpt.params, restore_like(ckpt.opt_state, run.opt_state), model_state, pos["epoch"], pos["batch"],
         pos["loss_sum"], pos["accuracy_sum"], pos["count"], 0, history, history["wall_time"][-1] if history["wall_time"] else 0.0,
     )  # fmt: skip
 
@@ -190,7 +235,9 @@ class _Saver:
         meta = dict(self.metadata, position=run.position(batch), history=run.history)
         local = lambda tree: jax.tree_util.tree_map(_one_copy, tree)  # noqa: E731
         step = run.epoch * self.steps + batch
-        return save_checkpoint(self.path, local(run.params), opt_state=local(run.opt_state), step=step, key=self.key, metadata=meta)
+        return save_checkpoint(
+            self.path, local(run.params), opt_state=local(run.opt_state), model_state=local(run.model_state), step=step, key=self.key, metadata=meta,
+        )  # fmt: skip
 
 
 def _placement(mesh, batch_size):
@@ -229,7 +276,7 @@ def _train_epoch(run: _Run, data, *, train_step, put, key, batch_size, steps, ep
     batch = first
     try:
         for batch in range(first, steps):
-            run.params, run.opt_state, m = train_step(run.params, run.opt_state, *staged)
+            run.params, run.model_state, run.opt_state, m = train_step(run.params, run.model_state, run.opt_state, *staged)
             staged = batch_at(batch + 1) if batch + 1 < steps else None
             m = jax.device_get(m)
             finite = bool(m["finite"])
@@ -267,7 +314,7 @@ def _train_epoch(run: _Run, data, *, train_step, put, key, batch_size, steps, ep
 
 def _close_epoch(run: _Run, *, rate, epoch_time, evaluate_now, epochs, wall_time) -> EpochSummary:
     """Evaluate, append the epoch to ``run.history`` and return its summary."""
-    eval_loss, eval_accuracy = evaluate_now(run.params) if evaluate_now is not None else (float("nan"), float("nan"))
+    eval_loss, eval_accuracy = evaluate_now(run.params, run.model_state) if evaluate_now is not None else (float("nan"), float("nan"))
     summary = EpochSummary(
         run.epoch + 1, epochs, run.loss_sum / run.count if run.count else float("nan"), run.accuracy_sum / run.count if run.count else float("nan"),
         eval_loss, eval_accuracy, rate, epoch_time, run.skipped,
@@ -301,8 +348,25 @@ def fit(
     mesh=None,
     devices=None,
     on_nonfinite: str = "stop",
-):
+    model_state=None,
+    augment=None,
+) -> FitResult:
     """Train ``model`` from ``params`` with mini-batch ``optimizer`` steps; returns ``(params, history)``.
+
+    ``optimizer`` is a gradient transformation: tinyfn's ``sgd``/``adam``/``adamw``/``chain``
+    or any optax one (``optax.adam(1e-3)``); its state is checkpointed and resumed too.
+
+    The result is a ``FitResult``: it unpacks as ``(params, history)``, and
+    ``result.model_state`` is the model's state after training. A stateful model
+    (batch norm) trains its statistics in training mode and is evaluated with
+    them; ``model_state`` starts it from a given state (default: the model's
+    initial one, from ``tinyfn.layers.init_with_state``). The checkpoint stores
+    the state (tensors ``model_state.*``) and resume restores it.
+
+    ``augment`` (a function ``(key, x) -> x``, e.g.
+    ``tinyfn.train.augment.compose(random_crop(2), random_flip())``) runs on the
+    device inside the compiled step, keyed from the step's key (see
+    ``make_train_step``): augmented runs reproduce and resume bit for bit.
 
     Each epoch visits ``len(train_data) // batch_size`` batches (the remainder is
     dropped) in the order ``permutation(fold_in(key, epoch))``; the key of each
@@ -337,30 +401,38 @@ def fit(
 
     Data parallel: with ``mesh`` (a ``jax.sharding.Mesh`` with a ``"data"``
     axis) or ``devices`` (a count or a list, see ``tinyfn.train.data_mesh``),
-    every batch is placed split over the devices, params and optimizer state are
-    replicated and XLA all-reduces the gradients; ``batch_size`` must divide by
+    every batch is placed split over the devices, params, optimizer and model state
+    are replicated and XLA all-reduces the gradients (and batch norm's statistics,
+    which are over the global batch); ``batch_size`` must divide by
     the device count. Same seed and global batch, same result as on one device
     (up to float32 summation order). Only process 0 writes checkpoints.
     """
+    optimizer = as_gradient_transformation(optimizer, op="fit")  # never an optax update taken for the new params
     x, y, eval_data = _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_size, on_nonfinite)
     mesh = _resolve_mesh(mesh, devices, batch_size)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     steps = len(y) // batch_size
     params = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), params)  # the step donates its inputs: not the caller's
-    run = _Run(params, optimizer.init(params))
+    if model_state is None:
+        model_state = _initial_state(model, params, x.shape[1:], "fit")
+    model_state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), model_state)
+    run = _Run(params, optimizer.init(params), model_state)
     if resume:
         run = _restore(ckpt_path, run, key)
     saver = _Saver(ckpt_path, key=key, metadata=metadata, epochs=epochs, batch_size=batch_size, steps=steps)
     if epoch_callbacks is None:
         epoch_callbacks = () if quiet else (ConsoleLog(),)
 
-    train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh)
+    train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh, with_state=True, augment=augment)
     evaluate_now = None
     if eval_data is not None:
-        eval_step = make_eval_step(model, loss_fn)
-        evaluate_now = lambda p: evaluate(model, p, eval_data, batch_size=eval_batch_size, loss_fn=loss_fn, eval_step=eval_step)[:2]  # noqa: E731
+        eval_step = make_eval_step(model, loss_fn, with_state=True)
+
+        def evaluate_now(p, s):
+            return evaluate(model, p, eval_data, batch_size=eval_batch_size, loss_fn=loss_fn, eval_step=eval_step, model_state=s)[:2]
+
     if mesh is not None:
-        run.params, run.opt_state = parallel.replicate((run.params, run.opt_state), mesh)
+        run.params, run.opt_state, run.model_state = parallel.replicate((run.params, run.opt_state, run.model_state), mesh)
     put = _placement(mesh, batch_size)
     t_start = time.perf_counter() - run.wall_offset
 
@@ -377,4 +449,4 @@ def fit(
                 callback(summary)
             if signals.signum is not None and run.epoch < epochs:  # a signal during evaluation: stop at the epoch boundary
                 raise Interrupted(_stopped(signals.signum, run.epoch, 0, steps, path), signals.signum)
-        return run.params, run.history
+        return FitResult(run.params, run.history, run.model_state)

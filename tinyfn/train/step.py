@@ -25,7 +25,9 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]))
 
 
-def make_train_step(model: Layer, loss_fn, optimizer: GradientTransformation, *, donate: bool = True, mesh=None, with_state: bool | None = None):
+def make_train_step(
+    model: Layer, loss_fn, optimizer: GradientTransformation, *, donate: bool = True, mesh=None, with_state: bool | None = None, augment=None,
+):
     """A jitted training step.
 
     Without model state (the default for a stateless ``model``)::
@@ -55,8 +57,17 @@ def make_train_step(model: Layer, loss_fn, optimizer: GradientTransformation, *,
     metrics are replicated, and XLA inserts the all-reduce of the gradients (and
     of batch statistics: they are over the global batch). The batch size must
     divide by the number of devices.
+
+    ``augment`` (a function ``(key, x) -> x`` such as
+    ``tinyfn.train.augment.compose(random_crop(2), random_flip())``) transforms
+    the batch on the device inside the compiled step, before the forward pass.
+    Its key and the model's (dropout) key are ``jax.random.split(key)``, so the
+    same step key gives the same augmented batch: a run stays reproducible and
+    resumes bit-identically. Without ``augment`` the model gets ``key`` itself.
     """
     optimizer = as_gradient_transformation(optimizer, op="make_train_step")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"make_train_step: augment must be a function (key, x) -> x, got {type(augment).__name__}")
     with_state = has_state(model) if with_state is None else bool(with_state)
     if has_state(model) and not with_state:
         raise ValueError(
@@ -67,6 +78,9 @@ def make_train_step(model: Layer, loss_fn, optimizer: GradientTransformation, *,
     def stateful_step(params, model_state, opt_state, x, y, key):
         if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data (uint32), as fit stages it
             key = jax.random.wrap_key_data(key)
+        if augment is not None:
+            key, augment_key = jax.random.split(key)
+            x = augment(augment_key, x)
 
         def objective(p):
             logits, new_model_state = apply_with_state(model, p, model_state, x, key=key, train=True)

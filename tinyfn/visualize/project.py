@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from tinyfn.layers import conv2d, deconv2d, deconv_output_size, linear, max_unpool2d, relu
-from tinyfn.visualize.record import LayerInfo, Recording, layer_table, record, resolve_layer
+from tinyfn.visualize.record import LayerInfo, Recording, check_state, layer_table, record, resolve_layer
 
 if TYPE_CHECKING:
     from tinyfn.layers import Layer
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 LayerRef = Union[str, int, LayerInfo]  # a layer's name ("conv2"), flat index, or table entry
 Channel = Union[int, np.integer, jax.Array]  # an integer scalar
 
-__all__ = ["RULES", "MODES", "select", "check_channel", "project_down", "deconvnet", "saliency", "guided_backprop", "make_projector", "receptive_field"]
+__all__ = ["RULES", "MODES", "check_walkable", "select", "check_channel", "project_down", "deconvnet", "saliency", "guided_backprop", "make_projector", "receptive_field"]
 
 RULES = ("deconvnet", "saliency", "guided")
 MODES = ("max", "topk", "all")
@@ -52,6 +52,20 @@ def _relu_back(rule, g, x):
     if rule == "saliency":
         return jnp.where(x > 0, g, zero)
     return jnp.where((x > 0) & (g > 0), g, zero)
+
+
+_WALKABLE = ("Conv2D", "Deconv2D", "MaxPool2D", "ReLU", "Linear", "Flatten", "Dropout")
+
+
+def check_walkable(model: Layer, layer: LayerRef, *, op: str = "make_projector"):
+    """Refuse, naming it, the first layer up to ``layer`` that the walk down cannot pass (batch norm, a residual block...)."""
+    info = resolve_layer(model, layer)
+    for below in layer_table(model)[: info.index + 1]:
+        if below.layer.name not in _WALKABLE:
+            raise ValueError(
+                f"{op}: cannot project through layer {below.name!r} ({below.layer.name}): only {', '.join(_WALKABLE)} have a "
+                f"transposed map here; choose a layer before it (feature maps and top activations work for every layer)"
+            )
 
 
 def _step_down(info: LayerInfo, params, rec: Recording, g, rule: str):
@@ -164,7 +178,7 @@ def _as_batch(x):
 
 
 def make_projector(
-    model: Layer, layer: LayerRef, *, rule: str = "deconvnet", mode: str = "max", k: int = 9, values: bool | None = None
+    model: Layer, layer: LayerRef, *, rule: str = "deconvnet", mode: str = "max", k: int = 9, values: bool | None = None, model_state=None,
 ) -> Callable[[Any, jax.Array, Channel], jax.Array]:
     """A ``(params, x, channel) -> projection`` for repeated use, compiled once per input shape.
 
@@ -175,26 +189,30 @@ def make_projector(
     ``channel``) an out-of-range channel gives an all-NaN projection, never a
     plausible picture. ``values`` (seed the walk with the kept activations, or
     with ones) defaults to ``True`` for the DeconvNet and ``False`` (a
-    gradient) for the others.
+    gradient) for the others. A stateful model is recorded in evaluation mode
+    with ``model_state``; a layer the walk cannot pass (batch norm, a residual
+    block) at or below ``layer`` is refused here, by name.
     """
     info = resolve_layer(model, layer)
+    model_state = check_state(model, model_state, op="make_projector")
     if rule not in RULES:
         raise ValueError(f"make_projector: rule must be one of {RULES}, got {rule!r}")
     if mode not in MODES:
         raise ValueError(f"make_projector: mode must be one of {MODES}, got {mode!r}")
     values = rule == "deconvnet" if values is None else values
+    check_walkable(model, info.index)
     counts: dict = {}
 
     @jax.jit
     def walk(params, x, channel):
-        rec = record(model, params, x, upto=info.index)
+        rec = record(model, params, x, upto=info.index, model_state=model_state)
         seed = select(rec.outputs[info.index], channel, mode, k, values=values)
         return project_down(model, params, rec, info.index, seed, rule)
 
     def project(params, x, channel):
         shapes = (jnp.shape(x), jnp.result_type(x), tuple(jnp.shape(a) for a in jax.tree_util.tree_leaves(params)))
         if shapes not in counts:
-            counts[shapes] = jax.eval_shape(lambda p, a: record(model, p, a, upto=info.index).outputs[-1], params, x).shape[1]
+            counts[shapes] = jax.eval_shape(lambda p, a: record(model, p, a, upto=info.index, model_state=model_state).outputs[-1], params, x).shape[1]
         channel = check_channel(channel, counts[shapes], op="make_projector", layer=info.name)
         return _nan_unless_in_range(walk(params, x, channel), channel, counts[shapes])
 

@@ -1,4 +1,10 @@
-"""Name a model's layers and record one forward pass: every layer's input, output and max-pool switches."""
+"""Name a model's layers and record one forward pass: every layer's input, output and max-pool switches.
+
+The table walks into ``serial`` combinators; any other combinator (a residual
+block, a branch) is one entry of the table, run whole. A stateful model (batch
+norm) is recorded in evaluation mode with its ``model_state`` (the running
+statistics), which mirrors the params' structure.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,9 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from tinyfn.layers import Layer, max_pool2d_with_switches
+from tinyfn.layers import Layer, apply_with_state, has_state, max_pool2d_with_switches
 
-__all__ = ["LayerInfo", "Recording", "layer_table", "resolve_layer", "record"]
+__all__ = ["LayerInfo", "Recording", "layer_table", "resolve_layer", "record", "check_state"]
 
 _SHORT = {
     "Conv2D": "conv",
@@ -20,11 +26,15 @@ _SHORT = {
     "Dropout": "dropout",
     "Softmax": "softmax",
     "LogSoftmax": "logsoftmax",
+    "BatchNorm2D": "bn",
+    "BatchNorm1D": "bn",
+    "AvgPool2D": "avgpool",
+    "GlobalAvgPool2D": "gap",
 }
 
 
 class LayerInfo(NamedTuple):
-    """One leaf layer of a (possibly nested) ``serial`` model."""
+    """One entry of a (possibly nested) ``serial`` model: a leaf layer, or a combinator other than ``serial``."""
 
     index: int  # position in the flat list of leaf layers
     name: str  # kind and count, e.g. "conv2", "pool1", "linear3"
@@ -36,6 +46,14 @@ class LayerInfo(NamedTuple):
             params = params[i]
         return params
 
+    def state(self, model_state):
+        """This layer's part of the model's state (``{}`` for a stateless model)."""
+        if not model_state and not has_state(self.layer):
+            return {}
+        for i in self.path:
+            model_state = model_state[i]
+        return model_state
+
 
 def layer_table(model: Layer) -> list[LayerInfo]:
     """The leaf layers of ``model`` in forward order, named ``conv1, relu1, pool1, conv2, ...``."""
@@ -45,9 +63,7 @@ def layer_table(model: Layer) -> list[LayerInfo]:
         if layer.name == "serial":
             for i, child in enumerate(layer.children):
                 walk(child, path + (i,))
-        elif layer.children:
-            raise ValueError(f"visualize: only serial combinators can be walked, got a {layer.name} with children")
-        else:
+        else:  # a leaf, or a combinator run as one entry
             leaves.append((layer, path))
 
     if not isinstance(model, Layer):
@@ -98,13 +114,23 @@ class Recording(NamedTuple):
         return names.index(layer) if isinstance(layer, str) else int(layer)
 
 
-def record(model: Layer, params, x, *, upto=None) -> Recording:
+def check_state(model: Layer, model_state, *, op: str = "record"):
+    """``model_state``, or ``{}`` for a stateless model; a stateful one without its state is refused."""
+    if model_state is None:
+        if has_state(model):
+            raise ValueError(f"{op}: the model carries state (batch norm's running statistics); pass model_state= (e.g. load_model(...).model_state)")
+        return {}
+    return model_state
+
+
+def record(model: Layer, params, x, *, upto=None, model_state=None) -> Recording:
     """Run ``model`` in evaluation mode on ``x``, recording every layer's input, output and switches.
 
     Max-pooling layers run as ``max_pool2d_with_switches`` so their switches can
     later route a signal back with ``max_unpool2d``. ``upto`` (a name or index)
-    stops after that layer.
+    stops after that layer. A stateful model needs its ``model_state``.
     """
+    model_state = check_state(model, model_state)
     table = layer_table(model)
     stop = resolve_layer(model, upto).index if upto is not None else len(table) - 1
     x = jnp.asarray(x)
@@ -115,7 +141,7 @@ def record(model: Layer, params, x, *, upto=None) -> Recording:
             cfg = info.layer.config
             x, sw = max_pool2d_with_switches(x, cfg["window"], stride=cfg["stride"], padding=cfg["padding"])
         else:
-            x, sw = info.layer.apply(info.params(params), x, train=False), None
+            x, sw = apply_with_state(info.layer, info.params(params), info.state(model_state), x, train=False)[0], None
         outputs.append(x)
         switches.append(sw)
     return Recording(tuple(table[: stop + 1]), tuple(inputs), tuple(outputs), tuple(switches))

@@ -24,12 +24,13 @@ class TopActivations(NamedTuple):
     positions: np.ndarray  # (len(channels), k, 2) (h, w) of the maximum; zeros for (N, F) layers
 
 
-def top_activations(model, params, images, layer, channels=None, k: int = 9, *, batch_size: int = 500) -> TopActivations:
+def top_activations(model, params, images, layer, channels=None, k: int = 9, *, batch_size: int = 500, model_state=None) -> TopActivations:
     """Scan ``images (N, C, H, W)`` in jitted batches and keep, per channel, the ``k`` images whose map peaks highest.
 
     Each image counts once per channel (at its map's maximum, the first in
     row-major order on ties); among images, ties go to the lower index.
-    ``channels`` defaults to all of the layer's channels.
+    ``channels`` defaults to all of the layer's channels. A stateful model runs
+    in evaluation mode with its ``model_state``.
     """
     info = resolve_layer(model, layer)
     images = np.asarray(images)
@@ -41,7 +42,7 @@ def top_activations(model, params, images, layer, channels=None, k: int = 9, *, 
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size}")
     batch_size = min(batch_size, n)
-    out = jax.eval_shape(lambda p, x: record(model, p, x, upto=info.index).outputs[-1], params, jnp.asarray(images[:1]))
+    out = jax.eval_shape(lambda p, x: record(model, p, x, upto=info.index, model_state=model_state).outputs[-1], params, jnp.asarray(images[:1]))
     num_channels = out.shape[1]
     channels = tuple(range(num_channels)) if channels is None else tuple(int(c) for c in channels)
     for c in channels:
@@ -51,7 +52,7 @@ def top_activations(model, params, images, layer, channels=None, k: int = 9, *, 
 
     @jax.jit
     def peaks(params, x):
-        a = record(model, params, x, upto=info.index).outputs[-1][:, chan]
+        a = record(model, params, x, upto=info.index, model_state=model_state).outputs[-1][:, chan]
         flat = a.reshape(a.shape[0], a.shape[1], -1)
         arg = jnp.argmax(flat, axis=-1)
         return jnp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0], arg

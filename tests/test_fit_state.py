@@ -1,0 +1,162 @@
+"""fit with model state (batch norm), augmentation inside the step, and optax optimizers: trained, checkpointed, resumed."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tinyfn import models
+from tinyfn.data import load_embedded, normalize
+from tinyfn.layers import BatchNorm2D, Conv2D, Flatten, Linear, MaxPool2D, ReLU, apply_with_state, init_with_state, serial
+from tinyfn.train import CHECKPOINT_NAME, FitResult, StepInfo, adam, evaluate, fit, load_checkpoint, make_train_step, sgd
+from tinyfn.train.augment import compose, random_crop, random_flip
+from tinyfn.losses import softmax_cross_entropy
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    train, test = load_embedded("train"), load_embedded("test")
+    x, xt = normalize(train.images[:512], 0.286, 0.353), normalize(test.images[:256], 0.286, 0.353)
+    return (x, train.labels[:512]), (xt, test.labels[:256])
+
+
+def _bn_model():
+    return serial(Conv2D(4, 5, stride=2, use_bias=False), BatchNorm2D(), ReLU(), MaxPool2D(2), Flatten(), Linear(10))
+
+
+def _bn_init():
+    return init_with_state(_bn_model(), jax.random.key(0), (None, 1, 28, 28))
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def _interrupt_at(step):
+    def callback(info: StepInfo):
+        if info.step == step:
+            raise Stop()
+
+    return callback
+
+
+def _straight_and_resumed(tmp_path, model, params, train, **kw):
+    straight = fit(model, params, train, checkpoint_dir=tmp_path / "a", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, params, train, checkpoint_dir=tmp_path / "b", callbacks=[_interrupt_at(11)], **kw)
+    resumed = fit(model, params, train, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    return straight, resumed
+
+
+def test_a_stateful_models_running_statistics_train_and_resume_bit_identically(small_data, tmp_path):
+    train, test = small_data
+    _, params, state0 = _bn_init()
+    kw = dict(epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(5), eval_data=test, quiet=True)
+    straight, resumed = _straight_and_resumed(tmp_path, _bn_model(), params, train, **kw)
+    assert isinstance(straight, FitResult)
+    params_a, history_a = straight  # unpacks as two, as fit always returned
+    bn_state = straight.model_state[1]
+    assert not np.allclose(bn_state["mean"], state0[1]["mean"])  # the running statistics moved during training
+    chex.assert_trees_all_equal(straight.params, resumed.params)
+    chex.assert_trees_all_equal(straight.model_state, resumed.model_state)
+    assert history_a["eval_accuracy"] == resumed.history["eval_accuracy"]
+    saved = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)
+    chex.assert_trees_all_equal(saved.model_state, jax.device_get(straight.model_state))
+    # evaluation mode reads the running statistics: evaluate equals the eval-mode forward pass by hand
+    loss, acc, _ = evaluate(_bn_model(), straight.params, test, model_state=straight.model_state)
+    logits, _ = apply_with_state(_bn_model(), straight.params, straight.model_state, jnp.asarray(test[0]), train=False)
+    assert acc == pytest.approx(float(jnp.mean(jnp.argmax(logits, -1) == test[1])))
+    assert loss == pytest.approx(float(softmax_cross_entropy(logits, jnp.asarray(test[1]))), rel=1e-5)
+
+
+def test_evaluate_asks_for_the_state_of_a_stateful_model(small_data):
+    _, params, _ = _bn_init()
+    with pytest.raises(ValueError, match="evaluate: the model carries state.*model_state="):
+        evaluate(_bn_model(), params, small_data[1])
+
+
+def test_a_stateless_model_has_empty_state_and_unchanged_results(small_data):
+    train, _ = small_data
+    model = serial(Conv2D(4, 5, stride=2), ReLU(), Flatten(), Linear(10))
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    result = fit(model, params, train, epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(1), quiet=True)
+    assert result.model_state == {}
+    # the same steps by hand with the stateless step
+    step = make_train_step(model, softmax_cross_entropy, sgd(0.05), donate=False)
+    p, s = params, sgd(0.05).init(params)
+    ekey = jax.random.fold_in(jax.random.key(1), 0)
+    order = np.asarray(jax.random.permutation(ekey, 512))
+    for b in range(4):
+        idx = order[b * 128 : (b + 1) * 128]
+        p, s, _ = step(p, s, train[0][idx], train[1][idx], jax.random.fold_in(ekey, b))
+    chex.assert_trees_all_close(result.params, p, rtol=1e-6, atol=1e-7)
+
+
+def test_augmentation_runs_in_the_step_from_the_step_key_and_resumes_bit_identically(small_data, tmp_path):
+    train, _ = small_data
+    model = serial(Conv2D(4, 5, stride=2), ReLU(), Flatten(), Linear(10))
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    augment = compose(random_crop(2), random_flip())
+    kw = dict(epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(7), quiet=True, augment=augment)
+    straight, resumed = _straight_and_resumed(tmp_path, model, params, train, **kw)
+    chex.assert_trees_all_equal(straight.params, resumed.params)
+    plain = fit(model, params, train, **dict(kw, augment=None))
+    with pytest.raises(AssertionError):  # the augmentation did change what was trained on
+        chex.assert_trees_all_close(straight.params, plain.params, rtol=1e-3, atol=1e-4)
+    # one step by hand: the batch is augmented with the second half of split(step key)
+    step_aug = make_train_step(model, softmax_cross_entropy, sgd(0.05), donate=False, augment=augment)
+    step_plain = make_train_step(model, softmax_cross_entropy, sgd(0.05), donate=False)
+    key = jax.random.key(3)
+    model_key, augment_key = jax.random.split(key)
+    x, y = train[0][:64], train[1][:64]
+    s = sgd(0.05).init(params)
+    a = step_aug(params, s, x, y, key)[0]
+    b = step_plain(params, s, augment(augment_key, jnp.asarray(x)), y, model_key)[0]
+    chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_make_train_step_refuses_an_augment_that_is_not_a_function():
+    with pytest.raises(TypeError, match="make_train_step: augment must be a function"):
+        make_train_step(_bn_model(), softmax_cross_entropy, sgd(0.1), augment=3)
+
+
+@pytest.mark.parametrize("bad", [object(), 0.1, sgd])
+def test_fit_refuses_an_object_that_is_no_gradient_transformation(small_data, bad):
+    _, params, _ = _bn_init()
+    with pytest.raises(TypeError, match="fit: optimizer must be a gradient transformation"):
+        fit(_bn_model(), params, small_data[0], epochs=1, batch_size=64, optimizer=bad, key=jax.random.key(0), quiet=True)
+
+
+def test_an_optax_state_checkpoints_and_resumes_bit_identically(small_data, tmp_path):
+    optax = pytest.importorskip("optax")
+    train, _ = small_data
+    model = serial(Conv2D(4, 5, stride=2), ReLU(), Flatten(), Linear(10))
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    kw = dict(epochs=2, batch_size=64, optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)), key=jax.random.key(2), quiet=True)
+    straight, resumed = _straight_and_resumed(tmp_path, model, params, train, **kw)
+    chex.assert_trees_all_equal(straight.params, resumed.params)
+    saved = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)
+    assert type(saved.opt_state[1][0]).__name__ == "ScaleByAdamState"  # optax's NamedTuple, saved by field name
+
+
+@pytest.mark.slow
+def test_fit_with_optax_adam_trains_lenet5_on_the_embedded_subset():
+    optax = pytest.importorskip("optax")
+    train, test = load_embedded("train"), load_embedded("test")
+    x, xt = normalize(train.images, 0.286, 0.353), normalize(test.images, 0.286, 0.353)
+    model = models.lenet5()
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    params, history = fit(model, params, (x, train.labels), epochs=3, batch_size=64, optimizer=optax.adam(1e-3), key=jax.random.key(1), eval_data=(xt, test.labels), quiet=True)
+    assert history["eval_accuracy"][-1] > 0.80
+
+
+def test_tinyfn_adam_and_optax_adam_take_the_same_steps(small_data):
+    optax = pytest.importorskip("optax")
+    train, _ = small_data
+    model = serial(Conv2D(4, 5, stride=2), ReLU(), Flatten(), Linear(10))
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    kw = dict(epochs=1, batch_size=128, key=jax.random.key(1), quiet=True)
+    ours = fit(model, params, train, optimizer=adam(1e-3), **kw).params
+    theirs = fit(model, params, train, optimizer=optax.adam(1e-3), **kw).params
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-4, atol=1e-6)
