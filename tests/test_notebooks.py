@@ -60,7 +60,8 @@ def test_the_course_is_there():
     names = {p.name for p in NOTEBOOKS}
     expected = {"01_gradients_and_laws.ipynb", "02_linear_layer.ipynb", "03_convolution_as_matrix.ipynb",
                 "04_deconvolution_and_unpooling.ipynb", "05_train_a_cnn.ipynb", "06_deconvnet.ipynb",
-                "07_write_your_own_layer.ipynb", "08_softmax_cross_entropy.ipynb", "09_optimizers.ipynb"}  # fmt: skip
+                "07_write_your_own_layer.ipynb", "08_softmax_cross_entropy.ipynb", "09_optimizers.ipynb",
+                "10_batch_norm.ipynb"}  # fmt: skip
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
 
