@@ -67,7 +67,10 @@ def test_deconv2d_forward_and_handwritten_vjp_match_references(cfg):
     args = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes)
     kw = dict(stride=cfg["stride"], padding=cfg["padding"], output_padding=cfg["output_padding"])
     y = jax.jit(partial(deconv2d, **kw))(*args)
-    for ref in (R.deconv2d, R.deconv2d_lax, deconv2d_matrix):
+    # R.deconv2d_lax (lax.conv_transpose) is left out here: on some drawn geometries XLA:CPU aborts the process
+    # compiling it (jax 0.10.2, the abort of test_lax_autodiff_of_the_crash_configuration_in_a_subprocess);
+    # PyTorch's conv_transpose2d checks the same forward in tests/test_torch_oracle.py.
+    for ref in (R.deconv2d, deconv2d_matrix):
         np.testing.assert_allclose(y, jax.jit(partial(ref, **kw))(*args), rtol=1e-5, atol=1e-5)
     gradcheck.check_vjp(partial(deconv2d, **kw), args, reference=partial(R.deconv2d, **kw), argnames=("x", "w", "b"))
 
