@@ -37,19 +37,10 @@ def _bcast(v, x, axes):
     return v.reshape(shape)
 
 
-def _moments(x, axes):
-    """``μ``, ``x − μ`` and the biased ``σ²`` over ``axes`` (kept as size-1 axes).
-
-    The layer computes its running statistics with this same expression as the
-    forward's, so that XLA evaluates the two reductions over ``x`` once (CSE).
-    """
+def _standardize(x, axes, eps):
     mean = jnp.mean(x, axis=axes, keepdims=True)
     centered = x - mean
-    return mean, centered, jnp.mean(centered * centered, axis=axes, keepdims=True)
-
-
-def _standardize(x, axes, eps):
-    _, centered, var = _moments(x, axes)
+    var = jnp.mean(centered * centered, axis=axes, keepdims=True)
     inv_sigma = jax.lax.rsqrt(var + jnp.asarray(eps, x.dtype))
     return centered * inv_sigma, inv_sigma
 
@@ -266,8 +257,8 @@ def _batch_norm_layer(name, ndims, layout, momentum, eps, affine):
         axes = _bn_axes(x)
         stats = jax.lax.stop_gradient(x)  # the running statistics are buffers, not differentiated
         m = x.size // x.shape[1]
-        mean, _, var = _moments(stats, axes)  # the forward's own reductions (shared after CSE)
-        mean, unbiased = mean.reshape(-1), var.reshape(-1) * (m / (m - 1))
+        mean = jnp.mean(stats, axis=axes)
+        unbiased = jnp.var(stats, axis=axes) * (m / (m - 1))
         new_state = {
             "mean": ((1 - momentum) * state["mean"] + momentum * mean).astype(state["mean"].dtype),
             "var": ((1 - momentum) * state["var"] + momentum * unbiased).astype(state["var"].dtype),
