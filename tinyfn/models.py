@@ -69,26 +69,34 @@ def basic_block(channels: int, stride: int = 1, project: bool = False):
     return serial(residual(body, shortcut), ReLU())
 
 
-def resnet(num_classes: int = 10, width: int = 16, blocks_per_stage: int = 2, stages: int = 3):
+def resnet(num_classes: int = 10, width: int = 16, blocks_per_stage: int = 2, stages: int = 3, first_stride: int = 2):
     """A small ResNet for ``(N, C, H, W)`` images (He et al.'s CIFAR design), with batch norm.
 
-    stem conv(width, 3×3) - bn - relu, then ``stages`` stages of
-    ``blocks_per_stage`` basic blocks of ``width · 2^s`` channels (each stage after
-    the first halves the resolution in its first block), global average pooling,
-    linear(num_classes). The defaults (16-32-64 channels, 2 blocks each) have
-    174,970 params for 10 classes. A stateful model: train it with
+    stem conv(width, 3×3) - bn - relu at the input's resolution, then ``stages``
+    stages of ``blocks_per_stage`` basic blocks of ``width · 2^s`` channels; the
+    first block of the first stage has stride ``first_stride``, the first block of
+    every later stage stride 2 (each with a 1×1 projection shortcut); global
+    average pooling, linear(num_classes).
+
+    The defaults (16-32-64 channels, 2 blocks each, ``first_stride=2``) run the
+    stages at 14×14, 7×7 and 4×4 on 28×28 inputs and have 175,258 params for 10
+    classes: 5.7M multiply-adds per image forward, 3.6 times fewer than with
+    ``first_stride=1`` (stages at 28×28, 14×14, 7×7; 174,970 params, 20.2M), which is what lets
+    the recipe in ``benchmarks/resnet_recipe.py`` train on full Fashion-MNIST within 15
+    minutes on two CPU cores. A stateful model: train it with
     ``tinyfn.layers.init_with_state`` and ``make_train_step`` (``with_state``).
     """
     num_classes = _checks.positive_int("num_classes", num_classes)
     width = _checks.positive_int("width", width)
     blocks_per_stage = _checks.positive_int("blocks_per_stage", blocks_per_stage)
     stages = _checks.positive_int("stages", stages)
+    first_stride = _checks.positive_int("first_stride", first_stride)
     layers = [Conv2D(width, 3, 1, 1, use_bias=False), BatchNorm2D(), ReLU()]
     for s in range(stages):
         channels = width * 2**s
         for b in range(blocks_per_stage):
-            first = b == 0 and s > 0
-            layers.append(basic_block(channels, stride=2 if first else 1, project=first))
+            stride = (first_stride if s == 0 else 2) if b == 0 else 1
+            layers.append(basic_block(channels, stride=stride, project=b == 0 and (stride > 1 or s > 0)))
     layers += [GlobalAvgPool2D(), Linear(num_classes)]
     return serial(*layers)
 
