@@ -43,7 +43,7 @@ RESNET_RECIPE = {
     "learning_rate": 2e-3,
     "weight_decay": 5e-2,
     "warmup_steps": 200,
-    "epochs": 4,
+    "epochs": 14,
     "batch_size": 128,
     "augment": ("random_crop(2)", "random_flip()"),
     "label_smoothing": 0.0,

@@ -10,10 +10,13 @@ from hypothesis import settings
 # Broadcasting must be explicit in library code: implicit rank promotion is an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# Locally: 8 fixed examples per property (fast, reproducible). In CI (CI=true): more examples, drawn afresh
-# each run; a failure prints the seed (--hypothesis-seed) and the blob (@reproduce_failure) that replay it.
+# Locally: 8 fixed examples per property (fast, reproducible). In CI (CI=true): more examples (12, sized so that
+# .ci/run stays under 15 minutes on two cores), drawn afresh each run, so successive runs cover new ground; a
+# failure prints the seed (--hypothesis-seed) and the blob (@reproduce_failure) that replay it. More at will:
+# HYPOTHESIS_PROFILE=thorough (100 random examples per property).
 settings.register_profile("tinyfn", max_examples=8, deadline=None, derandomize=True, print_blob=True)
-settings.register_profile("ci", max_examples=20, deadline=None, derandomize=False, print_blob=True)
+settings.register_profile("ci", max_examples=12, deadline=None, derandomize=False, print_blob=True)
+settings.register_profile("thorough", max_examples=100, deadline=None, derandomize=False, print_blob=True)
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "tinyfn"))
 

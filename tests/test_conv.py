@@ -51,13 +51,12 @@ def test_conv2d_forward_and_handwritten_vjp_match_references(cfg):
     rng = np.random.default_rng(1)
     args = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][:1]))
     kw = dict(stride=cfg["stride"], padding=cfg["padding"])
-    y = jax.jit(partial(conv2d, **kw))(*args)
-    np.testing.assert_allclose(y, jax.jit(partial(R.conv2d_lax, **kw))(*args), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(y, jax.jit(partial(conv2d_matrix, **kw))(*args), rtol=1e-5, atol=1e-5)
+    y, *refs = jax.jit(lambda *a: [partial(f, **kw)(*a) for f in (conv2d, R.conv2d_lax, conv2d_matrix, R.conv2d)])(*args)
+    for ref in refs:  # lax's own convolution, the unrolled-filter matrix W*, the gather reference
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
     # against the gather reference: its forward, its autodiff (float32) and central differences (float64)
     report = gradcheck.check_vjp(partial(conv2d, **kw), args, reference=partial(R.conv2d, **kw), argnames=("x", "w", "b"))
     assert report.passed and [a.fd_checked for a in report.args] == [int(np.prod(a.shape)) for a in args]
-    np.testing.assert_allclose(y, jax.jit(partial(R.conv2d, **kw))(*args), rtol=1e-5, atol=1e-5)
 
 
 @given(deconv_configs())
@@ -66,12 +65,12 @@ def test_deconv2d_forward_and_handwritten_vjp_match_references(cfg):
     shapes = (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][1:2])
     args = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes)
     kw = dict(stride=cfg["stride"], padding=cfg["padding"], output_padding=cfg["output_padding"])
-    y = jax.jit(partial(deconv2d, **kw))(*args)
+    y, *refs = jax.jit(lambda *a: [partial(f, **kw)(*a) for f in (deconv2d, R.deconv2d, deconv2d_matrix)])(*args)
     # R.deconv2d_lax (lax.conv_transpose) is left out here: on some drawn geometries XLA:CPU aborts the process
     # compiling it (jax 0.10.2, the abort of test_lax_autodiff_of_the_crash_configuration_in_a_subprocess);
     # PyTorch's conv_transpose2d checks the same forward in tests/test_torch_oracle.py.
-    for ref in (R.deconv2d, deconv2d_matrix):
-        np.testing.assert_allclose(y, jax.jit(partial(ref, **kw))(*args), rtol=1e-5, atol=1e-5)
+    for ref in refs:
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
     gradcheck.check_vjp(partial(deconv2d, **kw), args, reference=partial(R.deconv2d, **kw), argnames=("x", "w", "b"))
 
 
@@ -85,11 +84,11 @@ def _check_adjoint(cfg):
     rng = np.random.default_rng(4)
     u, w = rng.standard_normal(cfg["x_shape"]), rng.standard_normal(cfg["w_shape"])
     s, p = cfg["stride"], cfg["padding"]
-    y = conv2d(u, w, stride=s, padding=p)
+    y = jax.jit(partial(conv2d, stride=s, padding=p))(u, w)
     v = rng.standard_normal(y.shape)
     # the output_padding that makes deconv land exactly on u's size
     op = tuple((n + 2 * pi - k) % si for n, k, si, pi in zip(cfg["x_shape"][2:], cfg["w_shape"][2:], s, p))
-    back = deconv2d(v, w, stride=s, padding=p, output_padding=op)
+    back = jax.jit(partial(deconv2d, stride=s, padding=p, output_padding=op))(v, w)
     assert back.shape == u.shape
     np.testing.assert_allclose(np.vdot(y, v), np.vdot(u, back), rtol=1e-12)
 

@@ -23,8 +23,13 @@ VARIANTS = {name: dict(formulation=name) for name in FORMULATIONS} | {"im2col-ch
 
 
 def _vjp_all(f, args, g):
-    y, vjp = jax.vjp(jax.jit(f), *args)
-    return y, vjp(g)
+    """``(f(*args), gᵀ ∂f/∂args)`` from one compiled call (a compilation per variant and shape, not one per op)."""
+
+    def run(args, g):
+        y, vjp = jax.vjp(f, *args)
+        return y, vjp(g)
+
+    return jax.jit(run)(args, g)
 
 
 def _assert_all_equal(results, expected, tol=1e-12):
@@ -38,24 +43,41 @@ def _assert_all_equal(results, expected, tol=1e-12):
 def test_conv2d_formulations_equal_each_other_and_the_reference(cfg):
     rng = np.random.default_rng(21)
     with jax.enable_x64(True):
-        args = tuple(jnp.asarray(rng.standard_normal(s)) for s in (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][:1]))
+        args = tuple(rng.standard_normal(s) for s in (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][:1]))
         kw = dict(stride=cfg["stride"], padding=cfg["padding"])
-        y, vjp = jax.vjp(partial(R.conv2d, **kw), *args)
-        g = jnp.asarray(rng.standard_normal(y.shape))
+        g = rng.standard_normal(jax.eval_shape(partial(R.conv2d, **kw), *args).shape)
         results = {name: _vjp_all(partial(conv2d, **kw, **v), args, g) for name, v in VARIANTS.items()}
-        _assert_all_equal(results, (y, vjp(g)))
+        _assert_all_equal(results, _vjp_all(partial(R.conv2d, **kw), args, g))
 
 
 @given(deconv_configs())
 def test_deconv2d_formulations_equal_each_other_and_the_reference(cfg):
     rng = np.random.default_rng(22)
     with jax.enable_x64(True):
-        args = tuple(jnp.asarray(rng.standard_normal(s)) for s in (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][1:2]))
+        args = tuple(rng.standard_normal(s) for s in (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][1:2]))
         kw = dict(stride=cfg["stride"], padding=cfg["padding"], output_padding=cfg["output_padding"])
-        y, vjp = jax.vjp(partial(R.deconv2d, **kw), *args)
-        g = jnp.asarray(rng.standard_normal(y.shape))
+        g = rng.standard_normal(jax.eval_shape(partial(R.deconv2d, **kw), *args).shape)
         results = {name: _vjp_all(partial(deconv2d, **kw, **v), args, g) for name, v in VARIANTS.items()}
-        _assert_all_equal(results, (y, vjp(g)))
+        _assert_all_equal(results, _vjp_all(partial(R.deconv2d, **kw), args, g))
+
+
+def _pool_all(kw, name, x, g):
+    """Maxima, switches, the rule's gradient and unpooling along the switches: one compiled call per formulation."""
+
+    def run(x, g):
+        y, sw = max_pool2d_with_switches(x, formulation=name, **kw)
+        dx = jax.vjp(partial(max_pool2d, formulation=name, **kw), x)[1](g)[0]
+        return y, sw, dx, max_unpool2d(g, sw, x.shape)
+
+    return jax.jit(run)(x, g)
+
+
+def _pool_reference(kw, x, g):
+    def run(x, g):
+        y, sw = R.max_pool2d_with_switches(x, **kw)
+        return y, sw, jax.vjp(lambda x: R.max_pool2d_with_switches(x, **kw)[0], x)[1](g)[0]
+
+    return jax.jit(run)(x, g)
 
 
 @given(pool_configs())
@@ -64,18 +86,16 @@ def test_pool_formulations_give_the_same_maxima_switches_routing_and_unpooling(c
     kw = dict(window=cfg["window"], stride=cfg["stride"], padding=cfg["padding"])
     with jax.enable_x64(True):
         for x in (distinct(rng, cfg["x_shape"], dtype=np.float64), distinct(rng, cfg["x_shape"], dtype=np.float64).round(0)):
-            x = jnp.asarray(x)  # distinct values, then rounded: exact ties, where the first maximum must win
-            y_ref, sw_ref = R.max_pool2d_with_switches(x, **kw)
-            g = jnp.asarray(rng.standard_normal(y_ref.shape))
-            dx_ref = jax.vjp(lambda x: R.max_pool2d_with_switches(x, **kw)[0], x)[1](g)[0]
+            # distinct values, then rounded: exact ties, where the first maximum must win
+            g = rng.standard_normal(jax.eval_shape(partial(R.max_pool2d, **kw), x).shape)
+            y_ref, sw_ref, dx_ref = _pool_reference(kw, x, g)
             for name in FORMULATIONS:
-                y, sw = jax.jit(partial(max_pool2d_with_switches, formulation=name, **kw))(x)
+                y, sw, dx, unpooled = _pool_all(kw, name, x, g)
                 np.testing.assert_array_equal(y, y_ref, err_msg=name)
                 np.testing.assert_array_equal(sw, sw_ref, err_msg=name)
-                dx = jax.vjp(jax.jit(partial(max_pool2d, formulation=name, **kw)), x)[1](g)[0]
                 np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12, err_msg=name)
                 # unpooling along the switches is the same routing
-                np.testing.assert_allclose(max_unpool2d(g, sw, x.shape), dx_ref, rtol=1e-12, atol=1e-12, err_msg=name)
+                np.testing.assert_allclose(unpooled, dx_ref, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 CRASH_SCRIPT = textwrap.dedent(

@@ -50,7 +50,7 @@ def _is_float(a) -> bool:
 
 
 def _to64(a):
-    return jnp.asarray(np.asarray(a, np.float64)) if _is_float(a) else a
+    return np.asarray(a, np.float64) if _is_float(a) else a  # numpy: a jitted call takes it as it is, no transfer kernel to compile
 
 
 def numerical_grad(f: Callable, x, eps: float = 1e-6, *, indices=None, chunk: int = 256):
@@ -62,7 +62,7 @@ def numerical_grad(f: Callable, x, eps: float = 1e-6, *, indices=None, chunk: in
     evaluated under ``vmap``, ``chunk`` perturbations at a time.
     """
     with jax.enable_x64(True):
-        x64 = jnp.asarray(np.asarray(x, np.float64))
+        x64 = np.asarray(x, np.float64)
         size = x64.size
         idx = np.arange(size) if indices is None else np.asarray(indices, np.int64)
 
@@ -77,7 +77,7 @@ def numerical_grad(f: Callable, x, eps: float = 1e-6, *, indices=None, chunk: in
         for start in range(0, len(idx), chunk):
             part = idx[start : start + chunk]
             padded = np.pad(part, (0, chunk - len(part)), mode="edge") if len(part) < chunk else part
-            out[part] = np.asarray(central(jnp.asarray(padded)))[: len(part)]
+            out[part] = np.asarray(central(padded))[: len(part)]
         return out.reshape(x64.shape)
 
 
@@ -227,10 +227,48 @@ def _compare(a, b, rtol, atol, *, noise=None) -> _Comparison:
 def _random_cotangent(y, rng):
     def one(leaf):
         if _is_float(leaf):
-            return jnp.asarray(rng.standard_normal(leaf.shape), leaf.dtype)
+            return rng.standard_normal(leaf.shape).astype(leaf.dtype)
         return np.zeros(leaf.shape, jax.dtypes.float0)
 
     return jax.tree_util.tree_map(one, y)
+
+
+def _value_and_vjp(fs, args, v, argnums):
+    """``[(f(*args), vᵀ ∂f/∂args[i] for i in argnums) for f in fs]`` from one compiled call: each function's
+    forward and rule (the one under test and its reference, say) compiled together.
+
+    Only the arguments in ``argnums`` are differentiated (the others, integer
+    switches or labels, are passed as they are); the gradients have ``None`` elsewhere.
+    """
+    leaves, tree = jax.tree_util.tree_flatten(v)
+    is_float = [_is_float(leaf) for leaf in leaves]
+    fixed = [leaf for leaf, fl in zip(leaves, is_float) if not fl]  # float0 zeros of integer outputs: constants
+
+    def run(diff_args, other_args, float_v):
+        it_float, it_fixed = iter(float_v), iter(fixed)
+        cot = tree.unflatten([next(it_float) if fl else next(it_fixed) for fl in is_float])
+        results = []
+        for f in fs:
+
+            def g(*d, f=f):
+                full = list(other_args)
+                for i, a in zip(argnums, d):
+                    full[i] = a
+                return f(*full)
+
+            y, pullback = jax.vjp(g, *diff_args)
+            results.append((y, pullback(cot)))
+        return results
+
+    others = [None if i in argnums else a for i, a in enumerate(args)]
+    results = jax.jit(run)([args[i] for i in argnums], others, [leaf for leaf, fl in zip(leaves, is_float) if fl])
+    out = []
+    for y, grads in results:
+        full = [None] * len(args)
+        for i, g in zip(argnums, grads):
+            full[i] = g
+        out.append((y, full))
+    return out
 
 
 def check_vjp(
@@ -291,9 +329,11 @@ def check_vjp(
         raise ValueError(f"check_vjp: argnames has {len(names)} names for {len(args)} args")
     rng = np.random.default_rng(seed)
 
-    y, vjp_fn = jax.vjp(jax.jit(f), *args)
-    v = _random_cotangent(y, rng) if cotangent is None else cotangent
-    ours = vjp_fn(v)
+    v = _random_cotangent(jax.eval_shape(f, *args), rng) if cotangent is None else cotangent
+    if reference is not None and jax.tree_util.tree_structure(jax.eval_shape(reference, *args)) != jax.tree_util.tree_structure(v):
+        raise ValueError("check_vjp: reference returns a different output structure than f")
+    # the rule under test and the reference's autodiff, compiled together (each is its own subgraph)
+    (y, ours), *referenced = _value_and_vjp((f,) if reference is None else (f, reference), args, v, argnums)
     reports = [ArgReport(names[i], tuple(args[i].shape)) for i in argnums]
 
     ref_tol, forward = None, None
@@ -301,10 +341,7 @@ def check_vjp(
         dtype = args[argnums[0]].dtype if argnums else jnp.float32
         r0, a0 = default_tolerance(dtype)
         ref_tol = (r0 if rtol is None else rtol, a0 if atol is None else atol)
-        y_ref, vjp_ref = jax.vjp(jax.jit(reference), *args)
-        if jax.tree_util.tree_structure(y_ref) != jax.tree_util.tree_structure(y):
-            raise ValueError("check_vjp: reference returns a different output structure than f")
-        theirs = vjp_ref(v)
+        ((y_ref, theirs),) = referenced
         for rep, i in zip(reports, argnums):
             c = _compare(ours[i], theirs[i], *ref_tol, noise=_noise(theirs[i], dtype))
             rep.ref_abs, rep.ref_rel, rep.ref_ok, rep.ref_worst = c.abs, c.rel, c.ok, c.worst if not c.ok else None
@@ -317,8 +354,7 @@ def check_vjp(
         with jax.enable_x64(True):
             args64 = tuple(_to64(a) for a in args)
             v64 = jax.tree_util.tree_map(lambda c: _to64(c) if _is_float(c) else c, v)
-            y64, vjp64 = jax.vjp(jax.jit(f), *args64)
-            ours64 = vjp64(v64)
+            ((y64, ours64),) = _value_and_vjp((f,), args64, v64, argnums)
             # central differences of phi = <f, v> lose about eps64 · Σ|f·v| to rounding in each evaluation, divided by 2 eps
             fd_noise = 4 * float(np.finfo(np.float64).eps) * float(_vdot_abs(y64, v64)) / eps
             for rep, i, num in zip(reports, argnums, numeric):
@@ -356,7 +392,8 @@ def _noise(b, dtype) -> float:
 
 
 def _vdot_abs(y, v):
-    return sum(jnp.sum(jnp.abs(a) * jnp.abs(b)) for a, b in zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(v)) if _is_float(a))
+    leaves = zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(v))
+    return sum(float(np.sum(np.abs(np.asarray(a, np.float64)) * np.abs(np.asarray(b, np.float64)))) for a, b in leaves if _is_float(a))
 
 
 def _compare_outputs(y, y_ref, rtol, atol, *, dtype):
