@@ -1,6 +1,11 @@
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# The suite compiles hundreds of small programs and runs most of them once or twice: LLVM's optimisation passes
+# cost more than they save here (a CLI training test 32 s -> 19 s, a property test 60 s -> 50 s), so the tests and
+# the processes they start compile at backend optimisation level 0. XLA's HLO passes and the numerics are the same;
+# the notebook kernels, which train for longer, keep the default (tests/test_notebooks.py).
+NOTEBOOK_XLA_FLAGS = "--xla_force_host_platform_device_count=1"
+os.environ.setdefault("XLA_FLAGS", NOTEBOOK_XLA_FLAGS + " --xla_backend_optimization_level=0")
 
 import jax
 import numpy as np
@@ -10,12 +15,12 @@ from hypothesis import settings
 # Broadcasting must be explicit in library code: implicit rank promotion is an error in the tests.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# Locally: 8 fixed examples per property (fast, reproducible). In CI (CI=true): more examples (12, sized so that
+# Locally: 8 fixed examples per property (fast, reproducible). In CI (CI=true): more examples (10, sized so that
 # .ci/run stays under 15 minutes on two cores), drawn afresh each run, so successive runs cover new ground; a
 # failure prints the seed (--hypothesis-seed) and the blob (@reproduce_failure) that replay it. More at will:
 # HYPOTHESIS_PROFILE=thorough (100 random examples per property).
 settings.register_profile("tinyfn", max_examples=8, deadline=None, derandomize=True, print_blob=True)
-settings.register_profile("ci", max_examples=12, deadline=None, derandomize=False, print_blob=True)
+settings.register_profile("ci", max_examples=10, deadline=None, derandomize=False, print_blob=True)
 settings.register_profile("thorough", max_examples=100, deadline=None, derandomize=False, print_blob=True)
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if IN_CI else "tinyfn"))

@@ -25,6 +25,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+from conftest import NOTEBOOK_XLA_FLAGS
+
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 BUDGET_S = 90  # each notebook, top to bottom, on two cores
@@ -43,7 +45,9 @@ def _tags(cell) -> set:
 def _kernel_manager(tmp_path: Path) -> KernelManager:
     spec_dir = tmp_path / "kernels" / "tinyfn-test"
     spec_dir.mkdir(parents=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "tinyfn test", "language": "python"}
+    # the kernel compiles with XLA's default optimisation (the notebooks train; conftest.py lowers it for the tests)
+    env = {"XLA_FLAGS": NOTEBOOK_XLA_FLAGS}
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "tinyfn test", "language": "python", "env": env}
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     specs = KernelSpecManager(kernel_dirs=[str(spec_dir.parent)], ensure_native_kernel=False)
     return KernelManager(kernel_name="tinyfn-test", kernel_spec_manager=specs)
