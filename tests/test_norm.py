@@ -15,6 +15,7 @@ from tinyfn.layers import (
     apply_with_state,
     batch_norm,
     batch_norm_inference,
+    batch_norm_with_stats,
     has_state,
     init_with_state,
     layer_norm,
@@ -41,6 +42,21 @@ def test_batch_norm_rule_matches_reference_autodiff_and_finite_differences(shape
         c = shape[1]
         args = (_normal(rng, shape), _normal(rng, (c,)), _normal(rng, (c,)))
         gradcheck.check_vjp(batch_norm, args, reference=R.batch_norm, argnames=("x", "gamma", "beta"))
+
+
+def _reference_with_stats(x, gamma, beta):
+    axes = (0,) + tuple(range(2, x.ndim))
+    return R.batch_norm(x, gamma, beta), jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
+
+
+@given(norm_shapes())
+def test_batch_norm_with_stats_rule_covers_the_statistics_outputs(shape):
+    # the cotangents of the mean and variance outputs are random too, so their terms in dx are checked
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(sum(shape) + 3)
+        c = shape[1]
+        args = (_normal(rng, shape), _normal(rng, (c,)), _normal(rng, (c,)))
+        gradcheck.check_vjp(batch_norm_with_stats, args, reference=_reference_with_stats, argnames=("x", "gamma", "beta"))
 
 
 @given(norm_shapes(min_rank=2))

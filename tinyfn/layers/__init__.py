@@ -19,7 +19,7 @@ from tinyfn.layers.base import apply_with_state, has_state, init_with_state
 from tinyfn.layers.combinators import (
     Add, Concat, Identity, add, add_arrays, branch, concat, concat_arrays, fan_out, identity, parallel, residual,
 )  # fmt: skip
-from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm, batch_norm, batch_norm_inference, layer_norm
+from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm, batch_norm, batch_norm_inference, batch_norm_with_stats, layer_norm
 from tinyfn.layers.spec import LAYERS, from_spec, register_layer, to_spec
 from tinyfn.layers.tabulate import summary
 from tinyfn.layers.avg_pool import AvgPool2D, GlobalAvgPool2D, avg_pool2d, global_avg_pool2d
@@ -85,6 +85,7 @@ __all__ = [
     "GlobalAvgPool2D",
     "batch_norm",
     "batch_norm_inference",
+    "batch_norm_with_stats",
     "layer_norm",
     "avg_pool2d",
     "global_avg_pool2d",

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from tinyfn import _checks
 from tinyfn.layers.base import Layer, _check_any_shape, stateful_apply_error
 
-__all__ = ["batch_norm", "batch_norm_inference", "layer_norm", "BatchNorm1D", "BatchNorm2D", "LayerNorm"]
+__all__ = ["batch_norm", "batch_norm_with_stats", "batch_norm_inference", "layer_norm", "BatchNorm1D", "BatchNorm2D", "LayerNorm"]
 
 
 def _bcast(v, x, axes):
@@ -53,33 +53,65 @@ def _normalized_bwd(g_hat, x_hat, inv_sigma, axes):
 
 
 # ---- batch norm, training mode (batch statistics) ----------------------------------------
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm(x, gamma, beta, eps):
-    axes = _bn_axes(x)
-    x_hat, _ = _standardize(x, axes, eps)
-    return _bcast(gamma, x, axes) * x_hat + _bcast(beta, x, axes)
+# An image batch (N, C, H, W) is normalised as (C, H·W·N): channels first, every statistic a sum over one
+# contiguous row. It is the layout the im2col convolutions compute in (``kernels.chwn``), so the
+# transposes at either end cancel against a neighbouring convolution's instead of being copies.
 
 
 def _bn_axes(x):
     return (0,) + tuple(range(2, x.ndim))
 
 
+def _channels_first(x):
+    """``(N, C, ...) -> (C, M)``, ``M = N·H·W…``: for 4-D ``x`` through the ``(C, H, W, N)`` layout."""
+    if x.ndim == 4:
+        return x.transpose(1, 2, 3, 0).reshape(x.shape[1], -1)
+    return jnp.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+
+
+def _channels_back(y, shape):
+    """Inverse of ``_channels_first`` for an ``x`` of ``shape``."""
+    n, c, *rest = shape
+    if len(shape) == 4:
+        return y.reshape(c, *rest, n).transpose(3, 0, 1, 2)
+    return jnp.moveaxis(y.reshape(c, n, *rest), 0, 1)
+
+
+def _batch_stats(x2, eps):
+    """Per-row mean, biased variance and ``1/σ`` of ``x2 (C, M)``, and ``x̂``."""
+    mean = jnp.mean(x2, axis=1, keepdims=True)
+    centered = x2 - mean
+    var = jnp.mean(centered * centered, axis=1, keepdims=True)
+    inv_sigma = jax.lax.rsqrt(var + jnp.asarray(eps, x2.dtype))
+    return mean, var, centered * inv_sigma, inv_sigma
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm(x, gamma, beta, eps):
+    """``(y, μ_B, σ²_B)``: the normalised batch and its per-channel mean and biased variance."""
+    return _batch_norm_fwd(x, gamma, beta, eps)[0]
+
+
 def _batch_norm_fwd(x, gamma, beta, eps):
-    axes = _bn_axes(x)
-    x_hat, inv_sigma = _standardize(x, axes, eps)
-    return _bcast(gamma, x, axes) * x_hat + _bcast(beta, x, axes), (x_hat, inv_sigma, gamma)
+    x2 = _channels_first(x)
+    mean, var, x_hat, inv_sigma = _batch_stats(x2, eps)
+    y = _channels_back(gamma[:, None] * x_hat + beta[:, None], x.shape)
+    return (y, mean[:, 0], var[:, 0]), (x_hat, inv_sigma, gamma)
 
 
-def _batch_norm_bwd(eps, res, g):
+def _batch_norm_bwd(eps, res, cotangents):
     x_hat, inv_sigma, gamma = res
-    axes = _bn_axes(g)
-    dbeta = jnp.sum(g, axis=axes)  # Law 1 with A = [1 … 1] per channel
-    dgamma = jnp.sum(g * x_hat, axis=axes)  # Law 2 with C = diag(x̂) per channel
-    # dx = (1/M) γ/σ (M g − Σg − x̂ Σ g x̂): the closed form of the module docstring
-    dx = _normalized_bwd(_bcast(gamma, g, axes) * g, x_hat, inv_sigma, axes)
-    return dx, dgamma, dbeta
+    g, g_mean, g_var = cotangents
+    shape = g.shape
+    g2 = _channels_first(g)
+    dbeta = jnp.sum(g2, axis=1)  # Law 1 with A = [1 … 1] per channel
+    dgamma = jnp.sum(g2 * x_hat, axis=1)  # Law 2 with C = diag(x̂) per channel
+    # dx = (1/M) γ/σ (M g − Σg − x̂ Σ g x̂): the closed form of the module docstring, its sums being dβ and dγ
+    m = x_hat.shape[1]
+    dx = (gamma[:, None] * inv_sigma) * (g2 - (dbeta[:, None] + x_hat * dgamma[:, None]) / m)
+    # the statistics as outputs (for the running estimates): ∂μ/∂xᵢ = 1/M, ∂σ²/∂xᵢ = 2 (xᵢ − μ)/M = 2 σ x̂ᵢ / M
+    dx = dx + (g_mean[:, None] + (2 * g_var[:, None] / inv_sigma) * x_hat) / m
+    return _channels_back(dx, shape), dgamma, dbeta
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
@@ -118,6 +150,22 @@ def batch_norm(x, gamma=None, beta=None, *, eps: float = 1e-5):
       ``y`` shaped like ``x``: ``γ (x - μ_B)/√(σ²_B + ε) + β``.
 
     Backward (handwritten): ``dx = (1/M) γ/σ (M g − Σg − x̂ Σ g x̂)``, ``dγ = Σ g x̂``, ``dβ = Σ g``.
+    """
+    x = _checks.float_array("x", x, op="batch_norm")
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: x must have rank >= 2 (N, C, ...), got shape {tuple(x.shape)}")
+    m = x.size // x.shape[1] if x.shape[1] else 0
+    if m < 2:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel in training, got x of shape {tuple(x.shape)}")
+    gamma, beta = _norm_args("batch_norm", x, gamma, beta, (x.shape[1],))
+    return _batch_norm(x, gamma, beta, _check_eps("batch_norm", eps))[0]
+
+
+def batch_norm_with_stats(x, gamma=None, beta=None, *, eps: float = 1e-5):
+    """``batch_norm``'s ``y`` and the batch statistics it used: ``(y, mean, var)``, ``mean`` and the
+    *biased* ``var`` of shape ``(C,)``, computed once for both (the layer's running estimates read them).
+
+    The handwritten backward covers all three outputs: ``dx`` gains ``(g_μ + 2 σ x̂ g_σ²)/M``.
     """
     x = _checks.float_array("x", x, op="batch_norm")
     if x.ndim < 2:
@@ -253,12 +301,10 @@ def _batch_norm_layer(name, ndims, layout, momentum, eps, affine):
         gamma, beta = (None if v is None else v.astype(x.dtype) for v in (params.get("gamma"), params.get("beta")))
         if not train:
             return batch_norm_inference(x, state["mean"].astype(x.dtype), state["var"].astype(x.dtype), gamma, beta, eps=eps), state
-        y = batch_norm(x, gamma, beta, eps=eps)
-        axes = _bn_axes(x)
-        stats = jax.lax.stop_gradient(x)  # the running statistics are buffers, not differentiated
+        y, mean, var = batch_norm_with_stats(x, gamma, beta, eps=eps)
+        mean, var = jax.lax.stop_gradient((mean, var))  # the running statistics are buffers, not differentiated
         m = x.size // x.shape[1]
-        mean = jnp.mean(stats, axis=axes)
-        unbiased = jnp.var(stats, axis=axes) * (m / (m - 1))
+        unbiased = var * (m / (m - 1))
         new_state = {
             "mean": ((1 - momentum) * state["mean"] + momentum * mean).astype(state["mean"].dtype),
             "var": ((1 - momentum) * state["var"] + momentum * unbiased).astype(state["var"].dtype),
