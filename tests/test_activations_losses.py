@@ -48,6 +48,27 @@ def test_softmax_cross_entropy_known_value_and_rule():
     np.testing.assert_allclose(g, np.array([[-0.5, 0.25, 0.25], [0.1, 0.1, -0.2]]) / 2, rtol=1e-5, atol=1e-7)
 
 
+def test_label_smoothing_known_value_and_rule():
+    # q = (1 - ε) onehot + ε/K; loss = -Σ q log p, gradient (p - q)/N
+    eps, p = 0.3, np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    logits, labels = jnp.log(jnp.asarray(p, jnp.float32)), jnp.array([0, 2])
+    q = (1 - eps) * np.eye(3)[[0, 2]] + eps / 3
+    loss = losses.softmax_cross_entropy(logits, labels, label_smoothing=eps)
+    np.testing.assert_allclose(loss, -(q * np.log(p)).sum(1).mean(), rtol=1e-6)
+    g = jax.grad(lambda z: losses.softmax_cross_entropy(z, labels, label_smoothing=eps))(logits)
+    np.testing.assert_allclose(g, (p - q) / 2, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"label_smoothing must be a float in \[0, 1\), got 1.0"):
+        losses.softmax_cross_entropy(logits, labels, label_smoothing=1.0)
+
+
+def test_label_smoothing_rule_matches_reference_and_finite_differences(rng):
+    with jax.enable_x64(True):
+        logits = jnp.asarray(rng.standard_normal((5, 4)))
+        labels = jnp.asarray(rng.integers(0, 4, 5), jnp.int32)
+        gradcheck.check_vjp(lambda z: losses.softmax_cross_entropy(z, labels, label_smoothing=0.15), (logits,),
+                            reference=lambda z: R.softmax_cross_entropy(z, labels, label_smoothing=0.15))
+
+
 def test_losses_match_references(rng):
     logits = jnp.asarray(rng.standard_normal((6, 4)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 4, 6), jnp.int32)

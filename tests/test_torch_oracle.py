@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 
 from strategies import conv_configs, deconv_configs, distinct, pool_configs
+from tinyfn import losses
 from tinyfn.layers import conv2d, deconv2d, max_pool2d, max_pool2d_with_switches, max_unpool2d
 
 torch = pytest.importorskip("torch")
@@ -135,3 +136,16 @@ def test_all_minus_inf_windows_with_padding_pick_the_switches_pytorch_picks(name
         _, switches = max_pool2d_with_switches(jnp.asarray(x), 3, stride=1, padding=1, formulation=name)
     _, ti = F.max_pool2d(torch.tensor(x), 3, stride=1, padding=1, return_indices=True)
     np.testing.assert_array_equal(switches, ti.numpy())
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])
+def test_softmax_cross_entropy_with_label_smoothing_equals_pytorch(smoothing):
+    rng = np.random.default_rng(5)
+    logits, labels = rng.standard_normal((7, 5)) * 3, rng.integers(0, 5, 7)
+    with jax.enable_x64(True):
+        loss, grad = jax.value_and_grad(lambda z: losses.softmax_cross_entropy(z, jnp.asarray(labels), label_smoothing=smoothing))(jnp.asarray(logits))
+    tz = _t(logits)
+    tl = F.cross_entropy(tz, torch.tensor(labels), label_smoothing=smoothing)
+    tl.backward()
+    np.testing.assert_allclose(loss, tl.item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, tz.grad.numpy(), rtol=1e-10, atol=1e-12)

@@ -36,6 +36,24 @@ def test_fit_learns_and_reports_history(small_data):
     assert all(v > 0 for v in history["images_per_second"]) and history["wall_time"] == sorted(history["wall_time"])
 
 
+def test_a_smoothed_training_loss_is_reported_as_the_plain_loss_on_eval_data(small_data):
+    from functools import partial
+
+    from tinyfn.losses import softmax_cross_entropy
+    from tinyfn.train import evaluate
+
+    train, test = small_data
+    smoothed = partial(softmax_cross_entropy, label_smoothing=0.2)
+    kw = dict(epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(2), eval_data=test, quiet=True, loss_fn=smoothed)
+    params, history = fit(_model(), _init(), train, eval_loss_fn=softmax_cross_entropy, **kw)
+    plain_loss, _, _ = evaluate(_model(), params, test)
+    smoothed_loss, _, _ = evaluate(_model(), params, test, loss_fn=smoothed)
+    np.testing.assert_allclose(history["eval_loss"][-1], plain_loss, rtol=1e-5)
+    assert abs(smoothed_loss - plain_loss) > 1e-2  # the two losses differ, so the check above tells them apart
+    _, default = fit(_model(), _init(), train, **kw)
+    np.testing.assert_allclose(default["eval_loss"][-1], smoothed_loss, rtol=1e-5)  # without eval_loss_fn: loss_fn
+
+
 def test_the_key_reproduces_a_run_exactly(small_data):
     train, _ = small_data
     run = lambda k: fit(_model(), _init(), train, epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(k), quiet=True)[0]  # noqa: E731

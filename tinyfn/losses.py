@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,49 +19,57 @@ def _valid(labels, num_classes):
     return (labels >= 0) & (labels < num_classes)
 
 
-def _plain_sce(logits, labels):
+def _plain_sce(logits, labels, smoothing=0.0):
     """The loss and ``log softmax(logits)``; NaN for every example whose label is outside ``[0, K)``."""
     logp = _plain_log_softmax(logits, -1)
     valid = _valid(labels, logits.shape[1])
     picked = jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[:, None], axis=1)[:, 0]
-    losses = jnp.where(valid, -picked, jnp.full((), jnp.nan, logits.dtype))
+    nll = -picked
+    if smoothing:  # -Σ_k q_k log p_k with q = (1 - ε) onehot + ε/K
+        nll = (1 - smoothing) * nll - smoothing * jnp.mean(logp, axis=1)
+    losses = jnp.where(valid, nll, jnp.full((), jnp.nan, logits.dtype))
     return losses.mean(), logp
 
 
-@jax.custom_vjp
-def _softmax_cross_entropy(logits, labels):
-    return _plain_sce(logits, labels)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _softmax_cross_entropy(logits, labels, smoothing):
+    return _plain_sce(logits, labels, smoothing)[0]
 
 
-def _sce_fwd(logits, labels):  # plain functions inside the rule, so that forward mode can run through it
-    loss, logp = _plain_sce(logits, labels)
+def _sce_fwd(logits, labels, smoothing):  # plain functions inside the rule, so that forward mode can run through it
+    loss, logp = _plain_sce(logits, labels, smoothing)
     return loss, (jnp.exp(logp), labels)
 
 
-def _sce_bwd(res, g):
+def _sce_bwd(smoothing, res, g):
     probs, labels = res
-    onehot = jax.nn.one_hot(labels, probs.shape[1], dtype=probs.dtype)
-    # d/dlogits of mean_n(-log softmax(logits_n)[y_n]) = (softmax - onehot) / N; NaN rows for invalid labels, as the loss
-    grad = jnp.where(_valid(labels, probs.shape[1])[:, None], probs - onehot, jnp.full((), jnp.nan, probs.dtype))
+    k = probs.shape[1]
+    target = (1 - smoothing) * jax.nn.one_hot(labels, k, dtype=probs.dtype) + smoothing / k
+    # d/dlogits of mean_n(-Σ_k q_nk log softmax(logits_n)_k) = (softmax - q) / N, as Σ_k q_nk = 1 (q = onehot
+    # without smoothing); NaN rows for invalid labels, as the loss
+    grad = jnp.where(_valid(labels, k)[:, None], probs - target, jnp.full((), jnp.nan, probs.dtype))
     return g * grad / probs.shape[0], None
 
 
 _softmax_cross_entropy.defvjp(_sce_fwd, _sce_bwd)
 
 
-def softmax_cross_entropy(logits, labels, *, check_labels: bool = False):
+def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check_labels: bool = False):
     """Mean over the batch of ``-log softmax(logits)[label]``, log-sum-exp stable.
 
     Args:
       logits: ``(N, K)`` floats, ``N >= 1``.
       labels: ``(N,)`` integer class indices in ``[0, K)``.
+      label_smoothing: ``ε`` in ``[0, 1)``: the target is ``(1 - ε) onehot(label) + ε/K``
+        and the loss ``-Σ_k q_k log softmax(logits)_k`` (``torch.nn.functional.cross_entropy``'s
+        ``label_smoothing``); 0 is the plain loss.
       check_labels: also state the label range as a ``jax.experimental.checkify``
         check, so that ``checkify.checkify(f)`` of a jitted ``f`` reports the first
         label out of range (the caller must then checkify ``f``; without checkify,
         a jitted ``f`` refuses to trace with it).
 
     Returns:
-      A scalar. Backward (handwritten): ``(softmax(logits) - onehot(labels)) / N``.
+      A scalar. Backward (handwritten): ``(softmax(logits) - q) / N``, ``q = onehot(labels)`` without smoothing.
 
     Labels out of range are refused eagerly (with their position and value).
     Under ``jit`` their values are unknown at trace time: then the loss *and* its
@@ -68,6 +78,8 @@ def softmax_cross_entropy(logits, labels, *, check_labels: bool = False):
     finite check (``fit``'s guard) stops at that step.
     """
     op = "softmax_cross_entropy"
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+        raise ValueError(f"{op}: label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
     logits = _checks.float_array("logits", logits, ndim=2, layout="(N, num_classes)", op=op)
     if logits.shape[0] == 0:
         raise ValueError(f"{op}: the batch is empty (logits has shape {tuple(logits.shape)}); the mean over no examples is undefined")
@@ -91,7 +103,7 @@ def softmax_cross_entropy(logits, labels, *, check_labels: bool = False):
             valid.all(), f"{op}: labels[{{i}}] = {{v}} is outside [0, {logits.shape[1]}) for logits of shape {tuple(logits.shape)}",
             i=first, v=labels[first],
         )  # fmt: skip
-    return _softmax_cross_entropy(logits, labels.astype(jnp.int32))
+    return _softmax_cross_entropy(logits, labels.astype(jnp.int32), float(label_smoothing))
 
 
 def _plain_mse(pred, target):

@@ -162,9 +162,10 @@ def dropout(key, x, rate, *, train):
     return keep * x / (1.0 - rate)
 
 
-def softmax_cross_entropy(logits, labels):
-    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    return -jnp.mean(jnp.sum(onehot * log_softmax(logits), axis=-1))
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+    k = logits.shape[-1]
+    target = (1 - label_smoothing) * jax.nn.one_hot(labels, k, dtype=logits.dtype) + label_smoothing / k
+    return -jnp.mean(jnp.sum(target * log_softmax(logits), axis=-1))
 
 
 def mse(pred, target):

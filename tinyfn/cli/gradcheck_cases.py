@@ -166,7 +166,11 @@ def cases(seed: int = 0, repeats: int = 3) -> Iterator[Case]:
         labels = jnp.asarray(rng.integers(0, k, n), jnp.int32)
         sce = lambda z, labels=labels: losses.softmax_cross_entropy(z, labels)  # noqa: E731
         ref = lambda z, labels=labels: R.softmax_cross_entropy(z, labels)  # noqa: E731
-        yield Case("softmax_cross_entropy", f"logits({n}, {k})", sce, (normal(rng, (n, k)),), ref, ("logits",))
+        logits = normal(rng, (n, k))
+        yield Case("softmax_cross_entropy", f"logits({n}, {k})", sce, (logits,), ref, ("logits",))
+        sce = lambda z, labels=labels: losses.softmax_cross_entropy(z, labels, label_smoothing=0.1)  # noqa: E731
+        ref = lambda z, labels=labels: R.softmax_cross_entropy(z, labels, label_smoothing=0.1)  # noqa: E731
+        yield Case("softmax_cross_entropy", f"logits({n}, {k}) label_smoothing=0.1", sce, (logits,), ref, ("logits",))
         yield Case("mse", f"pred{shape}", losses.mse, (normal(rng, shape), normal(rng, shape)), R.mse, ("pred", "target"))
 
     for _ in range(repeats):

@@ -350,6 +350,7 @@ def fit(
     on_nonfinite: str = "stop",
     model_state=None,
     augment=None,
+    eval_loss_fn=None,
 ) -> FitResult:
     """Train ``model`` from ``params`` with mini-batch ``optimizer`` steps; returns ``(params, history)``.
 
@@ -373,6 +374,10 @@ def fit(
     step's dropout is ``fold_in(fold_in(key, epoch), batch)``. So a key
     reproduces a run exactly, and a resumed run matches an uninterrupted one
     bit for bit. The step is compiled once for the whole run.
+
+    ``eval_loss_fn`` is the loss reported on ``eval_data`` (default ``loss_fn``): the
+    plain ``softmax_cross_entropy`` when training with a regularised one, e.g.
+    ``functools.partial(softmax_cross_entropy, label_smoothing=0.1)``.
 
     ``history`` maps ``epoch``, ``train_loss``, ``train_accuracy``, ``eval_loss``,
     ``eval_accuracy`` (on ``eval_data``, NaN without it), ``images_per_second``,
@@ -426,10 +431,11 @@ def fit(
     train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh, with_state=True, augment=augment)
     evaluate_now = None
     if eval_data is not None:
-        eval_step = make_eval_step(model, loss_fn, with_state=True)
+        eval_loss_fn = loss_fn if eval_loss_fn is None else eval_loss_fn
+        eval_step = make_eval_step(model, eval_loss_fn, with_state=True)
 
         def evaluate_now(p, s):
-            return evaluate(model, p, eval_data, batch_size=eval_batch_size, loss_fn=loss_fn, eval_step=eval_step, model_state=s)[:2]
+            return evaluate(model, p, eval_data, batch_size=eval_batch_size, loss_fn=eval_loss_fn, eval_step=eval_step, model_state=s)[:2]
 
     if mesh is not None:
         run.params, run.opt_state, run.model_state = parallel.replicate((run.params, run.opt_state, run.model_state), mesh)
