@@ -1,10 +1,13 @@
 """Train ``tinyfn.models.resnet`` with batch norm, AdamW, a cosine schedule and augmentation, timing every epoch.
 
-    python benchmarks/resnet_recipe.py --data fashion-mnist [--epochs 14] [--width 16] [--blocks 2]
-        [--first-stride 2] [--batch-size 128] [--lr 2e-3] [--max-steps N] [--no-augment] [--plot PNG]
+    python benchmarks/resnet_recipe.py --data fashion-mnist [--epochs 20] [--width 16] [--blocks 2]
+        [--first-stride 2] [--batch-size 128] [--lr 2e-3] [--augment {flip,crop+flip,crop}] [--no-augment]
+        [--label-smoothing 0.1] [--max-steps N] [--plot PNG]
 
 Every default comes from ``RESNET_RECIPE`` (the recipe chosen to fit 15 minutes
-all in on two CPU cores: 13 min 46 s measured, see benchmarks/README.md).
+all in on two CPU cores: 14 min 15 s measured with the command line's copy of it,
+see benchmarks/README.md). Unlike the command line it trains on all 60,000
+images and evaluates the test set after every epoch.
 
 A direct loop over the stateful ``make_train_step`` (batch statistics in
 training, running statistics in evaluation) with the augmentation fused into
@@ -18,6 +21,7 @@ line, for scripts, is
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -38,15 +42,15 @@ RESNET_RECIPE = {
     "blocks_per_stage": 2,
     "stages": 3,
     "first_stride": 2,
-    # the training: AdamW, linear warm-up then a half cosine to 0, random crop (pad 2) + horizontal flip
+    # the training: AdamW, linear warm-up then a half cosine to 0, horizontal flips, label smoothing 0.1
     "optimizer": "adamw",
     "learning_rate": 2e-3,
     "weight_decay": 5e-2,
     "warmup_steps": 200,
-    "epochs": 14,
+    "epochs": 20,
     "batch_size": 128,
-    "augment": ("random_crop(2)", "random_flip()"),
-    "label_smoothing": 0.0,
+    "augment": "flip",  # random_flip() only: at 7 epochs 0.9215 against 0.9124 with random_crop(2) too (underfit)
+    "label_smoothing": 0.1,
 }
 
 
@@ -66,6 +70,8 @@ def parse_args(argv=None):
     ap.add_argument("--plot", default=None, help="save the curves (train loss, test accuracy per epoch) to this PNG")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--augment", choices=("crop+flip", "flip", "crop"), default=r["augment"])
+    ap.add_argument("--label-smoothing", type=float, default=r["label_smoothing"])
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -84,8 +90,10 @@ def main(argv=None):
     _, params, state = init_with_state(model, key, (None, *x_train.shape[1:]))
     optimizer = train.adamw(train.cosine(args.lr, steps_per_epoch * args.epochs, warmup_steps=min(args.warmup_steps, steps_per_epoch * args.epochs - 1)), weight_decay=args.weight_decay)
     opt_state = optimizer.init(params)
-    step = make_step = train.make_train_step(model, softmax_cross_entropy, optimizer, donate=False)
-    augment = None if args.no_augment else train.augment.compose(train.augment.random_crop(2), train.augment.random_flip())
+    loss = functools.partial(softmax_cross_entropy, label_smoothing=args.label_smoothing)
+    step = make_step = train.make_train_step(model, loss, optimizer, donate=False)
+    chosen = {"crop+flip": (train.augment.random_crop(2), train.augment.random_flip()), "flip": (train.augment.random_flip(),), "crop": (train.augment.random_crop(2),)}
+    augment = None if args.no_augment else train.augment.compose(*chosen[args.augment])
 
     @jax.jit
     def train_batch(params, state, opt_state, x, y, key):

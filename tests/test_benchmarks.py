@@ -62,3 +62,25 @@ def test_accelerator_check_runs_every_section_on_the_cpu_and_each_formulation_ma
     checks = [line for line in lines if line.startswith("correctness ")]
     assert len(checks) == len(names) and all(line.endswith(": ok") for line in checks), checks
     assert any(line.startswith("epoch wall ") for line in lines), lines
+
+
+def test_the_resnet_benchmark_recipe_is_the_command_lines():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from resnet_recipe import RESNET_RECIPE
+    finally:
+        sys.path.pop(0)
+    from tinyfn.cli.runs import RECIPES
+
+    cli = RECIPES["resnet"]
+    pairs = [("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "lr"), ("weight_decay", "weight_decay"), ("label_smoothing", "label_smoothing"), ("optimizer", "optimizer")]
+    assert {a: RESNET_RECIPE[a] for a, _ in pairs} == {a: cli[b] for a, b in pairs}
+    assert RESNET_RECIPE["augment"] == ("crop+flip" if cli["crop_padding"] else "flip") and cli["augment"]
+
+
+@pytest.mark.slow
+def test_resnet_step_times_tinyfn_against_jax_autodiff_and_torch():
+    lines = _run("resnet_step.py", "--steps", "1", "--rounds", "1", "--batch-size", "16")
+    m = re.fullmatch(r"resnet tinyfn/jax-autodiff=(\d+\.\d+) tinyfn/torch=(\d+\.\d+|nan)", lines[-1])
+    assert m, lines[-1]
+    assert any(line.startswith("JAX autodiff") for line in lines)

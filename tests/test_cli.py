@@ -98,6 +98,24 @@ def test_the_validation_split_holds_out_the_full_datas_share_and_is_disjoint():
     assert len(validation_split(100, 0.0, seed=0)[1]) == 0
 
 
+def test_crop_padding_zero_augments_with_flips_only_and_the_recipe_checks_it():
+    from tinyfn.cli.runs import check_recipe, make_augment, recipe_for
+
+    x = np.arange(8 * 1 * 5 * 5, dtype=np.float32).reshape(8, 1, 5, 5)  # no image equals a shift or mirror of itself
+    recipe = dict(recipe_for("embedded", None), augment=True)
+
+    def outcomes(crop_padding):
+        out = np.asarray(make_augment(dict(recipe, crop_padding=crop_padding), x.shape[1:])(jax.random.key(3), x))
+        return [("same" if np.array_equal(o, i) else "flipped" if np.array_equal(o, i[..., ::-1]) else "moved") for o, i in zip(out, x)]
+
+    assert set(outcomes(0)) == {"same", "flipped"}
+    assert "moved" in outcomes(2)
+    with pytest.raises(ValueError, match=r"--crop-padding must be a non-negative integer, got -1"):
+        check_recipe(dict(recipe, crop_padding=-1), None, 0.1)
+    with pytest.raises(ValueError, match=r"--label-smoothing must be in \[0, 1\), got 1.5"):
+        check_recipe(dict(recipe, label_smoothing=1.5), None, 0.1)
+
+
 def test_curves_are_titled_with_the_short_data_name_and_one_epoch_gets_a_sane_axis():
     from tinyfn.cli.runs import data_name
     from tinyfn.train import plot_history

@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from tinyfn.cli.runs import OPTIMIZERS, PRECISIONS, VAL_FRACTION, check_recipe, data_name, make_augment, make_optimizer, recipe_for, run_dir, validation_split
+from tinyfn.cli.runs import (
+    OPTIMIZERS, PRECISIONS, VAL_FRACTION, check_recipe, data_name, make_augment, make_optimizer, recipe_for, run_dir, train_loss, validation_split,
+)  # fmt: skip
 
 
 def add_arguments(p):
@@ -19,7 +21,9 @@ def add_arguments(p):
                    "wide_cnn on full data; resnet brings its own recipe: AdamW, cosine with warm-up, augmentation)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="sgd (Nesterov momentum), adam or adamw (decoupled weight decay); default: the recipe's")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crops (padding 2) and horizontal flips, on the device inside the step (default: the recipe's; on for resnet)")
+                   help="random crops and horizontal flips, on the device inside the step (default: the recipe's; on for resnet)")
+    p.add_argument("--crop-padding", type=int, default=None,
+                   help="with --augment: pad by this many pixels, then crop back at a random offset (default: the recipe's; 0: flips only)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="bf16: convolutions and linear layers compute in bfloat16, params and the loss stay float32 (lenet5, wide_cnn)")
     p.add_argument("--formulation", choices=("auto", "im2col", "xla", "direct"), default="auto",
@@ -29,6 +33,8 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--momentum", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="train on targets (1 - e) onehot + e/K (default: the recipe's); validation and test losses stay the plain cross-entropy")
     p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=None, help="learning-rate schedule (step: x0.1 after each third of the run)")
     p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
                    help=f"share of the training images held out for the per-epoch validation curve (default {VAL_FRACTION:.4f}: "
@@ -48,6 +54,7 @@ def run(args) -> int:
     import jax.numpy as jnp
 
     from tinyfn.layers import formulation, init_with_state
+    from tinyfn.losses import softmax_cross_entropy
     from tinyfn.models import get_model
     from tinyfn.train import (
         CHECKPOINT_NAME, ConsoleLog, confusion_matrix, data_mesh, evaluate, fit, is_writer, model_record, plot_confusion, plot_history,
@@ -107,7 +114,8 @@ def run(args) -> int:
     if not args.quiet:
         where = f" on {mesh.size} devices" if mesh is not None else ""
         momentum = f"momentum {recipe['momentum']}, " if recipe["optimizer"] == "sgd" else ""
-        extras = (", augmented" if augment else "") + (f", {args.precision}" if extra else "") + ("" if args.formulation == "auto" else f", {args.formulation}")
+        crops = f"crops padded by {recipe['crop_padding']} + flips" if recipe["crop_padding"] else "flips"
+        extras = (f", augmented ({crops})" if augment else "") + (f", label smoothing {recipe['label_smoothing']}" if recipe["label_smoothing"] else "") + (f", {args.precision}" if extra else "") + ("" if args.formulation == "auto" else f", {args.formulation}")
         print(f"training {recipe['model']} ({n_params:,} params){where} on {args.data}: {len(x_train):,} train / {len(val_idx):,} validation / "
               f"{len(x_test):,} test images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, {recipe['optimizer']} lr {recipe['lr']} "
               f"({recipe['schedule']}), {momentum}weight decay {recipe['weight_decay']}{extras}; run directory {out}", flush=True)  # fmt: skip
@@ -123,6 +131,7 @@ def run(args) -> int:
                 resume=args.resume, metadata=metadata, quiet=args.quiet, mesh=mesh,
                 epoch_callbacks=() if args.quiet else (ConsoleLog(eval_label="val"),),
                 on_nonfinite="skip" if args.skip_nonfinite else "stop", model_state=model_state, augment=augment,
+                loss_fn=train_loss(recipe), eval_loss_fn=softmax_cross_entropy,
             )  # fmt: skip
         params, history = result
     except KeyboardInterrupt as exc:

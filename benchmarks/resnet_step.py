@@ -1,0 +1,237 @@
+"""Time one AdamW training step of ``tinyfn.models.resnet`` against its peers, interleaved in one process.
+
+    python benchmarks/resnet_step.py [--batch-size 128] [--width 16] [--steps 10] [--rounds 10]
+
+The same network three ways, from the same initial weights: tinyfn (handwritten
+rules, batch norm with its running statistics, ``tinyfn.train.adamw``, jitted);
+JAX autodiff (``lax.conv_general_dilated`` in NCHW, batch norm and its running
+statistics in ``jax.numpy``, ``jax.grad``, the same ``tinyfn.train.adamw``,
+jitted); PyTorch eager (``nn.Conv2d``/``nn.BatchNorm2d``, ``torch.optim.AdamW``,
+as many threads as cores, NCHW and channels-last). No augmentation, so the
+steps compute the same thing. Each round runs ``--steps`` steps of every
+implementation in turn (after a warm-up that compiles and checks that every
+implementation gives the same first two losses), timing each to completion
+(a step returns its loss as a Python float); the table gives median and min ms/step and images/s. The last
+line, for scripts, is
+
+    resnet tinyfn/jax-autodiff=R1 tinyfn/torch=R2
+
+(median ms/step ratios, against PyTorch's faster layout; below 1 means tinyfn is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import tinyfn
+from tinyfn import models, train
+from tinyfn.layers import init_with_state
+from tinyfn.losses import softmax_cross_entropy
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--no-torch", action="store_true")
+    return ap.parse_args(argv)
+
+
+def _blocks(width, stages=3, blocks=2, first_stride=2):
+    """``(in_channels, channels, stride, projected)`` of every basic block of ``models.resnet``'s defaults."""
+    out, cin = [], width
+    for s in range(stages):
+        c = width * 2**s
+        for b in range(blocks):
+            stride = (first_stride if s == 0 else 2) if b == 0 else 1
+            out.append((cin, c, stride, b == 0 and (stride > 1 or s > 0)))
+            cin = c
+    return out
+
+
+def _from_tinyfn(params, state, width):
+    """tinyfn's resnet params and state as a flat list of (conv weight, bn params, bn state) in network order."""
+    convs = [(params[0]["w"], params[1], state[1])]
+    for i, (_, _, _, projected) in enumerate(_blocks(width)):
+        residual = params[3 + i][0]  # serial(residual(body, shortcut), ReLU)
+        rstate = state[3 + i][0]
+        body, shortcut = residual["body"], residual.get("shortcut")
+        convs.append((body[0]["w"], body[1], rstate["body"][1]))
+        convs.append((body[3]["w"], body[4], rstate["body"][4]))
+        if projected:
+            convs.append((shortcut[0]["w"], shortcut[1], rstate["shortcut"][1]))
+    return convs, params[-1]
+
+
+def jax_autodiff_step(width, optimizer):
+    """A jitted AdamW step of the same network, its gradient by ``jax.grad`` of ``lax`` ops."""
+    blocks = _blocks(width)
+
+    def conv(x, w, stride):
+        p = w.shape[2] // 2
+        return lax.conv_general_dilated(x, w, (stride, stride), ((p, p), (p, p)), dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+    def bn(x, p, s):
+        mean = x.mean((0, 2, 3))
+        var = ((x - mean[None, :, None, None]) ** 2).mean((0, 2, 3))
+        m = x.size // x.shape[1]
+        y = (x - mean[None, :, None, None]) * lax.rsqrt(var + 1e-5)[None, :, None, None]
+        new = {"mean": 0.9 * s["mean"] + 0.1 * lax.stop_gradient(mean), "var": 0.9 * s["var"] + 0.1 * lax.stop_gradient(var) * m / (m - 1)}
+        return y * p["gamma"][None, :, None, None] + p["beta"][None, :, None, None], new
+
+    def forward(params, states, x):
+        convs, head = params
+        it, st, new = iter(convs), iter(states), []
+
+        def cbr(h, stride, relu=True):
+            w, p = next(it)
+            y, s = bn(conv(h, w, stride), p, next(st))
+            new.append(s)
+            return jax.nn.relu(y) if relu else y
+
+        h = cbr(x, 1)
+        for _, _, stride, projected in blocks:
+            o = cbr(cbr(h, stride), 1, relu=False)
+            h = jax.nn.relu(o + (cbr(h, stride, relu=False) if projected else h))
+        return h.mean((2, 3)) @ head["w"] + head["b"], new
+
+    def loss(params, states, x, y):
+        logits, new = forward(params, states, x)
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], 1)), new
+
+    @jax.jit
+    def step(params, states, opt_state, x, y):
+        (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params, states, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return jax.tree.map(lambda p, u: p + u, params, updates), new, opt_state, value
+
+    return step
+
+
+def torch_step(convs, head, width, channels_last):
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    weights = iter(convs)
+
+    def cb(cin, c, k, stride):
+        w, p, s = next(weights)
+        conv, norm = nn.Conv2d(cin, c, k, stride, k // 2, bias=False), nn.BatchNorm2d(c)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(np.asarray(w)))
+            norm.weight.copy_(torch.from_numpy(np.asarray(p["gamma"])))
+            norm.bias.copy_(torch.from_numpy(np.asarray(p["beta"])))
+        return nn.Sequential(conv, norm)
+
+    class Block(nn.Module):
+        def __init__(self, cin, c, stride, projected):
+            super().__init__()
+            self.a, self.b = cb(cin, c, 3, stride), cb(c, c, 3, 1)
+            self.shortcut = cb(cin, c, 1, stride) if projected else None
+
+        def forward(self, x):
+            o = self.b(torch.relu(self.a(x)))
+            return torch.relu(o + (self.shortcut(x) if self.shortcut is not None else x))
+
+    stem = cb(1, width, 3, 1)
+    fc = nn.Linear(head["w"].shape[0], head["w"].shape[1])
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(np.asarray(head["w"]).T.copy()))
+        fc.bias.copy_(torch.from_numpy(np.asarray(head["b"])))
+    net = nn.Sequential(stem, nn.ReLU(), *[Block(*b) for b in _blocks(width)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-2)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tinyfn.tune_allocator()
+    model = models.resnet(width=args.width)
+    _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch_size).astype(np.int32)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    optimizer = train.adamw(1e-3, weight_decay=5e-2)
+
+    tf_step = jax.jit(train.make_train_step(model, softmax_cross_entropy, optimizer, donate=False))
+    tf_carry = [params, state, optimizer.init(params)]
+
+    def run_tinyfn():
+        out = tf_step(*tf_carry, xj, yj, jax.random.key(0))
+        tf_carry[:] = out[:3]
+        return float(out[3]["loss"])
+
+    convs, head = _from_tinyfn(params, state, args.width)
+    jparams = ([(w, p) for w, p, _ in convs], head)
+    jstep = jax_autodiff_step(args.width, optimizer)
+    j_carry = [jparams, [s for _, _, s in convs], optimizer.init(jparams)]
+
+    def run_jax():
+        out = jstep(*j_carry, xj, yj)
+        j_carry[:] = out[:3]
+        return float(out[3])
+
+    impls = {"tinyfn (handwritten rules, jit)": run_tinyfn, "JAX autodiff (lax.conv, jax.grad, jit)": run_jax}
+    torch_names = []
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("torch not installed: PyTorch columns skipped")
+        else:
+            for cl in (False, True):
+                step = torch_step(convs, head, args.width, cl)
+                xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last) if cl else torch.from_numpy(x)
+                yt = torch.from_numpy(y.astype(np.int64))
+                name = f"PyTorch {torch.__version__} eager" + (", channels-last" if cl else ", NCHW")
+                impls[name] = lambda step=step, xt=xt, yt=yt: float(step(xt, yt))
+                torch_names.append(name)
+    times = {name: [] for name in impls}
+    first = {name: [run() for _ in range(2)] for name, run in impls.items()}  # warm-up, compilation included
+    # the same weights, batch and optimizer: the same two first losses, or the comparison is void
+    ref = first["tinyfn (handwritten rules, jit)"]
+    for name, losses in first.items():
+        if not np.allclose(losses, ref, rtol=2e-3, atol=2e-4):
+            raise SystemExit(f"{name} computes another step: first losses {losses} against tinyfn's {ref}")
+    for _ in range(args.rounds):
+        for name, run in impls.items():
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t)
+    print(f"first two losses, every implementation: {ref[0]:.4f}, {ref[1]:.4f} (within 2e-3)")
+    print(f"resnet(width={args.width}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}")
+    print(f"{'implementation':48s} {'median ms':>10s} {'min ms':>8s} {'images/s':>9s} {'x tinyfn':>9s}")
+    base = np.median(times["tinyfn (handwritten rules, jit)"])
+    for name, t in times.items():
+        med = np.median(t)
+        print(f"{name:48s} {med * 1e3:10.1f} {min(t) * 1e3:8.1f} {args.batch_size / med:9.0f} {med / base:9.2f}")
+    jax_ratio = base / np.median(times["JAX autodiff (lax.conv, jax.grad, jit)"])
+    torch_ratio = base / min(np.median(times[n]) for n in torch_names) if torch_names else float("nan")
+    print(f"resnet tinyfn/jax-autodiff={jax_ratio:.3f} tinyfn/torch={torch_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
