@@ -1,6 +1,6 @@
 """Time one AdamW training step of ``tinyfn.models.resnet`` against its peers, interleaved in one process.
 
-    python benchmarks/resnet_step.py [--batch-size 128] [--width 16] [--steps 10] [--rounds 10]
+    python benchmarks/resnet_step.py [--batch-size 128] [--width 16] [--first-stride 2] [--steps 10] [--rounds 10]
 
 The same network three ways, from the same initial weights: tinyfn (handwritten
 rules, batch norm with its running statistics, ``tinyfn.train.adamw``, jitted);
@@ -40,6 +40,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--first-stride", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--no-torch", action="store_true")
@@ -58,10 +59,10 @@ def _blocks(width, stages=3, blocks=2, first_stride=2):
     return out
 
 
-def _from_tinyfn(params, state, width):
+def _from_tinyfn(params, state, width, first_stride):
     """tinyfn's resnet params and state as a flat list of (conv weight, bn params, bn state) in network order."""
     convs = [(params[0]["w"], params[1], state[1])]
-    for i, (_, _, _, projected) in enumerate(_blocks(width)):
+    for i, (_, _, _, projected) in enumerate(_blocks(width, first_stride=first_stride)):
         residual = params[3 + i][0]  # serial(residual(body, shortcut), ReLU)
         rstate = state[3 + i][0]
         body, shortcut = residual["body"], residual.get("shortcut")
@@ -72,9 +73,9 @@ def _from_tinyfn(params, state, width):
     return convs, params[-1]
 
 
-def jax_autodiff_step(width, optimizer):
+def jax_autodiff_step(width, first_stride, optimizer):
     """A jitted AdamW step of the same network, its gradient by ``jax.grad`` of ``lax`` ops."""
-    blocks = _blocks(width)
+    blocks = _blocks(width, first_stride=first_stride)
 
     def conv(x, w, stride):
         p = w.shape[2] // 2
@@ -118,7 +119,7 @@ def jax_autodiff_step(width, optimizer):
     return step
 
 
-def torch_step(convs, head, width, channels_last):
+def torch_step(convs, head, width, first_stride, channels_last):
     import torch
     from torch import nn
 
@@ -149,7 +150,7 @@ def torch_step(convs, head, width, channels_last):
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(np.asarray(head["w"]).T.copy()))
         fc.bias.copy_(torch.from_numpy(np.asarray(head["b"])))
-    net = nn.Sequential(stem, nn.ReLU(), *[Block(*b) for b in _blocks(width)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    net = nn.Sequential(stem, nn.ReLU(), *[Block(*b) for b in _blocks(width, first_stride=first_stride)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-2)
@@ -167,7 +168,7 @@ def torch_step(convs, head, width, channels_last):
 def main(argv=None):
     args = parse_args(argv)
     tinyfn.tune_allocator()
-    model = models.resnet(width=args.width)
+    model = models.resnet(width=args.width, first_stride=args.first_stride)
     _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32)
@@ -183,9 +184,9 @@ def main(argv=None):
         tf_carry[:] = out[:3]
         return float(out[3]["loss"])
 
-    convs, head = _from_tinyfn(params, state, args.width)
+    convs, head = _from_tinyfn(params, state, args.width, args.first_stride)
     jparams = ([(w, p) for w, p, _ in convs], head)
-    jstep = jax_autodiff_step(args.width, optimizer)
+    jstep = jax_autodiff_step(args.width, args.first_stride, optimizer)
     j_carry = [jparams, [s for _, _, s in convs], optimizer.init(jparams)]
 
     def run_jax():
@@ -202,7 +203,7 @@ def main(argv=None):
             print("torch not installed: PyTorch columns skipped")
         else:
             for cl in (False, True):
-                step = torch_step(convs, head, args.width, cl)
+                step = torch_step(convs, head, args.width, args.first_stride, cl)
                 xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last) if cl else torch.from_numpy(x)
                 yt = torch.from_numpy(y.astype(np.int64))
                 name = f"PyTorch {torch.__version__} eager" + (", channels-last" if cl else ", NCHW")
@@ -222,7 +223,7 @@ def main(argv=None):
                 run()
                 times[name].append(time.perf_counter() - t)
     print(f"first two losses, every implementation: {ref[0]:.4f}, {ref[1]:.4f} (within 2e-3)")
-    print(f"resnet(width={args.width}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}")
+    print(f"resnet(width={args.width}, first_stride={args.first_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}")
     print(f"{'implementation':48s} {'median ms':>10s} {'min ms':>8s} {'images/s':>9s} {'x tinyfn':>9s}")
     base = np.median(times["tinyfn (handwritten rules, jit)"])
     for name, t in times.items():

@@ -73,7 +73,8 @@ def test_the_resnet_benchmark_recipe_is_the_command_lines():
     from tinyfn.cli.runs import RECIPES
 
     cli = RECIPES["resnet"]
-    pairs = [("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "lr"), ("weight_decay", "weight_decay"), ("label_smoothing", "label_smoothing"), ("optimizer", "optimizer")]
+    pairs = [("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "lr"), ("weight_decay", "weight_decay"), ("label_smoothing", "label_smoothing"),
+             ("optimizer", "optimizer"), ("crop_padding", "crop_padding")]
     assert {a: RESNET_RECIPE[a] for a, _ in pairs} == {a: cli[b] for a, b in pairs}
     assert RESNET_RECIPE["augment"] == ("crop+flip" if cli["crop_padding"] else "flip") and cli["augment"]
 

@@ -174,7 +174,7 @@ def mse(pred, target):
 
 # ---- normalisation, average pooling and fan-in (definitions, differentiated by JAX) ----
 
-__all__ += ["batch_norm", "batch_norm_inference", "layer_norm", "avg_pool2d", "global_avg_pool2d", "add_arrays", "concat_arrays"]
+__all__ += ["batch_norm", "batch_norm_with_stats", "batch_norm_inference", "layer_norm", "avg_pool2d", "global_avg_pool2d", "add_arrays", "concat_arrays"]
 
 
 def batch_norm(x, gamma=None, beta=None, *, eps=1e-5):
@@ -186,6 +186,12 @@ def batch_norm(x, gamma=None, beta=None, *, eps=1e-5):
     y = (x - mean) / jnp.sqrt(var + eps)
     y = y if gamma is None else y * gamma.reshape(shape)
     return y if beta is None else y + beta.reshape(shape)
+
+
+def batch_norm_with_stats(x, gamma=None, beta=None, *, eps=1e-5):
+    """``batch_norm``'s output and the batch mean and biased variance it used, each ``(C,)``."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    return batch_norm(x, gamma, beta, eps=eps), jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
 
 
 def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, eps=1e-5):

@@ -182,6 +182,7 @@ def cases(seed: int = 0, repeats: int = 3) -> Iterator[Case]:
         shape = (n, c, *hw)
         args = (normal(rng, shape), normal(rng, (c,)), normal(rng, (c,)))
         yield Case("batch_norm", f"x{shape}", L.batch_norm, args, R.batch_norm, ("x", "gamma", "beta"))
+        yield Case("batch_norm_with_stats", f"x{shape}", L.batch_norm_with_stats, args, R.batch_norm_with_stats, ("x", "gamma", "beta"))
         stats = (normal(rng, (c,)), jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32))
         args = (normal(rng, shape), *stats, normal(rng, (c,)), normal(rng, (c,)))
         yield Case("batch_norm_inference", f"x{shape}", L.batch_norm_inference, args, R.batch_norm_inference, ("x", "mean", "var", "gamma", "beta"))
