@@ -38,11 +38,12 @@ def _bcast(v, x, axes):
 
 
 def _standardize(x, axes, eps):
+    """``x̂``, ``1/σ`` and the mean and biased variance over ``axes`` (kept as size-1 axes)."""
     mean = jnp.mean(x, axis=axes, keepdims=True)
     centered = x - mean
     var = jnp.mean(centered * centered, axis=axes, keepdims=True)
     inv_sigma = jax.lax.rsqrt(var + jnp.asarray(eps, x.dtype))
-    return centered * inv_sigma, inv_sigma
+    return centered * inv_sigma, inv_sigma, mean, var
 
 
 def _normalized_bwd(g_hat, x_hat, inv_sigma, axes):
@@ -77,15 +78,6 @@ def _channels_back(y, shape):
     return jnp.moveaxis(y.reshape(c, n, *rest), 0, 1)
 
 
-def _batch_stats(x2, eps):
-    """Per-row mean, biased variance and ``1/σ`` of ``x2 (C, M)``, and ``x̂``."""
-    mean = jnp.mean(x2, axis=1, keepdims=True)
-    centered = x2 - mean
-    var = jnp.mean(centered * centered, axis=1, keepdims=True)
-    inv_sigma = jax.lax.rsqrt(var + jnp.asarray(eps, x2.dtype))
-    return mean, var, centered * inv_sigma, inv_sigma
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _batch_norm(x, gamma, beta, eps):
     """``(y, μ_B, σ²_B)``: the normalised batch and its per-channel mean and biased variance."""
@@ -93,8 +85,7 @@ def _batch_norm(x, gamma, beta, eps):
 
 
 def _batch_norm_fwd(x, gamma, beta, eps):
-    x2 = _channels_first(x)
-    mean, var, x_hat, inv_sigma = _batch_stats(x2, eps)
+    x_hat, inv_sigma, mean, var = _standardize(_channels_first(x), 1, eps)
     y = _channels_back(gamma[:, None] * x_hat + beta[:, None], x.shape)
     return (y, mean[:, 0], var[:, 0]), (x_hat, inv_sigma, gamma)
 
@@ -151,14 +142,7 @@ def batch_norm(x, gamma=None, beta=None, *, eps: float = 1e-5):
 
     Backward (handwritten): ``dx = (1/M) γ/σ (M g − Σg − x̂ Σ g x̂)``, ``dγ = Σ g x̂``, ``dβ = Σ g``.
     """
-    x = _checks.float_array("x", x, op="batch_norm")
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm: x must have rank >= 2 (N, C, ...), got shape {tuple(x.shape)}")
-    m = x.size // x.shape[1] if x.shape[1] else 0
-    if m < 2:
-        raise ValueError(f"batch_norm: expected more than 1 value per channel in training, got x of shape {tuple(x.shape)}")
-    gamma, beta = _norm_args("batch_norm", x, gamma, beta, (x.shape[1],))
-    return _batch_norm(x, gamma, beta, _check_eps("batch_norm", eps))[0]
+    return batch_norm_with_stats(x, gamma, beta, eps=eps)[0]
 
 
 def batch_norm_with_stats(x, gamma=None, beta=None, *, eps: float = 1e-5):
@@ -227,7 +211,7 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, eps: float = 1e
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _layer_norm(x, gamma, beta, eps):
     axes = tuple(range(x.ndim - gamma.ndim, x.ndim))
-    x_hat, _ = _standardize(x, axes, eps)
+    x_hat = _standardize(x, axes, eps)[0]
     return _lead(gamma, x) * x_hat + _lead(beta, x)
 
 
@@ -238,7 +222,7 @@ def _lead(v, x):
 
 def _layer_norm_fwd(x, gamma, beta, eps):
     axes = tuple(range(x.ndim - gamma.ndim, x.ndim))
-    x_hat, inv_sigma = _standardize(x, axes, eps)
+    x_hat, inv_sigma, _, _ = _standardize(x, axes, eps)
     return _lead(gamma, x) * x_hat + _lead(beta, x), (x_hat, inv_sigma, gamma)
 
 
