@@ -20,6 +20,7 @@ from tinyfn.train import (
     make_train_step,
     sgd,
     step_decay,
+    weights_only,
 )
 
 
@@ -255,3 +256,71 @@ def test_tinyfn_transformations_inside_an_optax_chain_match_optax_own(x64):
         u1, s1 = sgd_ours.update(g, s1, params)
         u2, s2 = sgd_theirs.update(g, s2, params)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), u1, u2)
+
+
+def _two_leaves(rng):
+    return {"w": jnp.asarray(rng.standard_normal((2, 3))), "b": jnp.asarray(rng.standard_normal(3))}
+
+
+def test_adamw_mask_matches_pytorch_param_groups_without_decay_on_the_biases(x64):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    params = _two_leaves(rng)
+    tw, tb = (torch.tensor(np.asarray(params[k]), requires_grad=True) for k in ("w", "b"))
+    topt = torch.optim.AdamW([{"params": [tw], "weight_decay": 0.3}, {"params": [tb], "weight_decay": 0.0}], lr=0.02)
+    ours = []
+    for opt in (adamw(0.02, weight_decay=0.3, mask=weights_only), adamw(0.02, weight_decay=0.3, mask={"w": True, "b": False})):
+        p, s = params, opt.init(params)
+        for i in range(20):
+            p, s = _step(opt, {k: jnp.sin(p[k] * (i + 1)) for k in p}, s, p)
+        ours.append(p)
+    for i in range(20):
+        for t in (tw, tb):
+            t.grad = torch.sin(t.detach() * (i + 1))
+        topt.step()
+    for results in ours:  # the function mask and the tree mask
+        np.testing.assert_allclose(results["w"], tw.detach().numpy(), rtol=1e-10)
+        np.testing.assert_allclose(results["b"], tb.detach().numpy(), rtol=1e-10)
+    unmasked = adamw(0.02, weight_decay=0.3)
+    p, s = params, unmasked.init(params)
+    for i in range(20):
+        p, s = _step(unmasked, {k: jnp.sin(p[k] * (i + 1)) for k in p}, s, p)
+    assert not np.allclose(p["b"], results["b"], rtol=1e-6)  # the mask changed the biases' path: the test sees a mask that is ignored
+
+
+def test_adamw_mask_matches_optax(x64):
+    optax = pytest.importorskip("optax")
+    params = _two_leaves(np.random.default_rng(3))
+    results = []
+    for opt in (adamw(0.01, weight_decay=0.2, mask=weights_only), optax.adamw(0.01, weight_decay=0.2, mask=lambda p: {"w": True, "b": False})):
+        p, s = params, opt.init(params)
+        for i in range(10):
+            u, s = opt.update(jax.tree_util.tree_map(lambda a: jnp.cos(a * (i + 2)), p), s, p)
+            p = apply_updates(p, u)
+        results.append(p)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10), *results)
+
+
+def test_sgd_and_adam_masks_decay_exactly_the_chosen_leaves(x64):
+    params = _two_leaves(np.random.default_rng(5))
+    for make in (lambda wd, m: sgd(0.05, momentum=0.9, weight_decay=wd, mask=m), lambda wd, m: adam(0.05, weight_decay=wd, mask=m)):
+        runs = {}
+        for name, (wd, m) in {"masked": (0.5, weights_only), "all": (0.5, None), "none": (0.0, None)}.items():
+            opt, p = make(wd, m), params
+            s = opt.init(p)
+            for i in range(5):
+                p, s = _step(opt, jax.tree_util.tree_map(lambda a: jnp.tanh(a * (i + 1)), p), s, p)
+            runs[name] = p
+        np.testing.assert_allclose(runs["masked"]["w"], runs["all"]["w"], rtol=1e-12)  # the matrix decays
+        np.testing.assert_allclose(runs["masked"]["b"], runs["none"]["b"], rtol=1e-12)  # the vector does not
+        assert not np.allclose(runs["all"]["b"], runs["none"]["b"])
+
+
+def test_bad_masks_are_refused_by_name():
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"adamw: mask must have the params' tree structure"):
+        adamw(0.1, mask={"w": True}).update(params, adamw(0.1).init(params), params)
+    with pytest.raises(TypeError, match=r"sgd: mask\['b'\] must be a Python bool, got str 'no'"):
+        sgd(0.1, weight_decay=0.1, mask={"w": True, "b": "no"}).update(params, sgd(0.1).init(params), params)
+    with pytest.raises(TypeError, match=r"adam: mask must be a tree of bools"):
+        adam(0.1, mask={})

@@ -11,7 +11,7 @@ from tinyfn.train.parallel import data_mesh, is_writer
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
 from tinyfn.train.optim import (
     AdamState, EmptyState, GradientTransformation, SGDState, adam, adamw, apply_updates, as_gradient_transformation,
-    chain, clip_by_global_norm,
+    chain, clip_by_global_norm, weights_only,
 )  # fmt: skip
 from tinyfn.train.plots import confusion_matrix, plot_confusion, plot_history
 from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, format_epoch
@@ -22,6 +22,7 @@ __all__ = [
     "sgd",
     "adam",
     "adamw",
+    "weights_only",
     "clip_by_global_norm",
     "chain",
     "apply_updates",

@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "GradientTransformation",
@@ -47,6 +48,7 @@ __all__ = [
     "sgd",
     "adam",
     "adamw",
+    "weights_only",
     "clip_by_global_norm",
     "chain",
     "apply_updates",
@@ -153,17 +155,56 @@ def _check_trees(op, grads, params):
             raise ValueError(f"{op}: grads{jax.tree_util.keystr(path[0])} has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(p)}")
 
 
+def weights_only(params):
+    """The decay mask of the usual recipes: ``True`` for leaves of two or more dimensions (filters, weight matrices).
+
+    Batch norm's ``gamma``/``beta`` and the biases (one dimension) are left undecayed:
+    ``adamw(lr, weight_decay=5e-2, mask=weights_only)``.
+    """
+    return jax.tree_util.tree_map(lambda a: jnp.ndim(a) >= 2, params)
+
+
+def _decay_mask(op, mask, params):
+    """``mask`` (a tree of bools shaped like ``params``, or a function of ``params`` giving one) as a list of Python bools, one per leaf."""
+    if mask is None:
+        return None
+    tree = mask(params) if callable(mask) else mask
+    leaves, structure = jax.tree_util.tree_flatten(tree)
+    if structure != jax.tree_util.tree_structure(params):
+        raise ValueError(f"{op}: mask must have the params' tree structure (True where weight decay applies), got\n  mask:   {structure}\n  params: {jax.tree_util.tree_structure(params)}")
+    for path, leaf in zip(jax.tree_util.tree_flatten_with_path(tree)[0], leaves):
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise TypeError(f"{op}: mask{jax.tree_util.keystr(path[0])} must be a Python bool, got {type(leaf).__name__} {leaf!r}")
+    return [bool(leaf) for leaf in leaves]
+
+
+def _masked(decay, params):
+    """``params`` with the leaves that take no weight decay replaced by zeros (so ``λ p`` vanishes there)."""
+    if decay is None:
+        return params
+    leaves, structure = jax.tree_util.tree_flatten(params)
+    return jax.tree_util.tree_unflatten(structure, [p if d else jnp.zeros_like(p) for p, d in zip(leaves, decay)])
+
+
+def _check_mask_argument(op, mask):
+    if mask is not None and not callable(mask) and not jax.tree_util.tree_leaves(mask):
+        raise TypeError(f"{op}: mask must be a tree of bools like the params or a function params -> such a tree, got {mask!r}")
+    return mask
+
+
 def _needs_params(op, params, weight_decay):
     if weight_decay and params is None:
         raise ValueError(f"{op}: weight_decay={weight_decay} needs params: call update(grads, state, params)")
 
 
-def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> GradientTransformation:
+def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, mask=None) -> GradientTransformation:
     """SGD with optional (Nesterov) momentum and L2 weight decay, over any params pytree.
 
     ``learning_rate`` is a number or a schedule ``step -> lr`` (``constant``,
     ``step_decay``, ``cosine`` or your own). The state is ``SGDState(count,
-    velocity)``; ``velocity`` is ``None`` without momentum.
+    velocity)``; ``velocity`` is ``None`` without momentum. ``mask`` (optax's
+    meaning): a tree of bools like the params, or a function ``params -> tree``
+    (``weights_only``), ``True`` where the weight decay applies; ``None``: everywhere.
 
     >>> opt = sgd(0.1, momentum=0.9)
     >>> params = {"w": jnp.ones(2)}
@@ -174,6 +215,7 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_dec
     schedule = _schedule("sgd", learning_rate)
     momentum = _check_number("sgd", "momentum", momentum, 0.0, 1.0)
     weight_decay = _check_number("sgd", "weight_decay", weight_decay, 0.0)
+    mask = _check_mask_argument("sgd", mask)
     if nesterov and momentum == 0.0:
         raise ValueError("sgd: nesterov=True needs momentum > 0")
 
@@ -186,7 +228,8 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_dec
         if params is not None:
             _check_trees("sgd", grads, params)
         lr = schedule(state.count)
-        d = grads if not weight_decay else _tree_map(lambda g, p: g + weight_decay * p, grads, params)
+        decayed = _masked(_decay_mask("sgd", mask, params), params) if weight_decay else None
+        d = grads if not weight_decay else _tree_map(lambda g, p: g + weight_decay * p, grads, decayed)
         velocity = state.velocity
         if momentum:
             velocity = _tree_map(lambda v, g: momentum * v + g, velocity, d)
@@ -197,8 +240,9 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_dec
     return GradientTransformation(init, update)
 
 
-def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled):
+def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled, mask):
     schedule = _schedule(op, learning_rate)
+    mask = _check_mask_argument(op, mask)
     b1 = _check_number(op, "b1", b1, 0.0, 1.0)
     b2 = _check_number(op, "b2", b2, 0.0, 1.0)
     eps = _check_number(op, "eps", eps, 0.0)
@@ -214,7 +258,8 @@ def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled):
             _check_trees(op, grads, params)
         count = state.count + 1
         lr = schedule(state.count)
-        d = grads if decoupled or not weight_decay else _tree_map(lambda g, p: g + weight_decay * p, grads, params)
+        decayed = _masked(_decay_mask(op, mask, params), params) if weight_decay else params
+        d = grads if decoupled or not weight_decay else _tree_map(lambda g, p: g + weight_decay * p, grads, decayed)
         mu = _tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, d)
         nu = _tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, d)
 
@@ -225,27 +270,31 @@ def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled):
                 step = step + weight_decay * p
             return -(lr * step).astype(m.dtype)
 
-        updates = _tree_map(direction, mu, nu, params if params is not None else mu)
+        updates = _tree_map(direction, mu, nu, decayed if params is not None else mu)
         return updates, AdamState(count, mu, nu)
 
     return GradientTransformation(init, update)
 
 
-def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> GradientTransformation:
+def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, mask=None) -> GradientTransformation:
     """Adam with bias correction (``torch.optim.Adam``; ``weight_decay`` is L2 added to the gradient).
 
-    State ``AdamState(count, mu, nu)``; ``learning_rate`` a number or a schedule.
+    State ``AdamState(count, mu, nu)``; ``learning_rate`` a number or a schedule;
+    ``mask`` as in ``sgd``: where the weight decay applies.
     """
-    return _adam("adam", learning_rate, b1, b2, eps, weight_decay, decoupled=False)
+    return _adam("adam", learning_rate, b1, b2, eps, weight_decay, decoupled=False, mask=mask)
 
 
-def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01) -> GradientTransformation:
+def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01, mask=None) -> GradientTransformation:
     """Adam with decoupled weight decay (Loshchilov & Hutter; ``torch.optim.AdamW``, ``optax.adamw``).
 
     The decay ``-η_t λ p`` is added to the update, not to the gradient, so it is
     not rescaled by the second moment. State ``AdamState(count, mu, nu)``.
+    ``mask`` (``optax.adamw``'s): a tree of bools like the params or a function
+    ``params -> tree``, ``True`` where the decay applies (``weights_only``: not
+    on batch norm's scale and shift nor on biases); ``None``: everywhere.
     """
-    return _adam("adamw", learning_rate, b1, b2, eps, weight_decay, decoupled=True)
+    return _adam("adamw", learning_rate, b1, b2, eps, weight_decay, decoupled=True, mask=mask)
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
