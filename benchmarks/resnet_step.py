@@ -1,6 +1,6 @@
 """Time one AdamW training step of ``tinyfn.models.resnet`` against its peers, interleaved in one process.
 
-    python benchmarks/resnet_step.py [--batch-size 128] [--width 16] [--first-stride 2] [--steps 10] [--rounds 10]
+    python benchmarks/resnet_step.py [--batch-size 128] [--width 16] [--first-stride 2] [--stem-stride 1] [--steps 10] [--rounds 10]
 
 The same network three ways, from the same initial weights: tinyfn (handwritten
 rules, batch norm with its running statistics, ``tinyfn.train.adamw``, jitted);
@@ -41,6 +41,7 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--first-stride", type=int, default=2)
+    ap.add_argument("--stem-stride", type=int, default=1, help="2: models.resnet's 4x4 stride-2 stem (use with --first-stride 1)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--no-torch", action="store_true")
@@ -73,12 +74,18 @@ def _from_tinyfn(params, state, width, first_stride):
     return convs, params[-1]
 
 
-def jax_autodiff_step(width, first_stride, optimizer):
+def _stem(stem_stride):
+    """``(kernel, stride, padding)`` of ``models.resnet``'s stem conv."""
+    return (3, 1, 1) if stem_stride == 1 else (2 * stem_stride, stem_stride, stem_stride // 2)
+
+
+def jax_autodiff_step(width, first_stride, optimizer, stem_stride=1):
     """A jitted AdamW step of the same network, its gradient by ``jax.grad`` of ``lax`` ops."""
     blocks = _blocks(width, first_stride=first_stride)
+    _, s_stride, s_pad = _stem(stem_stride)
 
-    def conv(x, w, stride):
-        p = w.shape[2] // 2
+    def conv(x, w, stride, p=None):
+        p = w.shape[2] // 2 if p is None else p
         return lax.conv_general_dilated(x, w, (stride, stride), ((p, p), (p, p)), dimension_numbers=("NCHW", "OIHW", "NCHW"))
 
     def bn(x, p, s):
@@ -93,13 +100,13 @@ def jax_autodiff_step(width, first_stride, optimizer):
         convs, head = params
         it, st, new = iter(convs), iter(states), []
 
-        def cbr(h, stride, relu=True):
+        def cbr(h, stride, relu=True, pad=None):
             w, p = next(it)
-            y, s = bn(conv(h, w, stride), p, next(st))
+            y, s = bn(conv(h, w, stride, pad), p, next(st))
             new.append(s)
             return jax.nn.relu(y) if relu else y
 
-        h = cbr(x, 1)
+        h = cbr(x, s_stride, pad=s_pad)
         for _, _, stride, projected in blocks:
             o = cbr(cbr(h, stride), 1, relu=False)
             h = jax.nn.relu(o + (cbr(h, stride, relu=False) if projected else h))
@@ -119,16 +126,16 @@ def jax_autodiff_step(width, first_stride, optimizer):
     return step
 
 
-def torch_step(convs, head, width, first_stride, channels_last):
+def torch_step(convs, head, width, first_stride, channels_last, stem_stride=1):
     import torch
     from torch import nn
 
     torch.set_num_threads(os.cpu_count() or 1)
     weights = iter(convs)
 
-    def cb(cin, c, k, stride):
+    def cb(cin, c, k, stride, pad=None):
         w, p, s = next(weights)
-        conv, norm = nn.Conv2d(cin, c, k, stride, k // 2, bias=False), nn.BatchNorm2d(c)
+        conv, norm = nn.Conv2d(cin, c, k, stride, k // 2 if pad is None else pad, bias=False), nn.BatchNorm2d(c)
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(np.asarray(w)))
             norm.weight.copy_(torch.from_numpy(np.asarray(p["gamma"])))
@@ -145,7 +152,7 @@ def torch_step(convs, head, width, first_stride, channels_last):
             o = self.b(torch.relu(self.a(x)))
             return torch.relu(o + (self.shortcut(x) if self.shortcut is not None else x))
 
-    stem = cb(1, width, 3, 1)
+    stem = cb(1, width, *_stem(stem_stride))
     fc = nn.Linear(head["w"].shape[0], head["w"].shape[1])
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(np.asarray(head["w"]).T.copy()))
@@ -168,7 +175,7 @@ def torch_step(convs, head, width, first_stride, channels_last):
 def main(argv=None):
     args = parse_args(argv)
     tinyfn.tune_allocator()
-    model = models.resnet(width=args.width, first_stride=args.first_stride)
+    model = models.resnet(width=args.width, first_stride=args.first_stride, stem_stride=args.stem_stride)
     _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32)
@@ -186,7 +193,7 @@ def main(argv=None):
 
     convs, head = _from_tinyfn(params, state, args.width, args.first_stride)
     jparams = ([(w, p) for w, p, _ in convs], head)
-    jstep = jax_autodiff_step(args.width, args.first_stride, optimizer)
+    jstep = jax_autodiff_step(args.width, args.first_stride, optimizer, args.stem_stride)
     j_carry = [jparams, [s for _, _, s in convs], optimizer.init(jparams)]
 
     def run_jax():
@@ -203,7 +210,7 @@ def main(argv=None):
             print("torch not installed: PyTorch columns skipped")
         else:
             for cl in (False, True):
-                step = torch_step(convs, head, args.width, args.first_stride, cl)
+                step = torch_step(convs, head, args.width, args.first_stride, cl, args.stem_stride)
                 xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last) if cl else torch.from_numpy(x)
                 yt = torch.from_numpy(y.astype(np.int64))
                 name = f"PyTorch {torch.__version__} eager" + (", channels-last" if cl else ", NCHW")
@@ -223,7 +230,7 @@ def main(argv=None):
                 run()
                 times[name].append(time.perf_counter() - t)
     print(f"first two losses, every implementation: {ref[0]:.4f}, {ref[1]:.4f} (within 2e-3)")
-    print(f"resnet(width={args.width}, first_stride={args.first_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}")
+    print(f"resnet(width={args.width}, first_stride={args.first_stride}, stem_stride={args.stem_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}")
     print(f"{'implementation':48s} {'median ms':>10s} {'min ms':>8s} {'images/s':>9s} {'x tinyfn':>9s}")
     base = np.median(times["tinyfn (handwritten rules, jit)"])
     for name, t in times.items():

@@ -58,6 +58,25 @@ def test_lenet5_shapes_params_and_any_batch_size():
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(jax.jit(lambda p: p)(params))
 
 
+def test_resnet_strided_stem_reaches_the_same_stages_without_the_first_projection():
+    from tinyfn.layers import apply_with_state, init_with_state
+
+    plain = models.resnet()  # 3x3 stem at 28x28, first block of stride 2 with a 1x1 projection
+    strided = models.resnet(stem_stride=2, first_stride=1)  # 4x4 stride-2 stem, identity shortcuts in the first stage
+    (shape_a, params_a, _), (shape_b, params_b, state_b) = (init_with_state(m, jax.random.key(0), (None, 1, 28, 28)) for m in (plain, strided))
+    count = lambda p: sum(a.size for a in jax.tree_util.tree_leaves(p))  # noqa: E731
+    assert shape_a == shape_b == (None, 10) and count(params_a) == 175_258
+    # the same network, less the projection (1x1 conv 16->16 and its batch norm: 256 + 32) and with a 4x4 stem for the 3x3 (+7 * 16)
+    assert count(params_b) == 175_258 - 256 - 32 + 7 * 16
+    assert params_b[0]["w"].shape == (16, 1, 4, 4)
+    stem_out = strided.children[0].apply(params_b[0], jnp.zeros((2, 1, 28, 28)))
+    assert stem_out.shape == (2, 16, 14, 14)
+    logits, _ = apply_with_state(strided, params_b, state_b, jnp.ones((3, 1, 28, 28)), train=False)
+    assert logits.shape == (3, 10)
+    with pytest.raises(ValueError, match=r"stem_stride must be 1 or even .* got 3"):
+        models.resnet(stem_stride=3)
+
+
 def test_init_is_driven_only_by_the_key():
     model = serial(Conv2D(4, 3), ReLU(), Flatten(), Linear(3))
     _, a = model.init(jax.random.key(1), (None, 1, 6, 6))
