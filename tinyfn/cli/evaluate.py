@@ -7,16 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
+from tinyfn.cli.runs import TTA_NAMES
+
 
 def add_arguments(p):
     p.add_argument("checkpoint", type=Path, help="a run directory or a .safetensors checkpoint")
     p.add_argument("--data", default=None, help="'embedded', 'fashion-mnist' or an IDX directory (default: the data the run trained on)")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--tta", choices=TTA_NAMES, default=None,
+                   help="test-time augmentation: flip averages the class probabilities of each image and its mirror image (default: the run's recipe)")
 
 
 def run(args) -> int:
     from tinyfn import data as D
     from tinyfn.train import CheckpointError, evaluate, load_model
+    from tinyfn.train.augment import TTA_VIEWS
 
     try:
         loaded = load_model(args.checkpoint)
@@ -28,8 +33,10 @@ def run(args) -> int:
     test = D.load_dataset(data, "test")
     norm = meta.get("normalization") or {}
     x = D.normalize(test.images, norm.get("mean", 0.0), norm.get("std", 1.0))
-    loss, acc, preds = evaluate(model, params, (x, test.labels), batch_size=args.batch_size, model_state=loaded.model_state)
-    print(f"{args.checkpoint} on {data} test ({len(test):,} images)")
+    tta = args.tta or (meta.get("recipe") or {}).get("tta", "none")
+    loss, acc, preds = evaluate(model, params, (x, test.labels), batch_size=args.batch_size, model_state=loaded.model_state, views=TTA_VIEWS[tta])
+    views = "" if tta == "none" else f", test-time views: {tta}"
+    print(f"{args.checkpoint} on {data} test ({len(test):,} images{views})")
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")
     print("per-class accuracy:")

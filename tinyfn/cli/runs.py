@@ -8,18 +8,20 @@ import numpy as np
 
 from tinyfn.train import CHECKPOINT_NAME, constant, cosine, step_decay
 
-__all__ = ["RECIPES", "OPTIMIZERS", "PRECISIONS", "recipe_for", "make_optimizer", "make_augment", "VAL_FRACTION", "check_recipe", "data_name", "run_dir", "schedule", "validation_split"]
+__all__ = ["RECIPES", "OPTIMIZERS", "TTA_NAMES", "DECAY_NAMES", "PRECISIONS", "recipe_for", "make_optimizer", "make_augment", "VAL_FRACTION", "check_recipe", "data_name", "run_dir", "schedule", "validation_split"]
 
 # The default recipe per data set (overridable flag by flag); "resnet" is --model resnet's own, on any data.
 RECIPES = {
-    "embedded": dict(model="lenet5", epochs=15, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment=False, crop_padding=2, label_smoothing=0.0),
-    "full": dict(model="wide_cnn", epochs=12, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment=False, crop_padding=2, label_smoothing=0.0),
+    "embedded": dict(model="lenet5", epochs=15, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment=False, crop_padding=2, label_smoothing=0.0, tta="none", decay="all"),
+    "full": dict(model="wide_cnn", epochs=12, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment=False, crop_padding=2, label_smoothing=0.0, tta="none", decay="all"),
     # AdamW (decoupled weight decay), cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1:
     # the recipe of benchmarks/resnet_recipe.py (RESNET_RECIPE). Measured on full Fashion-MNIST, the 2-core machine
     # to itself: 20 epochs, 0.9320 test accuracy in 13 min 24 s all in (benchmarks/README.md, ResNet).
-    "resnet": dict(model="resnet", epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=5e-2, schedule="cosine", augment=True, crop_padding=1, label_smoothing=0.1),
+    "resnet": dict(model="resnet", epochs=20, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=5e-2, schedule="cosine", augment=True, crop_padding=1, label_smoothing=0.1, tta="flip", decay="all"),
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
+TTA_NAMES = ("none", "flip")  # tinyfn.train.augment.TTA_VIEWS
+DECAY_NAMES = ("all", "weights")  # weights: tinyfn.train.weights_only
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 
 
@@ -34,17 +36,22 @@ def recipe_for(data: str, model: str | None) -> dict:
 
 
 def make_optimizer(recipe, total_steps):
-    """The ``--optimizer`` of ``recipe`` with its schedule: SGD (Nesterov momentum, L2 weight decay), Adam (L2) or AdamW (decoupled)."""
-    from tinyfn.train import adam, adamw, sgd
+    """The ``--optimizer`` of ``recipe`` with its schedule: SGD (Nesterov momentum, L2 weight decay), Adam (L2) or AdamW (decoupled).
+
+    ``--decay weights`` applies the weight decay to filters and weight matrices
+    only (``tinyfn.train.weights_only``), not to batch norm's scale and shift nor to biases.
+    """
+    from tinyfn.train import adam, adamw, sgd, weights_only
 
     lr = schedule(recipe["schedule"], recipe["lr"], total_steps)
     name = recipe["optimizer"]
+    decay = dict(weight_decay=recipe["weight_decay"], mask=weights_only if recipe.get("decay", "all") == "weights" else None)
     if name == "sgd":
-        return sgd(lr, momentum=recipe["momentum"], nesterov=recipe["momentum"] > 0, weight_decay=recipe["weight_decay"])
+        return sgd(lr, momentum=recipe["momentum"], nesterov=recipe["momentum"] > 0, **decay)
     if name == "adam":
-        return adam(lr, weight_decay=recipe["weight_decay"])
+        return adam(lr, **decay)
     if name == "adamw":
-        return adamw(lr, weight_decay=recipe["weight_decay"])
+        return adamw(lr, **decay)
     raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
@@ -58,8 +65,12 @@ def train_loss(recipe):
     return partial(softmax_cross_entropy, label_smoothing=eps) if eps else softmax_cross_entropy
 
 
-def make_augment(recipe, image_shape):
-    """``--augment``: random crops with ``crop_padding`` (``--crop-padding``; 0: none) and horizontal flips, or ``None``."""
+def make_augment(recipe, image_shape, normalization=(0.0, 1.0)):
+    """``--augment``: random crops with ``crop_padding`` (``--crop-padding``; 0: none) and horizontal flips, or ``None``.
+
+    The crops pad with black: the pixel value 0 in the units of the normalised
+    data, ``(0 - mean) / std`` for ``normalization = (mean, std)``.
+    """
     if not recipe["augment"]:
         return None
     from tinyfn.train.augment import compose, random_crop, random_flip
@@ -67,7 +78,9 @@ def make_augment(recipe, image_shape):
     if len(image_shape) != 3:
         raise ValueError(f"--augment needs images of shape (C, H, W), got {tuple(image_shape)}")
     pad = recipe.get("crop_padding", 2)
-    return compose(random_crop(padding=pad), random_flip()) if pad else random_flip()
+    mean, std = normalization
+    black = (0.0 - float(mean)) / float(std)
+    return compose(random_crop(padding=pad, fill=black), random_flip()) if pad else random_flip()
 
 
 VAL_FRACTION = 5_000 / 60_000  # Fashion-MNIST's 60,000 training images keep 5,000 for validation; other data in proportion
@@ -83,10 +96,12 @@ def check_recipe(recipe, devices, val_fraction):
         ("weight-decay", recipe["weight_decay"] >= 0 and np.isfinite(recipe["weight_decay"]), "a non-negative number"),
         ("label-smoothing", 0 <= recipe["label_smoothing"] < 1, "in [0, 1)"),
         ("crop-padding", recipe["crop_padding"] >= 0, "a non-negative integer"),
+        ("tta", recipe.get("tta", "none") in TTA_NAMES, f"one of {', '.join(TTA_NAMES)}"),
+        ("decay", recipe.get("decay", "all") in DECAY_NAMES, f"one of {', '.join(DECAY_NAMES)}"),
     )
     for flag, ok, expected in checks:
         if not ok:
-            raise ValueError(f"--{flag} must be {expected}, got {recipe[flag.replace('-', '_')]}")
+            raise ValueError(f"--{flag} must be {expected}, got {recipe[flag.replace('-', '_')]!r}")
     if devices is not None and devices < 1:
         raise ValueError(f"--devices must be a positive integer, got {devices}")
     if not 0 <= val_fraction < 1:

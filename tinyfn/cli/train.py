@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tinyfn.cli.runs import (
-    OPTIMIZERS, PRECISIONS, VAL_FRACTION, check_recipe, data_name, make_augment, make_optimizer, recipe_for, run_dir, train_loss, validation_split,
+    DECAY_NAMES, OPTIMIZERS, PRECISIONS, TTA_NAMES, VAL_FRACTION, check_recipe, data_name, make_augment, make_optimizer, recipe_for, run_dir, train_loss, validation_split,
 )  # fmt: skip
 
 
@@ -33,8 +33,13 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--momentum", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--decay", choices=DECAY_NAMES, default=None,
+                   help="which params the weight decay applies to: all, or weights (filters and weight matrices; not batch norm's scale and shift nor biases); default: the recipe's")
     p.add_argument("--label-smoothing", type=float, default=None,
                    help="train on targets (1 - e) onehot + e/K (default: the recipe's); validation and test losses stay the plain cross-entropy")
+    p.add_argument("--tta", choices=TTA_NAMES, default=None,
+                   help="test-time augmentation of the final test evaluation: flip averages the class probabilities of each image and its mirror "
+                        "image (default: the recipe's; flip for resnet); the single-view test accuracy is reported beside it")  # fmt: skip
     p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=None, help="learning-rate schedule (step: x0.1 after each third of the run)")
     p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
                    help=f"share of the training images held out for the per-epoch validation curve (default {VAL_FRACTION:.4f}: "
@@ -56,6 +61,7 @@ def run(args) -> int:
     from tinyfn.layers import formulation, init_with_state
     from tinyfn.losses import softmax_cross_entropy
     from tinyfn.models import get_model
+    from tinyfn.train.augment import TTA_VIEWS
     from tinyfn.train import (
         CHECKPOINT_NAME, ConsoleLog, confusion_matrix, data_mesh, evaluate, fit, is_writer, model_record, plot_confusion, plot_history,
     )  # fmt: skip
@@ -97,7 +103,7 @@ def run(args) -> int:
     _, params, model_state = init_with_state(model, init_key, (None, *input_shape))
     steps = len(x_train) // recipe["batch_size"]
     optimizer = make_optimizer(recipe, steps * recipe["epochs"])
-    augment = make_augment(recipe, input_shape)
+    augment = make_augment(recipe, input_shape, normalization=(mean, std))
     metadata = {
         "model": model_record(model, input_shape, name=recipe["model"], kwargs={"num_classes": num_classes}),
         "precision": args.precision,
@@ -115,10 +121,10 @@ def run(args) -> int:
         where = f" on {mesh.size} devices" if mesh is not None else ""
         momentum = f"momentum {recipe['momentum']}, " if recipe["optimizer"] == "sgd" else ""
         crops = f"crops padded by {recipe['crop_padding']} + flips" if recipe["crop_padding"] else "flips"
-        extras = (f", augmented ({crops})" if augment else "") + (f", label smoothing {recipe['label_smoothing']}" if recipe["label_smoothing"] else "") + (f", {args.precision}" if extra else "") + ("" if args.formulation == "auto" else f", {args.formulation}")
+        extras = (f", augmented ({crops})" if augment else "") + (f", label smoothing {recipe['label_smoothing']}" if recipe["label_smoothing"] else "") + (f", test-time views {recipe['tta']}" if recipe["tta"] != "none" else "") + (f", {args.precision}" if extra else "") + ("" if args.formulation == "auto" else f", {args.formulation}")
         print(f"training {recipe['model']} ({n_params:,} params){where} on {args.data}: {len(x_train):,} train / {len(val_idx):,} validation / "
               f"{len(x_test):,} test images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, {recipe['optimizer']} lr {recipe['lr']} "
-              f"({recipe['schedule']}), {momentum}weight decay {recipe['weight_decay']}{extras}; run directory {out}", flush=True)  # fmt: skip
+              f"({recipe['schedule']}), {momentum}weight decay {recipe['weight_decay']}{'' if recipe['decay'] == 'all' else ' (' + recipe['decay'] + ' only)'}{extras}; run directory {out}", flush=True)  # fmt: skip
     t0 = time.perf_counter()
     def forced():  # the --formulation of the ops traced inside (the step is traced on its first call, in fit)
         return contextlib.nullcontext() if args.formulation == "auto" else formulation(args.formulation)
@@ -143,15 +149,22 @@ def run(args) -> int:
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    with forced():
-        loss, acc, preds = evaluate(model, params, (x_test, test_set.labels), model_state=result.model_state)  # the test set, once, at the end
+    views = TTA_VIEWS[recipe["tta"]]
+    with forced():  # the test set, once, at the end
+        loss, acc, preds = evaluate(model, params, (x_test, test_set.labels), model_state=result.model_state, views=views)
+        single = evaluate(model, params, (x_test, test_set.labels), model_state=result.model_state)[:2] if views else None
     if not writer:
         return 0
-    record = dict(history, validation=metadata["validation"], test_loss=loss, test_accuracy=acc)
+    record = dict(history, validation=metadata["validation"], test_loss=loss, test_accuracy=acc, tta=recipe["tta"])
+    if single:
+        record.update(test_loss_single_view=single[0], test_accuracy_single_view=single[1])
     (out / "history.json").write_text(json.dumps(record, indent=1) + "\n")
     plot_history(history, out / "curves.png", title=f"{recipe['model']} on {data_name(args.data)}", eval_label="validation")
     plot_confusion(confusion_matrix(test_set.labels, preds, num_classes), full_train.classes, out / "confusion.png")
     print(f"wrote {out}/{CHECKPOINT_NAME}, history.json, curves.png, confusion.png, command.txt ({time.perf_counter() - t0:.1f} s)")
-    print(f"test loss: {loss:.4f}")
-    print(f"test accuracy: {acc:.4f}")
+    if single:
+        print(f"test accuracy, single view: {single[1]:.4f}")
+    tta = f" (test-time views: {recipe['tta']})" if views else ""
+    print(f"test loss: {loss:.4f}{tta}")
+    print(f"test accuracy: {acc:.4f}{tta}")
     return 0

@@ -7,6 +7,13 @@ with the constructors and combine them with ``compose``::
 
     augment = compose(random_crop(padding=2), random_flip())
     x = jax.jit(augment)(key, x)
+
+``fill`` is in the batch's own units: after ``data.normalize`` a black border is
+``(0 - mean) / std``, not 0 (which is the mean grey).
+
+For test-time augmentation, ``identity`` and ``mirror`` are deterministic views
+of a batch; ``make_eval_step(..., views=FLIP_VIEWS)`` averages the model's
+class probabilities over them.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from jax import lax
 
 from tinyfn import _checks
 
-__all__ = ["random_crop", "random_flip", "compose"]
+__all__ = ["random_crop", "random_flip", "compose", "identity", "mirror", "FLIP_VIEWS", "TTA_VIEWS"]
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -74,3 +81,18 @@ def compose(*augmentations: Augmentation) -> Augmentation:
         return x
 
     return apply
+
+
+def identity(x: jax.Array) -> jax.Array:
+    """The batch as it is: the first view of test-time augmentation."""
+    return x
+
+
+def mirror(x: jax.Array) -> jax.Array:
+    """Every image of an ``(N, C, H, W)`` batch mirrored left-right (along ``W``): a deterministic view."""
+    return _batch("mirror", x)[..., ::-1]
+
+
+FLIP_VIEWS = (identity, mirror)
+# Test-time views by name, as the command line's --tta takes them ("none": the plain model).
+TTA_VIEWS = {"none": None, "flip": FLIP_VIEWS}

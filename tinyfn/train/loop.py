@@ -95,20 +95,24 @@ def _initial_state(model, params, x_shape, op):
     return state
 
 
-def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cross_entropy, eval_step=None, model_state=None):
+def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cross_entropy, eval_step=None, model_state=None, views=None):
     """Mean loss, accuracy and the predictions of ``model`` on ``data = (x, y)``, in batches.
 
     The model runs in evaluation mode. A stateful model (batch norm) needs its
     ``model_state`` (``fit(...).model_state`` or ``load_model(...).model_state``);
     ``eval_step`` is a ``make_eval_step(model, loss_fn, with_state=True)``.
+    ``views`` averages the class probabilities over deterministic views of each
+    batch (test-time augmentation, e.g. ``augment.FLIP_VIEWS``; see ``make_eval_step``).
     """
+    if eval_step is not None and views is not None:
+        raise ValueError("evaluate: pass views= or eval_step=, not both (build the step with make_eval_step(..., views=views))")
     x, y = data
     n = len(y)
     if model_state is None:
         if has_state(model):
             raise ValueError(f"evaluate: the model carries state ({model.name}: running statistics); pass model_state= (from fit(...).model_state or load_model(...).model_state)")
         model_state = {}
-    eval_step = eval_step or make_eval_step(model, loss_fn, with_state=True)
+    eval_step = eval_step or make_eval_step(model, loss_fn, with_state=True, views=views)
     loss = correct = 0.0
     preds = []
     for start in range(0, n, batch_size):

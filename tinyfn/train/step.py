@@ -114,19 +114,40 @@ def make_train_step(
     return checked
 
 
-def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None):
+def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None, views=None):
     """A jitted ``(params, x, y) -> metrics`` (or ``(params, model_state, x, y) -> metrics`` with state).
 
     ``metrics`` holds the batch's mean ``loss``, ``accuracy`` and ``predictions``.
     The model runs in evaluation mode (``train=False``): batch norm reads the
     running statistics from ``model_state`` and leaves them as they are.
+
+    ``views`` (test-time augmentation): a sequence of deterministic functions
+    ``x -> x'`` of the batch (``tinyfn.train.augment.FLIP_VIEWS``: the images and
+    their mirror images). The model sees every view, and the class probabilities
+    ``p = (1/V) Σ_v softmax(f(v(x)))`` are averaged; the metrics are computed on the
+    logits ``log p``, so the loss is the cross-entropy of the averaged probabilities.
     """
     with_state = has_state(model) if with_state is None else bool(with_state)
     if has_state(model) and not with_state:
         raise ValueError(f"make_eval_step: the model carries state ({model.name}); use with_state=True and step(params, model_state, x, y)")
+    views = _check_views(views)
+
+    def logits_of(params, model_state, x):
+        if views is None:
+            return apply_with_state(model, params, model_state, x, train=False)[0]
+        log_probs = []
+        for i, view in enumerate(views):
+            seen = view(x)
+            if getattr(seen, "shape", None) != x.shape:
+                raise ValueError(f"make_eval_step: views[{i}] ({getattr(view, '__name__', view)}) must keep the batch's shape {x.shape}, got {getattr(seen, 'shape', type(seen).__name__)}")
+            logits = apply_with_state(model, params, model_state, seen, train=False)[0]
+            if logits.ndim != 2:
+                raise ValueError(f"make_eval_step: views average class probabilities and need (N, classes) logits, got shape {logits.shape}")
+            log_probs.append(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
+        return jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(float(len(views)))
 
     def stateful_step(params, model_state, x, y):
-        logits, _ = apply_with_state(model, params, model_state, x, train=False)
+        logits = logits_of(params, model_state, x)
         preds = jnp.argmax(logits, axis=-1) if logits.ndim == 2 else logits
         return {"loss": loss_fn(logits, y), "accuracy": accuracy(logits, y), "predictions": preds}
 
@@ -134,3 +155,14 @@ def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None):
         return stateful_step(params, {}, x, y)
 
     return jax.jit(stateful_step if with_state else stateless_step)
+
+
+def _check_views(views):
+    if views is None:
+        return None
+    if callable(views) or not hasattr(views, "__len__") or len(views) == 0:
+        raise TypeError(f"make_eval_step: views must be a non-empty sequence of functions x -> x (e.g. augment.FLIP_VIEWS), got {views!r}")
+    for i, view in enumerate(views):
+        if not callable(view):
+            raise TypeError(f"make_eval_step: views[{i}] must be a function x -> x, got {type(view).__name__} {view!r}")
+    return tuple(views)
