@@ -1,6 +1,9 @@
 """Time one AdamW training step of ``tinyfn.models.resnet`` against its peers, interleaved in one process.
 
-    python benchmarks/resnet_step.py [--batch-size 128] [--width 16] [--first-stride 2] [--stem-stride 1] [--steps 10] [--rounds 10]
+    python benchmarks/resnet_step.py [--batch-size 128] [--width 20] [--first-stride 1] [--stem-stride 2] [--steps 10] [--rounds 10]
+
+The network defaults to ``models.resnet()``'s (the recipe's model); ``--width 16
+--first-stride 2 --stem-stride 1`` is the one before it.
 
 The same network three ways, from the same initial weights: tinyfn (handwritten
 rules, batch norm with its running statistics, ``tinyfn.train.adamw``, jitted);
@@ -37,11 +40,14 @@ from tinyfn.losses import softmax_cross_entropy
 
 
 def parse_args(argv=None):
+    import inspect
+
+    default = {k: v.default for k, v in inspect.signature(models.resnet).parameters.items()}
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--first-stride", type=int, default=2)
-    ap.add_argument("--stem-stride", type=int, default=1, help="2: models.resnet's 4x4 stride-2 stem (use with --first-stride 1)")
+    ap.add_argument("--width", type=int, default=default["width"])
+    ap.add_argument("--first-stride", type=int, default=default["first_stride"])
+    ap.add_argument("--stem-stride", type=int, default=default["stem_stride"], help="1: a 3x3 stem at full resolution; 2: a 4x4 stride-2 stem (use with --first-stride 1)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--no-torch", action="store_true")
@@ -49,7 +55,7 @@ def parse_args(argv=None):
 
 
 def _blocks(width, stages=3, blocks=2, first_stride=2):
-    """``(in_channels, channels, stride, projected)`` of every basic block of ``models.resnet``'s defaults."""
+    """``(in_channels, channels, stride, projected)`` of every basic block of ``models.resnet(width, first_stride=...)``."""
     out, cin = [], width
     for s in range(stages):
         c = width * 2**s

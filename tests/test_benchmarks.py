@@ -74,8 +74,15 @@ def test_the_resnet_benchmark_recipe_is_the_command_lines():
 
     cli = RECIPES["resnet"]
     pairs = [("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "lr"), ("weight_decay", "weight_decay"), ("label_smoothing", "label_smoothing"),
-             ("optimizer", "optimizer"), ("crop_padding", "crop_padding")]
+             ("optimizer", "optimizer"), ("crop_padding", "crop_padding"), ("decay", "decay"), ("tta", "tta")]
     assert {a: RESNET_RECIPE[a] for a, _ in pairs} == {a: cli[b] for a, b in pairs}
+    import inspect
+
+    from tinyfn import models
+
+    default = {k: v.default for k, v in inspect.signature(models.resnet).parameters.items()}  # the command line builds models.resnet()
+    assert {k: RESNET_RECIPE[k] for k in ("width", "blocks_per_stage", "stages", "first_stride", "stem_stride")} == {
+        k: default[k] for k in ("width", "blocks_per_stage", "stages", "first_stride", "stem_stride")}
     assert RESNET_RECIPE["augment"] == ("crop+flip" if cli["crop_padding"] else "flip") and cli["augment"]
 
 

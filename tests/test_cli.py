@@ -250,7 +250,7 @@ def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_
 
     ckpt = load_checkpoint(out / "checkpoint.safetensors")
     assert ckpt.metadata["recipe"]["optimizer"] == "adamw" and ckpt.metadata["recipe"]["augment"] is True
-    assert ckpt.model_state is not None and ckpt.model_state[1]["mean"].shape == (16,)  # the stem's batch norm
+    assert ckpt.model_state is not None and ckpt.model_state[1]["mean"].shape == (20,)  # the stem's batch norm
     last = proc.stdout.strip().splitlines()[-1]
     assert last.endswith(" (test-time views: flip)"), last  # the recipe evaluates the test set on each image and its mirror
     test_acc = float(last.split(": ")[1].split()[0])

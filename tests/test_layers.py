@@ -61,8 +61,11 @@ def test_lenet5_shapes_params_and_any_batch_size():
 def test_resnet_strided_stem_reaches_the_same_stages_without_the_first_projection():
     from tinyfn.layers import apply_with_state, init_with_state
 
-    plain = models.resnet()  # 3x3 stem at 28x28, first block of stride 2 with a 1x1 projection
-    strided = models.resnet(stem_stride=2, first_stride=1)  # 4x4 stride-2 stem, identity shortcuts in the first stage
+    from tinyfn.layers import to_spec
+
+    plain = models.resnet(width=16, first_stride=2, stem_stride=1)  # 3x3 stem at 28x28, first block of stride 2 with a 1x1 projection
+    strided = models.resnet(width=16, stem_stride=2, first_stride=1)  # 4x4 stride-2 stem, identity shortcuts in the first stage
+    assert to_spec(models.resnet()) == to_spec(models.resnet(width=20, stem_stride=2, first_stride=1))  # the defaults: the recipe's model
     (shape_a, params_a, _), (shape_b, params_b, state_b) = (init_with_state(m, jax.random.key(0), (None, 1, 28, 28)) for m in (plain, strided))
     count = lambda p: sum(a.size for a in jax.tree_util.tree_leaves(p))  # noqa: E731
     assert shape_a == shape_b == (None, 10) and count(params_a) == 175_258

@@ -89,7 +89,7 @@ def test_summary_counts_params_and_shows_shapes():
     assert lines[-1] == f"Total params: {total:,}   State entries: {n_state:,}"
     assert lines[1].split()[:3] == ["serial", "(N,", "10)"]
     first_conv = lines[2].split()
-    assert first_conv[0].startswith("Conv2D(out_channels=4") and "(N, 4, 28, 28)" in lines[2] and lines[2].split()[-2] == str(4 * 9)
+    assert first_conv[0].startswith("Conv2D(out_channels=4") and "(N, 4, 14, 14)" in lines[2] and lines[2].split()[-2] == str(4 * 4 * 4)  # the 4x4 stride-2 stem
     assert sum(1 for line in lines if line.strip().startswith("residual")) == 3
     lenet = tinyfn.summary(models.lenet5(), (None, 1, 28, 28)).splitlines()
     assert lenet[-1].startswith("Total params: 61,706")

@@ -69,7 +69,7 @@ def basic_block(channels: int, stride: int = 1, project: bool = False):
     return serial(residual(body, shortcut), ReLU())
 
 
-def resnet(num_classes: int = 10, width: int = 16, blocks_per_stage: int = 2, stages: int = 3, first_stride: int = 2, stem_stride: int = 1):
+def resnet(num_classes: int = 10, width: int = 20, blocks_per_stage: int = 2, stages: int = 3, first_stride: int = 1, stem_stride: int = 2):
     """A small ResNet for ``(N, C, H, W)`` images (He et al.'s CIFAR design), with batch norm.
 
     A stem conv(width) - bn - relu, then ``stages`` stages of ``blocks_per_stage``
@@ -81,15 +81,18 @@ def resnet(num_classes: int = 10, width: int = 16, blocks_per_stage: int = 2, st
     pixel is seen by the same number of windows, and no activation is computed at
     full resolution (use it with ``first_stride=1``).
 
-    The defaults (16-32-64 channels, 2 blocks each, ``first_stride=2``) run the
-    stages at 14×14, 7×7 and 4×4 on 28×28 inputs and have 175,258 params for 10
-    classes: 5.7M multiply-adds per image forward, 3.6 times fewer than with
-    ``first_stride=1`` (stages at 28×28, 14×14, 7×7; 174,970 params, 20.2M).
-    ``stem_stride=2, first_stride=1`` reaches the same 14×14 stages through a
-    4×4 stride-2 stem instead (175,082 params) and trains a step about 1.2 times
-    faster on two CPU cores: the only 28×28 array left is the input (see
-    ``benchmarks/resnet_recipe.py``). A stateful model: train it with
-    ``tinyfn.layers.init_with_state`` and ``make_train_step`` (``with_state``).
+    The defaults (a 4×4 stride-2 stem, then 20-40-80 channels at 14×14, 7×7 and
+    4×4 on 28×28 inputs, 2 blocks each) are the model of the command line's resnet
+    recipe: 272,930 params for 10 classes, 8.7M multiply-adds per image forward.
+    ``width=16, stem_stride=1, first_stride=2`` (a 3×3 stem at 28×28, the first
+    block halving the resolution through a 1×1 projection: 175,258 params, 5.7M)
+    is the previous default; ``stem_stride=2, first_stride=1`` reaches the same
+    stages at the same width with no 28×28 activation but the input and trains a
+    step about 1.2 times faster on two CPU cores, with the same accuracy
+    (``benchmarks/README.md``, ResNet). ``first_stride=1`` with the 3×3 stem runs
+    the stages at 28×28, 14×14, 7×7 (20.2M multiply-adds at width 16). A stateful
+    model: train it with ``tinyfn.layers.init_with_state`` and ``make_train_step``
+    (``with_state``).
     """
     num_classes = _checks.positive_int("num_classes", num_classes)
     width = _checks.positive_int("width", width)
