@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyfn.train import CHECKPOINT_NAME, constant, cosine, step_decay
+from tinyfn.train.augment import TTA_VIEWS
 
 __all__ = ["RECIPES", "OPTIMIZERS", "TTA_NAMES", "DECAY_NAMES", "PRECISIONS", "recipe_for", "make_optimizer", "make_augment", "VAL_FRACTION", "check_recipe", "data_name", "run_dir", "schedule", "validation_split"]
 
@@ -21,7 +22,7 @@ RECIPES = {
     "resnet": dict(model="resnet", epochs=16, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=5e-2, schedule="cosine", augment=True, crop_padding=1, label_smoothing=0.1, tta="flip", decay="weights"),
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
-TTA_NAMES = ("none", "flip")  # tinyfn.train.augment.TTA_VIEWS
+TTA_NAMES = tuple(TTA_VIEWS)  # --tta: the named test-time views ("none", "flip")
 DECAY_NAMES = ("all", "weights")  # weights: tinyfn.train.weights_only
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 
