@@ -258,6 +258,7 @@ def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_
     assert history["tta"] == "flip" and history["test_accuracy"] == pytest.approx(test_acc, abs=5e-5)
     proc = _run("evaluate", str(out))  # the run's own test-time views
     assert proc.returncode == 0 and f"test accuracy: {test_acc:.4f}" in proc.stdout and "test-time views: flip" in proc.stdout, proc.stderr  # the state came back
+    assert f"test accuracy, single view: {history['test_accuracy_single_view']:.4f}" in proc.stdout, proc.stdout
     proc = _run("evaluate", str(out), "--tta", "none")
     assert proc.returncode == 0 and f"test accuracy: {history['test_accuracy_single_view']:.4f}" in proc.stdout, proc.stdout
     proc = _run("summary", str(out))

@@ -74,3 +74,20 @@ def test_bad_views_are_refused_by_name(setup):
         mirror(jnp.ones((3, 4)))
     with pytest.raises(ValueError, match=r"evaluate: pass views= or eval_step=, not both"):
         evaluate(MODEL, params, (x, y), model_state=state, views=FLIP_VIEWS, eval_step=make_eval_step(MODEL, softmax_cross_entropy))
+
+
+def test_each_views_own_metrics_equal_a_plain_evaluation_of_that_view(setup):
+    params, state, x, y = setup
+    result = evaluate(MODEL, params, (x, y), batch_size=4, model_state=state, views=FLIP_VIEWS)  # batches of 4, 4 and 2
+    for i, seen in enumerate((x, x[..., ::-1].copy())):
+        loss, acc, _ = evaluate(MODEL, params, (seen, y), batch_size=4, model_state=state)
+        np.testing.assert_allclose(result.view_loss[i], loss, rtol=1e-5)
+        np.testing.assert_allclose(result.view_accuracy[i], acc, rtol=1e-6)
+    assert result.view_loss[0] != result.view_loss[1]  # the two views differ: a swapped or repeated view would show
+    assert evaluate(MODEL, params, (x, y), model_state=state).view_accuracy is None
+
+
+def test_every_named_view_set_starts_with_the_image_itself():
+    # the command line reports views[0]'s own metrics as the single-view test accuracy
+    for name, views in TTA_VIEWS.items():
+        assert views is None or views[0] is identity, name

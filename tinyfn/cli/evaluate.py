@@ -34,11 +34,14 @@ def run(args) -> int:
     norm = meta.get("normalization") or {}
     x = D.normalize(test.images, norm.get("mean", 0.0), norm.get("std", 1.0))
     tta = args.tta or (meta.get("recipe") or {}).get("tta", "none")
-    loss, acc, preds = evaluate(model, params, (x, test.labels), batch_size=args.batch_size, model_state=loaded.model_state, views=TTA_VIEWS[tta])
+    tested = evaluate(model, params, (x, test.labels), batch_size=args.batch_size, model_state=loaded.model_state, views=TTA_VIEWS[tta])
+    loss, acc, preds = tested
     views = "" if tta == "none" else f", test-time views: {tta}"
     print(f"{args.checkpoint} on {data} test ({len(test):,} images{views})")
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")
+    if tested.view_accuracy is not None:  # views[0] is the image itself
+        print(f"test accuracy, single view: {tested.view_accuracy[0]:.4f}")
     print("per-class accuracy:")
     classes = meta.get("classes") or list(test.classes)
     for c, name in enumerate(classes):

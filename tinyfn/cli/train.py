@@ -151,8 +151,9 @@ def run(args) -> int:
         return 1
     views = TTA_VIEWS[recipe["tta"]]
     with forced():  # the test set, once, at the end
-        loss, acc, preds = evaluate(model, params, (x_test, test_set.labels), model_state=result.model_state, views=views)
-        single = evaluate(model, params, (x_test, test_set.labels), model_state=result.model_state)[:2] if views else None
+        tested = evaluate(model, params, (x_test, test_set.labels), model_state=result.model_state, views=views)
+    loss, acc, preds = tested
+    single = (tested.view_loss[0], tested.view_accuracy[0]) if views else None  # views[0] is the image itself
     if not writer:
         return 0
     record = dict(history, validation=metadata["validation"], test_loss=loss, test_accuracy=acc, tta=recipe["tta"])

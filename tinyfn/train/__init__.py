@@ -6,7 +6,7 @@ the default epoch line), and the plots return ``matplotlib`` figures.
 """
 
 from tinyfn.train.checkpoint import CHECKPOINT_NAME, Checkpoint, LoadedModel, model_record, CheckpointError, checkpoint_path, load_checkpoint, load_model, save_checkpoint
-from tinyfn.train.loop import FitResult, Interrupted, evaluate, fit
+from tinyfn.train.loop import EvalResult, FitResult, Interrupted, evaluate, fit
 from tinyfn.train.parallel import data_mesh, is_writer
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
 from tinyfn.train.optim import (
@@ -42,6 +42,7 @@ __all__ = [
     "fit",
     "FitResult",
     "evaluate",
+    "EvalResult",
     "StepInfo",
     "EpochSummary",
     "ConsoleLog",

@@ -31,7 +31,7 @@ from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, progress_b
 from tinyfn.train.optim import as_gradient_transformation
 from tinyfn.train.step import make_eval_step, make_train_step
 
-__all__ = ["fit", "FitResult", "evaluate", "StepInfo", "EpochSummary", "Interrupted", "HISTORY_KEYS", "CHECKPOINT_NAME"]
+__all__ = ["fit", "FitResult", "evaluate", "EvalResult", "StepInfo", "EpochSummary", "Interrupted", "HISTORY_KEYS", "CHECKPOINT_NAME"]
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "images_per_second", "epoch_time", "wall_time", "skipped_steps")
 
@@ -95,14 +95,35 @@ def _initial_state(model, params, x_shape, op):
     return state
 
 
-def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cross_entropy, eval_step=None, model_state=None, views=None):
+class EvalResult(tuple):
+    """What ``evaluate`` returns: unpacks as ``(loss, accuracy, predictions)``; with test-time views,
+    ``view_loss`` and ``view_accuracy`` hold each view's own mean loss and accuracy (lists, one per
+    view, in the order of ``views``; ``None`` without views)::
+
+        loss, acc, preds = evaluate(...)
+        result = evaluate(..., views=FLIP_VIEWS); result.view_accuracy[0]  # the single-view accuracy
+    """
+
+    def __new__(cls, loss, accuracy, predictions, view_loss=None, view_accuracy=None):
+        result = super().__new__(cls, (loss, accuracy, predictions))
+        result.view_loss, result.view_accuracy = view_loss, view_accuracy
+        return result
+
+    loss = property(lambda self: self[0])
+    accuracy = property(lambda self: self[1])
+    predictions = property(lambda self: self[2])
+
+
+def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cross_entropy, eval_step=None, model_state=None, views=None) -> EvalResult:
     """Mean loss, accuracy and the predictions of ``model`` on ``data = (x, y)``, in batches.
 
     The model runs in evaluation mode. A stateful model (batch norm) needs its
     ``model_state`` (``fit(...).model_state`` or ``load_model(...).model_state``);
     ``eval_step`` is a ``make_eval_step(model, loss_fn, with_state=True)``.
     ``views`` averages the class probabilities over deterministic views of each
-    batch (test-time augmentation, e.g. ``augment.FLIP_VIEWS``; see ``make_eval_step``).
+    batch (test-time augmentation, e.g. ``augment.FLIP_VIEWS``; see ``make_eval_step``);
+    the result's ``view_loss`` and ``view_accuracy`` then hold each view's own metrics,
+    computed from the same forward passes.
     """
     if eval_step is not None and views is not None:
         raise ValueError("evaluate: pass views= or eval_step=, not both (build the step with make_eval_step(..., views=views))")
@@ -114,6 +135,7 @@ def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cro
         model_state = {}
     eval_step = eval_step or make_eval_step(model, loss_fn, with_state=True, views=views)
     loss = correct = 0.0
+    view_loss = view_correct = None
     preds = []
     for start in range(0, n, batch_size):
         m = eval_step(params, model_state, jnp.asarray(x[start : start + batch_size]), jnp.asarray(y[start : start + batch_size]))
@@ -121,8 +143,12 @@ def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cro
         size = min(batch_size, n - start)
         loss += float(m["loss"]) * size
         correct += float(m["accuracy"]) * size
+        if "view_loss" in m:
+            view_loss = (0.0 if view_loss is None else view_loss) + np.asarray(m["view_loss"], np.float64) * size
+            view_correct = (0.0 if view_correct is None else view_correct) + np.asarray(m["view_accuracy"], np.float64) * size
         preds.append(np.asarray(m["predictions"]))
-    return loss / n, correct / n, np.concatenate(preds)
+    per_view = (None, None) if view_loss is None else ([float(v) / n for v in view_loss], [float(v) / n for v in view_correct])
+    return EvalResult(loss / n, correct / n, np.concatenate(preds), *per_view)
 
 
 @dataclass

@@ -126,6 +126,9 @@ def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None, vie
     their mirror images). The model sees every view, and the class probabilities
     ``p = (1/V) Σ_v softmax(f(v(x)))`` are averaged; the metrics are computed on the
     logits ``log p``, so the loss is the cross-entropy of the averaged probabilities.
+    With views, ``metrics`` also holds ``view_loss`` and ``view_accuracy`` (shape
+    ``(V,)``): each view's own metrics, from the same forward passes (with
+    ``FLIP_VIEWS``, entry 0 is the single-view evaluation).
     """
     with_state = has_state(model) if with_state is None else bool(with_state)
     if has_state(model) and not with_state:
@@ -133,8 +136,9 @@ def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None, vie
     views = _check_views(views)
 
     def logits_of(params, model_state, x):
+        """The logits the metrics are computed on, and each view's own logits (``None`` without views)."""
         if views is None:
-            return apply_with_state(model, params, model_state, x, train=False)[0]
+            return apply_with_state(model, params, model_state, x, train=False)[0], None
         log_probs = []
         for i, view in enumerate(views):
             seen = view(x)
@@ -144,12 +148,16 @@ def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None, vie
             if logits.ndim != 2:
                 raise ValueError(f"make_eval_step: views average class probabilities and need (N, classes) logits, got shape {logits.shape}")
             log_probs.append(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
-        return jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(float(len(views)))
+        return jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(float(len(views))), log_probs
 
     def stateful_step(params, model_state, x, y):
-        logits = logits_of(params, model_state, x)
+        logits, per_view = logits_of(params, model_state, x)
         preds = jnp.argmax(logits, axis=-1) if logits.ndim == 2 else logits
-        return {"loss": loss_fn(logits, y), "accuracy": accuracy(logits, y), "predictions": preds}
+        metrics = {"loss": loss_fn(logits, y), "accuracy": accuracy(logits, y), "predictions": preds}
+        if per_view is not None:
+            metrics["view_loss"] = jnp.stack([loss_fn(v, y) for v in per_view])
+            metrics["view_accuracy"] = jnp.stack([accuracy(v, y) for v in per_view])
+        return metrics
 
     def stateless_step(params, x, y):
         return stateful_step(params, {}, x, y)
