@@ -1,9 +1,9 @@
 """Time one AdamW training step of ``tinyfn.models.resnet`` against its peers, interleaved in one process.
 
-    python benchmarks/resnet_step.py [--batch-size 128] [--width 20] [--first-stride 1] [--stem-stride 2] [--steps 10] [--rounds 10]
+    python benchmarks/resnet_step.py [--batch-size 128] [--width 24] [--blocks 1,1,3] [--first-stride 1] [--stem-stride 2] [--steps 10] [--rounds 10]
 
-The network defaults to ``models.resnet()``'s (the recipe's model); ``--width 16
---first-stride 2 --stem-stride 1`` is the one before it.
+The network defaults to ``models.resnet()``'s (the recipe's model); ``--width 20
+--blocks 2`` is the one before it, ``--width 16 --blocks 2 --first-stride 2 --stem-stride 1`` the one before that.
 
 The same network three ways, from the same initial weights: tinyfn (handwritten
 rules, batch norm with its running statistics, ``tinyfn.train.adamw``, jitted);
@@ -46,6 +46,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=default["width"])
+    ap.add_argument("--blocks", type=_block_counts, default=default["blocks_per_stage"], help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)")
     ap.add_argument("--first-stride", type=int, default=default["first_stride"])
     ap.add_argument("--stem-stride", type=int, default=default["stem_stride"], help="1: a 3x3 stem at full resolution; 2: a 4x4 stride-2 stem (use with --first-stride 1)")
     ap.add_argument("--steps", type=int, default=10)
@@ -54,22 +55,29 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def _blocks(width, stages=3, blocks=2, first_stride=2):
-    """``(in_channels, channels, stride, projected)`` of every basic block of ``models.resnet(width, first_stride=...)``."""
+def _block_counts(text):
+    counts = tuple(int(c) for c in text.split(","))
+    return counts[0] if len(counts) == 1 else counts
+
+
+def _blocks(width, blocks=2, first_stride=2, stages=3):
+    """``(in_channels, channels, stride, projected)`` of every basic block of
+    ``models.resnet(width, blocks_per_stage=blocks, first_stride=...)``."""
+    counts = (blocks,) * stages if isinstance(blocks, int) else tuple(blocks)
     out, cin = [], width
     for s in range(stages):
         c = width * 2**s
-        for b in range(blocks):
+        for b in range(counts[s]):
             stride = (first_stride if s == 0 else 2) if b == 0 else 1
             out.append((cin, c, stride, b == 0 and (stride > 1 or s > 0)))
             cin = c
     return out
 
 
-def _from_tinyfn(params, state, width, first_stride):
+def _from_tinyfn(params, state, width, blocks, first_stride):
     """tinyfn's resnet params and state as a flat list of (conv weight, bn params, bn state) in network order."""
     convs = [(params[0]["w"], params[1], state[1])]
-    for i, (_, _, _, projected) in enumerate(_blocks(width, first_stride=first_stride)):
+    for i, (_, _, _, projected) in enumerate(_blocks(width, blocks, first_stride)):
         residual = params[3 + i][0]  # serial(residual(body, shortcut), ReLU)
         rstate = state[3 + i][0]
         body, shortcut = residual["body"], residual.get("shortcut")
@@ -85,9 +93,9 @@ def _stem(stem_stride):
     return (3, 1, 1) if stem_stride == 1 else (2 * stem_stride, stem_stride, stem_stride // 2)
 
 
-def jax_autodiff_step(width, first_stride, optimizer, stem_stride=1):
+def jax_autodiff_step(width, blocks, first_stride, optimizer, stem_stride=1):
     """A jitted AdamW step of the same network, its gradient by ``jax.grad`` of ``lax`` ops."""
-    blocks = _blocks(width, first_stride=first_stride)
+    blocks = _blocks(width, blocks, first_stride)
     _, s_stride, s_pad = _stem(stem_stride)
 
     def conv(x, w, stride, p=None):
@@ -132,7 +140,7 @@ def jax_autodiff_step(width, first_stride, optimizer, stem_stride=1):
     return step
 
 
-def torch_step(convs, head, width, first_stride, channels_last, stem_stride=1):
+def torch_step(convs, head, width, blocks, first_stride, channels_last, stem_stride=1):
     import torch
     from torch import nn
 
@@ -163,7 +171,7 @@ def torch_step(convs, head, width, first_stride, channels_last, stem_stride=1):
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(np.asarray(head["w"]).T.copy()))
         fc.bias.copy_(torch.from_numpy(np.asarray(head["b"])))
-    net = nn.Sequential(stem, nn.ReLU(), *[Block(*b) for b in _blocks(width, first_stride=first_stride)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    net = nn.Sequential(stem, nn.ReLU(), *[Block(*b) for b in _blocks(width, blocks, first_stride)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-2)
@@ -181,7 +189,7 @@ def torch_step(convs, head, width, first_stride, channels_last, stem_stride=1):
 def main(argv=None):
     args = parse_args(argv)
     tinyfn.tune_allocator()
-    model = models.resnet(width=args.width, first_stride=args.first_stride, stem_stride=args.stem_stride)
+    model = models.resnet(width=args.width, blocks_per_stage=args.blocks, first_stride=args.first_stride, stem_stride=args.stem_stride)
     _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32)
@@ -197,9 +205,9 @@ def main(argv=None):
         tf_carry[:] = out[:3]
         return float(out[3]["loss"])
 
-    convs, head = _from_tinyfn(params, state, args.width, args.first_stride)
+    convs, head = _from_tinyfn(params, state, args.width, args.blocks, args.first_stride)
     jparams = ([(w, p) for w, p, _ in convs], head)
-    jstep = jax_autodiff_step(args.width, args.first_stride, optimizer, args.stem_stride)
+    jstep = jax_autodiff_step(args.width, args.blocks, args.first_stride, optimizer, args.stem_stride)
     j_carry = [jparams, [s for _, _, s in convs], optimizer.init(jparams)]
 
     def run_jax():
@@ -216,7 +224,7 @@ def main(argv=None):
             print("torch not installed: PyTorch columns skipped")
         else:
             for cl in (False, True):
-                step = torch_step(convs, head, args.width, args.first_stride, cl, args.stem_stride)
+                step = torch_step(convs, head, args.width, args.blocks, args.first_stride, cl, args.stem_stride)
                 xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last) if cl else torch.from_numpy(x)
                 yt = torch.from_numpy(y.astype(np.int64))
                 name = f"PyTorch {torch.__version__} eager" + (", channels-last" if cl else ", NCHW")
@@ -236,7 +244,7 @@ def main(argv=None):
                 run()
                 times[name].append(time.perf_counter() - t)
     print(f"first two losses, every implementation: {ref[0]:.4f}, {ref[1]:.4f} (within 2e-3)")
-    print(f"resnet(width={args.width}, first_stride={args.first_stride}, stem_stride={args.stem_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}")
+    print(f"resnet(width={args.width}, blocks_per_stage={args.blocks}, first_stride={args.first_stride}, stem_stride={args.stem_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}")
     print(f"{'implementation':48s} {'median ms':>10s} {'min ms':>8s} {'images/s':>9s} {'x tinyfn':>9s}")
     base = np.median(times["tinyfn (handwritten rules, jit)"])
     for name, t in times.items():

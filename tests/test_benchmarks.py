@@ -92,3 +92,26 @@ def test_resnet_step_times_tinyfn_against_jax_autodiff_and_torch():
     m = re.fullmatch(r"resnet tinyfn/jax-autodiff=(\d+\.\d+) tinyfn/torch=(\d+\.\d+|nan)", lines[-1])
     assert m, lines[-1]
     assert any(line.startswith("JAX autodiff") for line in lines)
+
+
+def test_resnet_variants_counts_multiply_adds_by_hand():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from resnet_variants import multiply_adds, parse_variant
+    finally:
+        sys.path.pop(0)
+    # width 4, blocks (1, 1, 2) on 28x28: the 4x4 stride-2 stem into 14x14 (16 taps, 1 -> 4 channels), one block of two
+    # 3x3 convs 4 -> 4 at 14x14, a strided block 4 -> 8 at 7x7 with its 1x1 projection, then 8 -> 16 at 4x4 (strided,
+    # projected) and one identity block 16 -> 16, the linear layer 16 -> 10
+    by_hand = 196 * 4 * 16 + 196 * 4 * (4 * 9 + 4 * 9) + 49 * 8 * (4 * 9 + 8 * 9 + 4) + 16 * 16 * (8 * 9 + 16 * 9 + 8) + 16 * 16 * (16 * 9 * 2) + 16 * 10
+    assert multiply_adds(4, (1, 1, 2)) == by_hand == 244_128
+    assert multiply_adds(4, 2) == multiply_adds(4, (2, 2, 2)) > by_hand
+    assert parse_variant("24:1,1,3") == (24, (1, 1, 3)) and parse_variant("20:2") == (20, 2)
+
+
+@pytest.mark.slow
+def test_resnet_variants_times_each_shape_and_prints_a_parsable_last_line():
+    lines = _run("resnet_variants.py", "4:2", "4:1,1,2", "--batch-size", "8", "--steps", "1", "--rounds", "1")
+    m = re.fullmatch(r"variants 4:2=(\d+\.\d+) 4:1,1,2=(\d+\.\d+)", lines[-1])
+    assert m and all(float(v) > 0 for v in m.groups()), lines[-1]
+    assert any(line.startswith("4:1,1,2") and "params" in line for line in lines), lines

@@ -114,11 +114,13 @@ def test_crop_padding_zero_augments_with_flips_only_and_the_recipe_checks_it():
     padded = np.asarray(make_augment(dict(recipe, crop_padding=2), x.shape[1:], normalization=(0.5, 0.25))(jax.random.key(3), x + 1))
     assert set(np.unique(padded)) - set(np.unique(x + 1)) == {-2.0}
     with pytest.raises(ValueError, match=r"--tta must be one of none, flip, got 'mirror'"):
-        check_recipe(dict(recipe, tta="mirror"), None, 0.1)
+        check_recipe(dict(recipe, tta="mirror"), None)
     with pytest.raises(ValueError, match=r"--crop-padding must be a non-negative integer, got -1"):
-        check_recipe(dict(recipe, crop_padding=-1), None, 0.1)
+        check_recipe(dict(recipe, crop_padding=-1), None)
     with pytest.raises(ValueError, match=r"--label-smoothing must be in \[0, 1\), got 1.5"):
-        check_recipe(dict(recipe, label_smoothing=1.5), None, 0.1)
+        check_recipe(dict(recipe, label_smoothing=1.5), None)
+    with pytest.raises(ValueError, match=r"--val-fraction must be in \[0, 1\), got 1.0"):
+        check_recipe(dict(recipe, val_fraction=1.0), None)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
@@ -136,7 +138,7 @@ def test_decay_weights_leaves_batch_norm_and_biases_undecayed(optimizer):
         moved[decay] = {k: bool(np.any(np.asarray(u) != 0)) for k, u in updates.items()}
     assert moved == {"all": {"w": True, "gamma": True}, "weights": {"w": True, "gamma": False}}
     with pytest.raises(ValueError, match=r"--decay must be one of all, weights, got 'bias'"):
-        check_recipe(dict(recipe_for("embedded", None), decay="bias"), None, 0.1)
+        check_recipe(dict(recipe_for("embedded", None), decay="bias"), None)
 
 
 def test_curves_are_titled_with_the_short_data_name_and_one_epoch_gets_a_sane_axis():
@@ -250,12 +252,15 @@ def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_
 
     ckpt = load_checkpoint(out / "checkpoint.safetensors")
     assert ckpt.metadata["recipe"]["optimizer"] == "adamw" and ckpt.metadata["recipe"]["augment"] is True
-    assert ckpt.model_state is not None and ckpt.model_state[1]["mean"].shape == (20,)  # the stem's batch norm
+    assert ckpt.model_state is not None and ckpt.model_state[1]["mean"].shape == (24,)  # the stem's batch norm
     last = proc.stdout.strip().splitlines()[-1]
     assert last.endswith(" (test-time views: flip)"), last  # the recipe evaluates the test set on each image and its mirror
     test_acc = float(last.split(": ")[1].split()[0])
     history = json.loads((out / "history.json").read_text())
     assert history["tta"] == "flip" and history["test_accuracy"] == pytest.approx(test_acc, abs=5e-5)
+    from tinyfn import data as D
+
+    assert history["validation"]["images"] == 0 and history["validation"]["train_images"] == len(D.load_dataset(str(tiny_idx), "train"))  # resnet trains on all
     proc = _run("evaluate", str(out))  # the run's own test-time views
     assert proc.returncode == 0 and f"test accuracy: {test_acc:.4f}" in proc.stdout and "test-time views: flip" in proc.stdout, proc.stderr  # the state came back
     assert f"test accuracy, single view: {history['test_accuracy_single_view']:.4f}" in proc.stdout, proc.stdout

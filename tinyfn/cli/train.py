@@ -41,9 +41,10 @@ def add_arguments(p):
                    help="test-time augmentation of the final test evaluation: flip averages the class probabilities of each image and its mirror "
                         "image (default: the recipe's; flip for resnet); the single-view test accuracy is reported beside it")  # fmt: skip
     p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=None, help="learning-rate schedule (step: x0.1 after each third of the run)")
-    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION,
-                   help=f"share of the training images held out for the per-epoch validation curve (default {VAL_FRACTION:.4f}: "
-                        "5,000 of Fashion-MNIST's 60,000, 667 of the embedded 8,000; 0 for none); the test set is evaluated once, at the end")  # fmt: skip
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help=f"share of the training images held out for the per-epoch validation curve (default: the recipe's, {VAL_FRACTION:.4f}: "
+                        "5,000 of Fashion-MNIST's 60,000, 667 of the embedded 8,000; 0 for resnet, which trains on all of them; 0 for none); "
+                        "the test set is evaluated once, at the end")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>-<data>, a fresh one if that holds a run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (or the default run directory) from its checkpoint")
@@ -71,10 +72,10 @@ def run(args) -> int:
         value = getattr(args, name, None)
         if value is not None:
             recipe[name] = value
-    check_recipe(recipe, args.devices, args.val_fraction)
+    check_recipe(recipe, args.devices)
     mesh = data_mesh(args.devices) if args.devices is not None else None
     full_train, test_set = D.load_dataset(args.data, "train"), D.load_dataset(args.data, "test")
-    train_idx, val_idx = validation_split(len(full_train), args.val_fraction, args.seed)
+    train_idx, val_idx = validation_split(len(full_train), recipe["val_fraction"], args.seed)
     if recipe["batch_size"] > len(train_idx):
         raise ValueError(f"--batch-size {recipe['batch_size']} is larger than the {len(train_idx):,} training images of {args.data}")
     mean, std = D.normalization(full_train.images[train_idx])
@@ -112,7 +113,7 @@ def run(args) -> int:
         "data": args.data,
         "classes": list(full_train.classes),
         "recipe": recipe,
-        "validation": {"fraction": args.val_fraction, "images": len(val_idx), "train_images": len(train_idx), "seed": args.seed},
+        "validation": {"fraction": recipe["val_fraction"], "images": len(val_idx), "train_images": len(train_idx), "seed": args.seed},
         "seed": args.seed,
         "command": command,
     }
