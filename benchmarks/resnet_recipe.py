@@ -41,6 +41,8 @@ from tinyfn import data, models, train
 from tinyfn.layers import init_with_state
 from tinyfn.losses import softmax_cross_entropy
 
+from resnet_step import block_counts
+
 RESNET_RECIPE = {
     # the model: models.resnet()'s defaults, width=24, blocks_per_stage=(1, 1, 3), stages=3, first_stride=1, stem_stride=2:
     # a 4x4 stride-2 stem conv into 14x14, then 24 channels at 14x14, 48 at 7x7, 96 at 4x4 in 1, 1 and 3 basic blocks (506,554 params)
@@ -71,7 +73,7 @@ def parse_args(argv=None):
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--epochs", type=int, default=r["epochs"])
     ap.add_argument("--width", type=int, default=r["width"])
-    ap.add_argument("--blocks", type=_blocks, default=r["blocks_per_stage"], help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)")
+    ap.add_argument("--blocks", type=block_counts, default=r["blocks_per_stage"], help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)")
     ap.add_argument("--stages", type=int, default=r["stages"])
     ap.add_argument("--first-stride", type=int, default=r["first_stride"])
     ap.add_argument("--stem-stride", type=int, default=r["stem_stride"])
@@ -156,11 +158,6 @@ def main(argv=None):
         _plot(args.plot, curve, accs)
     del step
     print(f"epoch_s={np.median(epoch_times):.1f} projected_epoch_s={np.median(projected):.1f} test_accuracy={acc:.4f} test_accuracy_tta={acc_tta:.4f} total_s={time.perf_counter() - t_start:.0f}")
-
-
-def _blocks(text):
-    counts = tuple(int(c) for c in text.split(","))
-    return counts[0] if len(counts) == 1 else counts
 
 
 def _plot(path, curve, accs):

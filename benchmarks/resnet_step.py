@@ -46,7 +46,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=default["width"])
-    ap.add_argument("--blocks", type=_block_counts, default=default["blocks_per_stage"], help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)")
+    ap.add_argument("--blocks", type=block_counts, default=default["blocks_per_stage"], help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)")
     ap.add_argument("--first-stride", type=int, default=default["first_stride"])
     ap.add_argument("--stem-stride", type=int, default=default["stem_stride"], help="1: a 3x3 stem at full resolution; 2: a 4x4 stride-2 stem (use with --first-stride 1)")
     ap.add_argument("--steps", type=int, default=10)
@@ -55,7 +55,8 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def _block_counts(text):
+def block_counts(text):
+    """``"2"`` -> ``2``, ``"1,1,3"`` -> ``(1, 1, 3)``: ``--blocks`` as ``models.resnet(blocks_per_stage=)`` takes it."""
     counts = tuple(int(c) for c in text.split(","))
     return counts[0] if len(counts) == 1 else counts
 

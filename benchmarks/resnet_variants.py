@@ -30,13 +30,14 @@ from tinyfn import models, train
 from tinyfn.layers import init_with_state
 from tinyfn.losses import softmax_cross_entropy
 
+from resnet_step import _blocks, block_counts
+
 
 def parse_variant(text: str):
     """``"24:1,1,3"`` -> ``(24, (1, 1, 3))``; ``"20:2"`` -> ``(20, 2)``."""
     try:
         width, blocks = text.split(":")
-        counts = tuple(int(c) for c in blocks.split(","))
-        return int(width), counts[0] if len(counts) == 1 else counts
+        return int(width), block_counts(blocks)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a variant is WIDTH:BLOCKS (20:2 or 24:1,1,3), got {text!r}") from None
 
@@ -44,17 +45,12 @@ def parse_variant(text: str):
 def multiply_adds(width: int, blocks, stages: int = 3, size: int = 28) -> int:
     """Forward multiply-adds per image of ``models.resnet(width, blocks_per_stage=blocks)`` on ``size``x``size`` inputs
     (the 4x4 stride-2 stem, 3x3 convolutions, 1x1 projections, the final linear layer)."""
-    counts = (blocks,) * stages if isinstance(blocks, int) else tuple(blocks)
     hw = (size + 2 - 4) // 2 + 1
-    total, cin = hw * hw * width * 16, width
-    for s in range(stages):
-        c = width * 2**s
-        for b in range(counts[s]):
-            stride = 2 if (s > 0 and b == 0) else 1
-            out = (hw - 1) // stride + 1
-            total += out * out * c * (cin * 9 + c * 9 + (cin if (b == 0 and s > 0) else 0))
-            hw, cin = out, c
-    return total + cin * 10
+    total = hw * hw * width * 16
+    for cin, c, stride, projected in _blocks(width, blocks, first_stride=1, stages=stages):
+        hw = (hw - 1) // stride + 1
+        total += hw * hw * c * (cin * 9 + c * 9 + (cin if projected else 0))
+    return total + c * 10  # the linear layer on the last stage's channels
 
 
 def main(argv=None):
