@@ -137,10 +137,15 @@ def evaluate(model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cro
     loss = correct = 0.0
     view_loss = view_correct = None
     preds = []
+
+    def dispatched(start):  # queued on the device; read back one batch later, so the device never waits on the host
+        return min(batch_size, n - start), eval_step(params, model_state, jnp.asarray(x[start : start + batch_size]), jnp.asarray(y[start : start + batch_size]))
+
+    pending = dispatched(0) if n else None
     for start in range(0, n, batch_size):
-        m = eval_step(params, model_state, jnp.asarray(x[start : start + batch_size]), jnp.asarray(y[start : start + batch_size]))
+        size, m = pending
+        pending = dispatched(start + batch_size) if start + batch_size < n else None
         m = jax.device_get(m)
-        size = min(batch_size, n - start)
         loss += float(m["loss"]) * size
         correct += float(m["accuracy"]) * size
         if "view_loss" in m:
