@@ -95,8 +95,18 @@ def test_resnet_takes_one_block_count_per_stage():
     assert to_spec(models.resnet(width=4, blocks_per_stage=(2, 2, 2))) == to_spec(uniform)
     with pytest.raises(ValueError, match=r"blocks_per_stage must be an int or one count per stage \(3\), got \(1, 2\)"):
         models.resnet(blocks_per_stage=(1, 2))
-    with pytest.raises(ValueError, match=r"blocks_per_stage\[1\] must be a positive int, got 0"):
-        models.resnet(blocks_per_stage=(1, 0, 2))
+    with pytest.raises(ValueError, match=r"blocks_per_stage\[1\] must be an int >= 0 \(0 skips the stage\), got -1"):
+        models.resnet(blocks_per_stage=(1, -1, 2))
+    with pytest.raises(ValueError, match=r"blocks_per_stage\[0\] must be an int >= 0 \(0 skips the stage\), got 1.5"):
+        models.resnet(blocks_per_stage=(1.5, 1, 2))
+    with pytest.raises(ValueError, match=r"blocks_per_stage must hold at least one block, got \(0, 0, 0\)"):
+        models.resnet(blocks_per_stage=(0, 0, 0))
+    # (0, 1, 4) skips the first stage: its block of 4 channels goes, and the second stage's first block
+    # projects the stem's 4 channels (as the first stage's output before) to 8 at stride 2
+    skipped = models.resnet(width=4, blocks_per_stage=(0, 1, 4))
+    assert widths(skipped) == {8: 1, 16: 4} and count(skipped) == count(deep) - block(4)
+    out_shape, *_ = init_with_state(skipped, jax.random.key(0), (None, 1, 28, 28))
+    assert out_shape == (None, 10)
 
 
 def test_init_is_driven_only_by_the_key():

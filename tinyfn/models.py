@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 from tinyfn import _checks
 from tinyfn.layers import Conv2D, Dropout, Flatten, Float32, Linear, MaxPool2D, ReLU, serial
 from tinyfn.layers import BatchNorm2D, GlobalAvgPool2D, residual
@@ -74,7 +76,8 @@ def resnet(num_classes: int = 10, width: int = 24, blocks_per_stage: int | tuple
 
     A stem conv(width) - bn - relu, then ``stages`` stages of ``blocks_per_stage``
     basic blocks of ``width · 2^s`` channels (one count for every stage, or one per
-    stage as in torchvision's ``layers=[...]``: ``(1, 1, 4)``); the first block of the first stage
+    stage as in torchvision's ``layers=[...]``: ``(1, 1, 4)``; a stage of 0 blocks is skipped, so
+    ``(0, 1, 3)`` takes the stem's output straight into the second stage's strided block); the first block of the first stage
     has stride ``first_stride``, the first block of every later stage stride 2
     (each with a 1×1 projection shortcut); global average pooling, linear(num_classes).
     The stem is a 3×3 conv at the input's resolution (``stem_stride=1``) or, with
@@ -125,8 +128,21 @@ def _stage_blocks(blocks_per_stage, stages: int) -> tuple[int, ...]:
     if isinstance(blocks_per_stage, (list, tuple)):
         if len(blocks_per_stage) != stages:
             raise ValueError(f"resnet: blocks_per_stage must be an int or one count per stage ({stages}), got {tuple(blocks_per_stage)!r}")
-        return tuple(_checks.positive_int(f"blocks_per_stage[{i}]", b, op="resnet") for i, b in enumerate(blocks_per_stage))
+        counts = tuple(_stage_count(i, b) for i, b in enumerate(blocks_per_stage))
+        if not any(counts):
+            raise ValueError(f"resnet: blocks_per_stage must hold at least one block, got {tuple(blocks_per_stage)!r}")
+        return counts
     return (_checks.positive_int("blocks_per_stage", blocks_per_stage, op="resnet"),) * stages
+
+
+def _stage_count(i: int, count) -> int:
+    try:
+        n = None if isinstance(count, bool) else operator.index(count)
+    except TypeError:
+        n = None
+    if n is None or n < 0:
+        raise ValueError(f"resnet: blocks_per_stage[{i}] must be an int >= 0 (0 skips the stage), got {count!r}")
+    return n
 
 
 MODELS = {"lenet5": lenet5, "wide_cnn": wide_cnn, "resnet": resnet}
