@@ -37,7 +37,7 @@ def _draw(key, low, high, *, size, dtype, uniform):
 
 def _prefix_consistent(key) -> bool:
     """Whether a draw's first ``n`` numbers are those of a draw of length ``n`` (threefry, partitionable)."""
-    if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
+    if isinstance(key, jax.core.Tracer) or not hasattr(key, "dtype") or not jax.config.jax_threefry_partitionable:
         return False
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     impl = str(jax.random.key_impl(key)) if typed else str(jax.config.jax_default_prng_impl)
