@@ -1,7 +1,7 @@
 """Train ``tinyfn.models.resnet`` with batch norm, AdamW, a cosine schedule and augmentation, timing every epoch.
 
-    python benchmarks/resnet_recipe.py --data fashion-mnist [--epochs 17] [--width 24] [--blocks 1,1,3]
-        [--first-stride 1] [--stem-stride 2] [--batch-size 128] [--lr 2e-3] [--decay {all,weights}]
+    python benchmarks/resnet_recipe.py --data fashion-mnist [--epochs 15] [--width 24] [--blocks 1,1,3]
+        [--first-stride 1] [--stem-stride 2] [--batch-size 128] [--lr 4e-3] [--decay {all,weights}]
         [--augment {crop+flip,flip,crop}] [--crop-padding 1] [--fill {background,zero}] [--no-augment]
         [--label-smoothing 0.1] [--tta {flip,none}] [--max-steps N] [--plot PNG]
 
@@ -54,11 +54,11 @@ RESNET_RECIPE = {
     # the training: AdamW (no decay on batch norm and biases), linear warm-up then a half cosine to 0,
     # random crops (padding 1, black) and flips, label smoothing 0.1
     "optimizer": "adamw",
-    "learning_rate": 2e-3,
+    "learning_rate": 4e-3,
     "weight_decay": 5e-2,
     "decay": "weights",  # which params the weight decay applies to: all, or weights (filters and matrices: train.weights_only)
     "warmup_steps": 200,
-    "epochs": 17,
+    "epochs": 15,
     "batch_size": 128,
     "augment": "crop+flip",
     "crop_padding": 1,
