@@ -5,9 +5,9 @@
         [--augment {crop+flip,flip,crop}] [--crop-padding 1] [--fill {background,zero}] [--no-augment]
         [--label-smoothing 0.1] [--tta {flip,none}] [--max-steps N] [--plot PNG]
 
-Every default comes from ``RESNET_RECIPE`` (the command line's recipe: 0.9412 test
-accuracy in 15 min 49 s all in measured with its copy on two CPU cores, about
-14 min 30 s on the machine's faster stretches; see benchmarks/README.md). Like the
+Every default comes from ``RESNET_RECIPE`` (the command line's recipe: 0.9410 test
+accuracy in 14 min 12 s all in measured with its copy on two CPU cores; see
+benchmarks/README.md). Like the
 command line it trains on all 60,000 images; unlike it, it evaluates the test set
 after every epoch.
 
