@@ -7,9 +7,8 @@
 
 Every default comes from ``RESNET_RECIPE`` (the command line's recipe: 0.9410 test
 accuracy in 14 min 12 s all in measured with its copy on two CPU cores; see
-benchmarks/README.md). Like the
-command line it trains on all 60,000 images; unlike it, it evaluates the test set
-after every epoch.
+benchmarks/README.md). Like the command line it trains on all 60,000 images;
+unlike it, it evaluates the test set after every epoch.
 
 A direct loop over the stateful ``make_train_step`` (batch statistics in
 training, running statistics in evaluation) with the augmentation fused into
