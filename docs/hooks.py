@@ -16,7 +16,9 @@ TARGET = ROOT / "docs" / "notebooks"
 
 def copy_notebooks() -> tuple[int, int]:
     """Copy every ``notebooks/*.ipynb`` into ``docs/notebooks/``; returns (executed copies, plain copies)."""
-    executed_dir = Path(os.environ["TINYFN_EXECUTED_NOTEBOOKS"]) if os.environ.get("TINYFN_EXECUTED_NOTEBOOKS") else None
+    executed_dir = (
+        Path(os.environ["TINYFN_EXECUTED_NOTEBOOKS"]) if os.environ.get("TINYFN_EXECUTED_NOTEBOOKS") else None
+    )
     TARGET.mkdir(parents=True, exist_ok=True)
     counts = [0, 0]
     wanted = set()
