@@ -1,4 +1,4 @@
-"""Losses with handwritten backward rules: ``softmax_cross_entropy``, ``mse`` and ``binary_cross_entropy_with_logits``."""
+"""Losses with handwritten backward rules: ``softmax_cross_entropy``, ``mse``, ``binary_cross_entropy_with_logits``."""
 
 from __future__ import annotations
 
@@ -200,10 +200,13 @@ def binary_cross_entropy_with_logits(logits, targets, *, pos_weight=None):
     _checks.same_dtype(op, logits=logits, targets=targets)
     if logits.shape != targets.shape:
         raise ValueError(
-            f"{op}: logits has shape {tuple(logits.shape)} but targets has shape {tuple(targets.shape)}; expected equal shapes"
+            f"{op}: logits has shape {tuple(logits.shape)} but targets has shape {tuple(targets.shape)}; "
+            "expected equal shapes"
         )
     if logits.size == 0:
-        raise ValueError(f"{op}: the batch is empty (logits has shape {tuple(logits.shape)}); the mean over no elements is undefined")
+        raise ValueError(
+            f"{op}: the batch is empty (logits has shape {tuple(logits.shape)}); the mean over no elements is undefined"
+        )
     if pos_weight is None:
         weight = jnp.ones((), logits.dtype)
     else:
@@ -214,7 +217,8 @@ def binary_cross_entropy_with_logits(logits, targets, *, pos_weight=None):
             ok = False
         if not ok:
             raise ValueError(
-                f"{op}: pos_weight has shape {tuple(weight.shape)}, expected a shape broadcastable to logits' {tuple(logits.shape)}"
+                f"{op}: pos_weight has shape {tuple(weight.shape)}, "
+                f"expected a shape broadcastable to logits' {tuple(logits.shape)}"
             )
     weight = jax.lax.stop_gradient(jnp.broadcast_to(weight.astype(logits.dtype), logits.shape))
     return _bce(logits, targets, weight)

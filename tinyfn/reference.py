@@ -239,7 +239,8 @@ def concat_arrays(xs, axis=1):
 
 # ---- smooth activations, binary cross-entropy, embedding, attention (definitions, differentiated by JAX) ----
 
-__all__ += ["leaky_relu", "sigmoid", "tanh", "silu", "gelu", "binary_cross_entropy_with_logits", "embedding", "dot_product_attention"]
+__all__ += ["leaky_relu", "sigmoid", "tanh", "silu", "gelu"]
+__all__ += ["binary_cross_entropy_with_logits", "embedding", "dot_product_attention"]
 
 
 def leaky_relu(x, negative_slope=0.01):

@@ -130,7 +130,8 @@ def _blocked_attention(q, k, v, bias, scale, causal, block):
         shift = _safe(m_new)
         alpha = jnp.exp(m - shift)  # rescales what was summed under the old maximum; 0 while the row saw no key
         e = jnp.exp(s - shift)
-        return (m_new, alpha * total + e.sum(axis=-1, keepdims=True), alpha * acc + jnp.einsum("nhtb,nhbd->nhtd", e, vj)), None
+        acc = alpha * acc + jnp.einsum("nhtb,nhbd->nhtd", e, vj)
+        return (m_new, alpha * total + e.sum(axis=-1, keepdims=True), acc), None
 
     init = (
         jnp.full((n, h, t, 1), -jnp.inf, q.dtype),
@@ -148,7 +149,7 @@ def _attention_blocked(q, k, v, bias, scale, causal, block):
     return _blocked_attention(q, k, v, bias, scale, causal, block)[0]
 
 
-def _attention_blocked_fwd(q, k, v, bias, scale, causal, block):  # the plain forward, so that forward mode runs through it
+def _attention_blocked_fwd(q, k, v, bias, scale, causal, block):  # the plain forward, so forward mode runs through it
     o, lse = _blocked_attention(q, k, v, bias, scale, causal, block)
     return o, (q, k, v, bias, o, lse)
 
@@ -190,13 +191,16 @@ def _mask_bias(mask, q, k):
     full = (*q.shape[:3], k.shape[2])
     shape = (1,) * (4 - mask.ndim) + tuple(mask.shape)
     if mask.ndim > 4 or any(d not in (1, f) for d, f in zip(shape, full)):
-        raise ValueError(f"{op}: mask has shape {tuple(mask.shape)}, expected a shape broadcastable to (N, H, T, S) = {full}")
+        raise ValueError(
+            f"{op}: mask has shape {tuple(mask.shape)}, expected a shape broadcastable to (N, H, T, S) = {full}"
+        )
     mask = jnp.reshape(mask, shape)
     if mask.dtype == jnp.bool_:
         return jnp.where(mask, jnp.zeros((), q.dtype), jnp.full((), -jnp.inf, q.dtype))
     if not jnp.issubdtype(mask.dtype, jnp.floating):
         raise TypeError(
-            f"{op}: mask must be boolean (True = the key takes part) or floating (added to the logits), got dtype {mask.dtype}"
+            f"{op}: mask must be boolean (True = the key takes part) or floating (added to the logits), "
+            f"got dtype {mask.dtype}"
         )
     return lax.stop_gradient(mask.astype(q.dtype))
 
@@ -208,11 +212,13 @@ def _check_qkv(q, k, v):
     v = _checks.float_array("v", v, ndim=4, layout="(N, H, S, Dv)", op=op)
     _checks.same_dtype(op, q=q, k=k, v=v)
     if k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
-        raise ValueError(f"{op}: k has shape {tuple(k.shape)}, expected (N, H, S, D) = ({q.shape[0]}, {q.shape[1]}, S, {q.shape[3]}) "
-                         f"to match q {tuple(q.shape)}")  # fmt: skip
+        expected = f"({q.shape[0]}, {q.shape[1]}, S, {q.shape[3]})"
+        raise ValueError(f"{op}: k has shape {tuple(k.shape)}, expected (N, H, S, D) = {expected} to match q {q.shape}")
     if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"{op}: v has shape {tuple(v.shape)}, expected (N, H, S, Dv) with (N, H, S) = {tuple(k.shape[:3])} "
-                         f"to match k {tuple(k.shape)}")  # fmt: skip
+        raise ValueError(
+            f"{op}: v has shape {tuple(v.shape)}, expected (N, H, S, Dv) with (N, H, S) = {tuple(k.shape[:3])} "
+            f"to match k {tuple(k.shape)}"
+        )
     return q, k, v
 
 

@@ -65,7 +65,8 @@ def embedding(ids, table):
     then their output rows are NaN (never a plausible row, so a loss turns NaN
     and a finite check stops) and they add nothing to ``dtable``.
     """
-    table = _checks.float_array("table", table, ndim=2, layout="(num_embeddings, features)", empty_batch=False, op="embedding")
+    layout = "(num_embeddings, features)"
+    table = _checks.float_array("table", table, ndim=2, layout=layout, empty_batch=False, op="embedding")
     if not hasattr(ids, "dtype"):
         ids = jnp.asarray(ids)
     if not jnp.issubdtype(ids.dtype, jnp.integer):

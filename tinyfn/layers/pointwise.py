@@ -213,5 +213,5 @@ def GELU(approximate=False) -> Layer:
     return parameterless("GELU", partial(gelu, approximate=approximate), approximate=approximate)
 
 
-for _name, _constructor in (("LeakyReLU", LeakyReLU), ("Sigmoid", Sigmoid), ("Tanh", Tanh), ("SiLU", SiLU), ("GELU", GELU)):
-    register_layer(_name, _constructor)
+for _constructor in (LeakyReLU, Sigmoid, Tanh, SiLU, GELU):
+    register_layer(_constructor.__name__, _constructor)
