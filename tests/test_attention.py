@@ -42,7 +42,8 @@ def torch_oracle(q, k, v, *, mask=None, causal=False, scale=None):
 
 
 def _ours(formulation, block_size=2, **kw):
-    return partial(dot_product_attention, formulation=formulation, block_size=block_size, **kw)
+    """The op with its options bound, jitted: one compilation per test instead of one per primitive."""
+    return jax.jit(partial(dot_product_attention, formulation=formulation, block_size=block_size, **kw))
 
 
 def _as_torch(kw):
@@ -60,7 +61,7 @@ def test_rule_matches_autodiff_of_the_reference_and_finite_differences(rng, form
     with jax.enable_x64(True):
         args, kw = sample(rng, mask=mask)
         np.testing.assert_allclose(_ours(formulation, **kw)(*args), R.dot_product_attention(*args, **kw), rtol=1e-12)
-        gradcheck.check_vjp(_ours(formulation, **kw), args, reference=partial(R.dot_product_attention, **kw))
+        gradcheck.check_vjp(_ours(formulation, **kw), args, reference=jax.jit(partial(R.dot_product_attention, **kw)))
 
 
 @pytest.mark.parametrize("mask", MASKS)
@@ -95,8 +96,8 @@ def test_hessian_through_the_rule_equals_the_references(rng, formulation):
     with jax.enable_x64(True):
         (q, k, v), kw = sample(rng, mask="causal", shape=(1, 1, 3, 4, 2, 2))
         c = jnp.asarray(rng.standard_normal((1, 1, 3, 2)))
-        ours = jax.hessian(lambda q: jnp.sum(c * _ours(formulation, **kw)(q, q[:, :, :1] + k, v)))(q)
-        theirs = jax.hessian(lambda q: jnp.sum(c * R.dot_product_attention(q, q[:, :, :1] + k, v, **kw)))(q)
+        ours = jax.jit(jax.hessian(lambda q: jnp.sum(c * _ours(formulation, **kw)(q, q[:, :, :1] + k, v))))(q)
+        theirs = jax.jit(jax.hessian(lambda q: jnp.sum(c * R.dot_product_attention(q, q[:, :, :1] + k, v, **kw))))(q)
         np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
@@ -127,7 +128,8 @@ def test_equal_keys_give_the_mean_of_the_values_and_the_default_scale_is_one_ove
     q = jnp.asarray(rng.standard_normal((1, 1, 2, 4)), jnp.float32)
     k = jnp.ones((1, 1, 3, 4))
     v = jnp.arange(6.0).reshape(1, 1, 3, 2)
-    np.testing.assert_allclose(dot_product_attention(q, k, v), jnp.broadcast_to(v.mean(axis=2, keepdims=True), (1, 1, 2, 2)))
+    mean_of_values = jnp.broadcast_to(v.mean(axis=2, keepdims=True), (1, 1, 2, 2))
+    np.testing.assert_allclose(dot_product_attention(q, k, v), mean_of_values)
     k = jnp.asarray(rng.standard_normal((1, 1, 3, 4)), jnp.float32)
     np.testing.assert_allclose(dot_product_attention(q, k, v), dot_product_attention(q, k, v, scale=0.5), rtol=1e-6)
 
@@ -135,12 +137,12 @@ def test_equal_keys_give_the_mean_of_the_values_and_the_default_scale_is_one_ove
 @pytest.mark.parametrize("formulation", ATTENTION_FORMULATIONS)
 def test_jit_and_vmap_equal_the_eager_gradient(rng, formulation):
     args, kw = sample(rng, np.float32, mask="boolean", shape=(2, 1, 3, 5, 2, 2))
-    loss = lambda q, k, v: jnp.sum(_ours(formulation, **kw)(q, k, v) ** 2)  # noqa: E731
-    grad = jax.grad(loss, argnums=(0, 1, 2))
+    op = partial(dot_product_attention, formulation=formulation, block_size=2, **kw)  # not jitted: eager
+    grad = jax.grad(lambda q, k, v: jnp.sum(op(q, k, v) ** 2), argnums=(0, 1, 2))
     eager = grad(*args)
     for a, b in zip(jax.jit(grad)(*args), eager):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    batched = jax.vmap(grad)(*(a[:, None] for a in args))  # one (1, H, T, D) problem per batch entry
+    batched = jax.jit(jax.vmap(grad))(*(a[:, None] for a in args))  # one (1, H, T, D) problem per batch entry
     for a, b in zip(batched, eager):
         np.testing.assert_allclose(a[:, 0], b, rtol=1e-5, atol=1e-6)
 
@@ -152,9 +154,12 @@ def test_jit_and_vmap_equal_the_eager_gradient(rng, formulation):
         (dict(v=jnp.zeros((1, 2, 4, 3))), ValueError, r"^dot_product_attention: v has shape \(1, 2, 4, 3\), expected"),
         (dict(q=jnp.zeros((2, 3, 4))), ValueError, r"^dot_product_attention: q must have rank 4 \(N, H, T, D\)"),
         (dict(mask=jnp.ones((3, 5), bool)), ValueError,
-         r"^dot_product_attention: mask has shape \(3, 5\), expected a shape broadcastable to \(N, H, T, S\) = \(1, 2, 3, 6\)"),
-        (dict(mask=jnp.ones((3, 6), jnp.int32)), TypeError, r"^dot_product_attention: mask must be boolean .*got dtype int32"),
-        (dict(formulation="flash"), ValueError, r"^dot_product_attention: formulation must be one of \('plain', 'blocked'\)"),
+         r"^dot_product_attention: mask has shape \(3, 5\), expected a shape broadcastable to "
+         r"\(N, H, T, S\) = \(1, 2, 3, 6\)"),
+        (dict(mask=jnp.ones((3, 6), jnp.int32)), TypeError,
+         r"^dot_product_attention: mask must be boolean .*got dtype int32"),
+        (dict(formulation="flash"), ValueError,
+         r"^dot_product_attention: formulation must be one of \('plain', 'blocked'\)"),
         (dict(block_size=0), ValueError, r"^dot_product_attention: block_size must be a positive int, got 0"),
         (dict(scale=float("inf")), ValueError, r"^dot_product_attention: scale must be a finite float or None"),
         (dict(causal=1), TypeError, r"^dot_product_attention: causal must be True or False, got 1"),

@@ -92,7 +92,8 @@ def test_jit_and_vmap_equal_the_eager_gradient(rng):
         (dict(logits=jnp.zeros((2, 3)), targets=jnp.zeros((3, 2))), ValueError,
          r"^binary_cross_entropy_with_logits: logits has shape \(2, 3\) but targets has shape \(3, 2\)"),
         (dict(logits=jnp.zeros((2, 3)), targets=jnp.zeros((2, 3)), pos_weight=jnp.ones(2)), ValueError,
-         r"^binary_cross_entropy_with_logits: pos_weight has shape \(2,\), expected a shape broadcastable to logits' \(2, 3\)"),
+         r"^binary_cross_entropy_with_logits: pos_weight has shape \(2,\), "
+         r"expected a shape broadcastable to logits' \(2, 3\)"),
         (dict(logits=jnp.zeros((0, 3)), targets=jnp.zeros((0, 3))), ValueError,
          r"^binary_cross_entropy_with_logits: the batch is empty"),
         (dict(logits=jnp.zeros((2,)), targets=jnp.zeros((2,), jnp.int32)), TypeError,

@@ -76,7 +76,8 @@ def test_jit_and_vmap_equal_the_eager_gradient(rng):
 
 
 def test_ids_out_of_range_are_refused_eagerly_with_their_position():
-    with pytest.raises(ValueError, match=r"^embedding: ids\[1, 0\] = 4 is outside \[0, 4\) for a table of shape \(4, 2\)"):
+    match = r"^embedding: ids\[1, 0\] = 4 is outside \[0, 4\) for a table of shape \(4, 2\)"
+    with pytest.raises(ValueError, match=match):
         embedding(jnp.array([[0, 1], [4, 2]]), jnp.zeros((4, 2)))
     with pytest.raises(ValueError, match=r"^embedding: ids\[0\] = -1 is outside \[0, 4\)"):
         embedding(jnp.array([-1]), jnp.zeros((4, 2)))
