@@ -66,8 +66,8 @@ def test_hessian_through_the_rule_equals_the_references():
     with jax.enable_x64(True):
         z = jnp.array([[-2.0, 0.5, 1.5], [3.0, -0.3, 0.0]])
         t, w = jnp.array([[0.0, 1.0, 0.3], [1.0, 0.0, 0.8]]), jnp.array([2.0, 0.5, 1.0])
-        ours = jax.hessian(lambda z: bce(z * z, t, pos_weight=w))(z)
-        theirs = jax.hessian(lambda z: R.binary_cross_entropy_with_logits(z * z, t, pos_weight=w))(z)
+        ours = jax.jit(jax.hessian(lambda z: bce(z * z, t, pos_weight=w)))(z)
+        theirs = jax.jit(jax.hessian(lambda z: R.binary_cross_entropy_with_logits(z * z, t, pos_weight=w)))(z)
         np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-13)
 
 
@@ -82,7 +82,7 @@ def test_jit_and_vmap_equal_the_eager_gradient(rng):
     grad = jax.grad(bce)
     eager = grad(z, t)
     np.testing.assert_allclose(jax.jit(grad)(z, t), eager, rtol=1e-6)
-    per_row = jax.vmap(grad)(z, t)  # each row its own mean over 3 elements: 4 times the batch gradient
+    per_row = jax.jit(jax.vmap(grad))(z, t)  # each row its own mean over 3 elements: 4 times the batch gradient
     np.testing.assert_allclose(per_row, 4 * eager, rtol=1e-5)
 
 
