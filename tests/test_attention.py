@@ -174,3 +174,10 @@ def test_bad_arguments_are_refused_by_name(kwargs, error, match):
     args.update({name: kwargs.pop(name) for name in ("q", "k", "v") if name in kwargs})
     with pytest.raises(error, match=match):
         dot_product_attention(args["q"], args["k"], args["v"], **kwargs)
+
+
+@pytest.mark.parametrize("formulation", ATTENTION_FORMULATIONS)
+def test_each_formulation_runs_through_its_handwritten_rule(rng, formulation):
+    args, kw = sample(rng, np.float32, mask="boolean")
+    op = partial(dot_product_attention, formulation=formulation, **kw)
+    assert "custom_vjp_call" in {e.primitive.name for e in jax.make_jaxpr(op)(*args).eqns}

@@ -104,3 +104,8 @@ def test_bad_arguments_are_refused_by_name(kwargs, error, match):
     logits, targets = kwargs.pop("logits"), kwargs.pop("targets")
     with pytest.raises(error, match=match):
         bce(logits, targets, **kwargs)
+
+
+def test_the_loss_runs_through_its_handwritten_rule(rng):
+    args, kw = sample(rng, np.float32, weighted=True)
+    assert "custom_vjp_call" in {e.primitive.name for e in jax.make_jaxpr(partial(bce, **kw))(*args).eqns}

@@ -109,3 +109,8 @@ def test_layer_draws_a_standard_normal_table_checks_params_and_round_trips(key):
     assert rebuilt.config == {"num_embeddings": 300, "features": 4}
     with pytest.raises(ValueError, match=r"^Embedding: features must be a positive int, got 0"):
         Embedding(3, 0)
+
+
+def test_the_op_runs_through_its_handwritten_rule(rng):
+    (ids, table), _ = sample(rng, np.float32)
+    assert "custom_vjp_call" in {e.primitive.name for e in jax.make_jaxpr(embedding)(ids, table).eqns}
