@@ -1,4 +1,4 @@
-"""Losses with handwritten backward rules: ``softmax_cross_entropy`` and ``mse``."""
+"""Losses with handwritten backward rules: ``softmax_cross_entropy``, ``mse``, ``binary_cross_entropy_with_logits``."""
 
 from __future__ import annotations
 
@@ -141,3 +141,84 @@ def mse(pred, target):
     if pred.size == 0:
         raise ValueError(f"mse: the batch is empty (pred has shape {tuple(pred.shape)}); the mean over no elements is undefined")
     return _mse(pred, target)
+
+
+# ---- binary cross-entropy on logits ----
+
+__all__ += ["binary_cross_entropy_with_logits"]
+
+
+def _softplus(x):
+    """``log(1 + e^x)`` without overflow: ``max(x, 0) + log1p(e^{-|x|})``."""
+    return jnp.maximum(x, jnp.zeros((), x.dtype)) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def _plain_bce(logits, targets, pos_weight):
+    # -[w t log σ(z) + (1 - t) log(1 - σ(z))] with -log σ(z) = softplus(-z) and -log(1 - σ(z)) = softplus(z)
+    return jnp.mean(pos_weight * targets * _softplus(-logits) + (1 - targets) * _softplus(logits))
+
+
+@jax.custom_vjp
+def _bce(logits, targets, pos_weight):
+    return _plain_bce(logits, targets, pos_weight)
+
+
+def _bce_fwd(logits, targets, pos_weight):  # the plain forward, so that forward mode can run through this rule
+    return _plain_bce(logits, targets, pos_weight), (logits, targets, pos_weight)
+
+
+def _bce_bwd(res, g):
+    z, t, w = res
+    sig = jnp.exp(-_softplus(-z))  # σ(z), from its stable logarithm
+    # d/dz [w t softplus(-z) + (1 - t) softplus(z)] = -w t (1 - σ(z)) + (1 - t) σ(z)  (= σ(z) - t without weight)
+    dz = (1 - t) * sig - w * t * (1 - sig)
+    dt = w * _softplus(-z) - _softplus(z)  # the loss is linear in t
+    return g * dz / z.size, g * dt / z.size, None  # pos_weight is a constant
+
+
+_bce.defvjp(_bce_fwd, _bce_bwd)
+
+
+def binary_cross_entropy_with_logits(logits, targets, *, pos_weight=None):
+    """Mean over all elements of ``-[w t log σ(z) + (1 - t) log(1 - σ(z))]`` (``F.binary_cross_entropy_with_logits``).
+
+    Args:
+      logits: ``z``, floats of any non-empty shape.
+      targets: ``t``, floats of ``logits``' shape, usually in ``[0, 1]`` (soft targets allowed).
+      pos_weight: ``w``, the positive examples' weight (``None``: 1), broadcastable to
+        ``logits``' shape, e.g. ``(C,)`` for ``(N, C)`` logits; a constant (no gradient).
+
+    Returns:
+      A scalar, computed through ``log σ(z) = -softplus(-z)`` so that no exponential overflows.
+
+    Backward (handwritten): ``(σ(z) - t) / size`` for ``z`` (``((1 - t) σ(z) - w t (1 - σ(z))) / size``
+    with ``pos_weight``), ``(w softplus(-z) - softplus(z)) / size`` for ``t``.
+    """
+    op = "binary_cross_entropy_with_logits"
+    logits = _checks.float_array("logits", logits, op=op)
+    targets = _checks.float_array("targets", targets, op=op)
+    _checks.same_dtype(op, logits=logits, targets=targets)
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"{op}: logits has shape {tuple(logits.shape)} but targets has shape {tuple(targets.shape)}; "
+            "expected equal shapes"
+        )
+    if logits.size == 0:
+        raise ValueError(
+            f"{op}: the batch is empty (logits has shape {tuple(logits.shape)}); the mean over no elements is undefined"
+        )
+    if pos_weight is None:
+        weight = jnp.ones((), logits.dtype)
+    else:
+        weight = _checks.float_array("pos_weight", pos_weight, op=op)
+        try:
+            ok = np.broadcast_shapes(weight.shape, logits.shape) == logits.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{op}: pos_weight has shape {tuple(weight.shape)}, "
+                f"expected a shape broadcastable to logits' {tuple(logits.shape)}"
+            )
+    weight = jax.lax.stop_gradient(jnp.broadcast_to(weight.astype(logits.dtype), logits.shape))
+    return _bce(logits, targets, weight)

@@ -235,3 +235,64 @@ def add_arrays(xs):
 
 def concat_arrays(xs, axis=1):
     return jnp.concatenate(xs, axis=axis)
+
+
+# ---- smooth activations, binary cross-entropy, embedding, attention (definitions, differentiated by JAX) ----
+
+__all__ += ["leaky_relu", "sigmoid", "tanh", "silu", "gelu"]
+__all__ += ["binary_cross_entropy_with_logits", "embedding", "dot_product_attention"]
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return jnp.where(x > 0, x, negative_slope * x)
+
+
+def sigmoid(x):
+    """``σ(x) = (1 + tanh(x/2)) / 2``: the same function, written another way."""
+    return 0.5 * (1 + jnp.tanh(0.5 * x))
+
+
+def tanh(x):
+    return jnp.tanh(x)
+
+
+def silu(x):
+    return x * sigmoid(x)
+
+
+def gelu(x, approximate=False):
+    if approximate in (True, "tanh"):
+        return 0.5 * x * (1 + jnp.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    return x * 0.5 * jax.scipy.special.erfc(-x / np.sqrt(2))  # x Φ(x), Φ(x) = erfc(-x/√2)/2
+
+
+def binary_cross_entropy_with_logits(logits, targets, pos_weight=None):
+    """``-mean(w t log σ(z) + (1 - t) log(1 - σ(z)))`` with ``log σ(z) = -log(1 + e^{-z})``."""
+    log_p = -jnp.logaddexp(0.0, -logits)  # log σ(z)
+    log_not_p = -jnp.logaddexp(0.0, logits)  # log(1 - σ(z)) = log σ(-z)
+    w = 1.0 if pos_weight is None else jnp.broadcast_to(pos_weight, logits.shape)
+    return -jnp.mean(w * targets * log_p + (1 - targets) * log_not_p)
+
+
+def embedding(ids, table):
+    """A one-hot matrix times the table: ``y = onehot(ids) table``."""
+    return jnp.einsum("...v,vf->...f", jax.nn.one_hot(ids, table.shape[0], dtype=table.dtype), table)
+
+
+def dot_product_attention(q, k, v, mask=None, causal=False, scale=None):
+    """``softmax(s Q Kᵀ + B) V`` with the whole ``T × S`` matrix; a row with no key left gives 0."""
+    t, s_len = q.shape[2], k.shape[2]
+    logits = jnp.einsum("nhtd,nhsd->nhts", q, k) * (1 / np.sqrt(q.shape[-1]) if scale is None else scale)
+    allowed = jnp.ones((1, 1, t, s_len), bool)
+    if mask is not None and mask.dtype == jnp.bool_:
+        allowed = allowed & jnp.reshape(mask, (1,) * (4 - mask.ndim) + mask.shape)
+    elif mask is not None:
+        logits = logits + jnp.reshape(mask, (1,) * (4 - mask.ndim) + mask.shape)
+    if causal:
+        allowed = allowed & jnp.asarray(np.tril(np.ones((t, s_len), bool)))[None, None]
+    logits = jnp.where(allowed, logits, -jnp.inf)
+    any_key = jnp.isfinite(logits).any(axis=-1, keepdims=True)
+    top = jnp.where(any_key, logits.max(axis=-1, keepdims=True), 0.0)
+    weights = jnp.where(any_key, jnp.exp(logits - top), 0.0)
+    probs = weights / jnp.where(any_key, weights.sum(axis=-1, keepdims=True), 1.0)
+    return jnp.einsum("nhts,nhsd->nhtd", probs, v)

@@ -23,6 +23,9 @@ from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm, batch_norm, 
 from tinyfn.layers.spec import LAYERS, from_spec, register_layer, to_spec
 from tinyfn.layers.tabulate import summary
 from tinyfn.layers.avg_pool import AvgPool2D, GlobalAvgPool2D, avg_pool2d, global_avg_pool2d
+from tinyfn.layers.pointwise import GELU, LeakyReLU, Sigmoid, SiLU, Tanh, gelu, leaky_relu, sigmoid, silu, tanh
+from tinyfn.layers.embedding import Embedding, embedding
+from tinyfn.layers.attention import ATTENTION_FORMULATIONS, dot_product_attention
 
 __all__ = [
     # combinators
@@ -97,4 +100,19 @@ __all__ = [
     "from_spec",
     "register_layer",
     "LAYERS",
+    # smooth activations, embedding, attention
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "SiLU",
+    "GELU",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "silu",
+    "gelu",
+    "Embedding",
+    "embedding",
+    "dot_product_attention",
+    "ATTENTION_FORMULATIONS",
 ]
