@@ -70,14 +70,16 @@ def _structure(tree, prefix: str):
         fields = {f: _structure(getattr(tree, f), f"{prefix}{f}.") for f in tree._fields}
         return {"namedtuple": {"type": type(tree).__name__, "fields": fields}}
     if isinstance(tree, (tuple, list)):
-        return {"tuple" if isinstance(tree, tuple) else "list": [_structure(v, f"{prefix}{i}.") for i, v in enumerate(tree)]}
+        return {
+            "tuple" if isinstance(tree, tuple) else "list": [_structure(v, f"{prefix}{i}.") for i, v in enumerate(tree)]
+        }
     if tree is None:
         return {"none": None}
     return {"leaf": prefix[:-1]}
 
 
 def _rebuild(spec, tensors):
-    (kind, value), = spec.items()
+    ((kind, value),) = spec.items()
     if kind == "dict":
         return {k: _rebuild(v, tensors) for k, v in value.items()}
     if kind == "namedtuple":  # rebuilt as a namedtuple of the same name and fields (see ``restore_like``)
@@ -97,11 +99,18 @@ def restore_like(tree, template, *, what: str = "opt_state"):
     leaves, (ref, treedef) = jax.tree_util.tree_leaves(tree), jax.tree_util.tree_flatten(template)
     shape = lambda a: tuple(a.shape) if hasattr(a, "shape") else np.shape(a)  # noqa: E731  (arrays or ShapeDtypeStructs)
     if len(leaves) != len(ref):
-        raise CheckpointError(f"{what} holds {len(leaves)} arrays but the expected {what} has {len(ref)}: another optimizer or model wrote it")
+        raise CheckpointError(
+            f"{what} holds {len(leaves)} arrays but the expected {what} has {len(ref)}: "
+            "another optimizer or model wrote it"
+        )
     for i, (a, b) in enumerate(zip(leaves, ref)):
-        if shape(a) != shape(b) and not (shape(b) == () and shape(a) == (1,)):  # (1,): a scalar as older versions saved it
+        if shape(a) != shape(b) and not (
+            shape(b) == () and shape(a) == (1,)
+        ):  # (1,): a scalar as older versions saved it
             raise CheckpointError(f"{what} array {i} has shape {shape(a)}, the expected {what} has {shape(b)}")
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype=getattr(b, "dtype", None)).reshape(shape(b)) for a, b in zip(leaves, ref)])
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(a, dtype=getattr(b, "dtype", None)).reshape(shape(b)) for a, b in zip(leaves, ref)]
+    )
 
 
 def _flatten(tree, group: str, out: dict, paths: dict) -> None:
@@ -153,7 +162,9 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
     except TypeError as exc:
         raise TypeError(f"save_checkpoint: metadata must be JSON-serialisable ({exc})") from None
     try:
-        atomic_write(path, lambda f: f.write(blob), durable=True)  # readers see the old file or the new one, never a part
+        atomic_write(
+            path, lambda f: f.write(blob), durable=True
+        )  # readers see the old file or the new one, never a part
     except OSError as exc:
         kept = "the previous checkpoint there is unchanged" if path.exists() else "nothing was written"
         message = f"could not save checkpoint {path}: {exc.strerror or exc} ({len(blob):,} bytes); {kept}"
@@ -187,9 +198,13 @@ def _read(path: Path):
     except (ValueError, OverflowError, UnicodeDecodeError, TypeError, AttributeError, IndexError, KeyError) as exc:
         if isinstance(exc, CheckpointError):
             raise
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupted?): {exc}") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint (truncated or corrupted?): {exc}"
+        ) from None
     if _META_KEY not in with_meta:
-        raise CheckpointError(f"{path} is a safetensors file but not a tinyfn checkpoint (no '{_META_KEY}' metadata entry)")
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a tinyfn checkpoint (no '{_META_KEY}' metadata entry)"
+        )
     try:
         meta = json.loads(with_meta[_META_KEY])
     except json.JSONDecodeError as exc:
@@ -228,7 +243,9 @@ def _tensor(path, name: str, entry: dict, body: bytes) -> np.ndarray:
     """One tensor of the body; a dtype this reader cannot hold is a ``CheckpointError`` naming tensor and dtype."""
     dtype = entry["dtype"]
     if dtype not in _DTYPES:
-        raise CheckpointError(f"{path}: tensor '{name}' has dtype {dtype!r}, which this tinyfn cannot read ({', '.join(_DTYPES)})")
+        raise CheckpointError(
+            f"{path}: tensor '{name}' has dtype {dtype!r}, which this tinyfn cannot read ({', '.join(_DTYPES)})"
+        )
     dtype = np.dtype(_DTYPES[dtype]).newbyteorder("<")
     shape = tuple(int(d) for d in entry["shape"])
     start, end = (int(o) for o in entry["data_offsets"])
@@ -238,7 +255,7 @@ def _tensor(path, name: str, entry: dict, body: bytes) -> np.ndarray:
 
 
 def _leaf_names(spec) -> list[str]:
-    (kind, value), = spec.items()
+    ((kind, value),) = spec.items()
     if kind == "dict":
         return [n for v in value.values() for n in _leaf_names(v)]
     if kind in ("tuple", "list"):
@@ -263,7 +280,9 @@ def _check_like(path, params, like):
         extra = ".".join(_key_name(e) for e in next(iter(got)))
         raise CheckpointError(f"{path}: unexpected parameter '{extra}' that the model does not have")
     if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(like):
-        raise CheckpointError(f"{path}: parameter structure differs from the model's: {jax.tree_util.tree_structure(params)}")
+        raise CheckpointError(
+            f"{path}: parameter structure differs from the model's: {jax.tree_util.tree_structure(params)}"
+        )
 
 
 def load_checkpoint(path, like=None) -> Checkpoint:
@@ -301,7 +320,8 @@ def load_checkpoint(path, like=None) -> Checkpoint:
 
 
 def _key(meta, tensors):
-    """The saved random key: in the metadata (format 2), or the tensor ``"key"`` of a format 1 file; ``None`` if none."""
+    """The saved random key: in the metadata (format 2), or the tensor ``"key"`` of a format 1 file; ``None``
+    if none was saved."""
     if not meta.get("has_key"):
         return None
     if meta.get("key_data") is not None:

@@ -60,7 +60,9 @@ def evaluate(
     infinite logits, e.g. from NaN params) raises ``ValueError`` naming the batch.
     """
     if eval_step is not None and views is not None:
-        raise ValueError("evaluate: pass views= or eval_step=, not both (build the step with make_eval_step(..., views=views))")
+        raise ValueError(
+            "evaluate: pass views= or eval_step=, not both (build the step with make_eval_step(..., views=views))"
+        )
     x, y = data
     n = len(y)
     if model_state is None:
@@ -89,7 +91,11 @@ def evaluate(
         correct += float(m["accuracy"]) * size
         if "view_loss" in m:
             view_loss = (0.0 if view_loss is None else view_loss) + np.asarray(m["view_loss"], np.float64) * size
-            view_correct = (0.0 if view_correct is None else view_correct) + np.asarray(m["view_accuracy"], np.float64) * size
+            view_correct = (0.0 if view_correct is None else view_correct) + np.asarray(
+                m["view_accuracy"], np.float64
+            ) * size
         preds.append(np.asarray(m["predictions"]))
-    per_view = (None, None) if view_loss is None else ([float(v) / n for v in view_loss], [float(v) / n for v in view_correct])
+    per_view = (
+        (None, None) if view_loss is None else ([float(v) / n for v in view_loss], [float(v) / n for v in view_correct])
+    )
     return EvalResult(loss / n, correct / n, np.concatenate(preds), *per_view)

@@ -65,7 +65,17 @@ from tinyfn.train.run_state import HISTORY_KEYS, Run, Saver, restore
 from tinyfn.train.signals import DeferredSignals, Interrupted, stopped_message
 from tinyfn.train.step import make_eval_step, make_train_step
 
-__all__ = ["fit", "FitResult", "evaluate", "EvalResult", "StepInfo", "EpochSummary", "Interrupted", "HISTORY_KEYS", "CHECKPOINT_NAME"]
+__all__ = [
+    "fit",
+    "FitResult",
+    "evaluate",
+    "EvalResult",
+    "StepInfo",
+    "EpochSummary",
+    "Interrupted",
+    "HISTORY_KEYS",
+    "CHECKPOINT_NAME",
+]
 
 
 class FitResult(tuple):
@@ -86,12 +96,15 @@ class FitResult(tuple):
 
 
 def _initial_state(model, params, x_shape, op):
-    """A stateful model's initial state (deterministic: batch norm starts at mean 0, variance 1), ``{}`` for the others."""
+    """A stateful model's initial state (deterministic: batch norm starts at mean 0, variance 1), ``{}`` for the
+    others."""
     if not has_state(model):
         return {}
     _, like, state = init_with_state(model, jax.random.key(0), (None, *x_shape))
     if jax.tree_util.tree_structure(like) != jax.tree_util.tree_structure(params):
-        raise ValueError(f"{op}: params do not match the model's structure; pass model_state= from tinyfn.layers.init_with_state")
+        raise ValueError(
+            f"{op}: params do not match the model's structure; pass model_state= from tinyfn.layers.init_with_state"
+        )
     return state
 
 
@@ -108,6 +121,7 @@ def _check_labels(model, params, x, y, name):
     """Integer labels must index the model's outputs: out-of-range ones would train on garbage silently."""
     if not np.issubdtype(y.dtype, np.integer) or len(y) == 0:
         return
+
     def logits(p, a):  # the initial state is enough for the shape: traced, never run
         return apply_with_state(model, p, init_with_state(model, jax.random.key(0), a.shape)[2], a)[0]
 
@@ -117,24 +131,10 @@ def _check_labels(model, params, x, y, name):
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= out.shape[1]:
         bad = int(np.argmax((y < 0) | (y >= out.shape[1])))
-        raise ValueError(f"fit: {name}: labels must be in 0..{out.shape[1] - 1} (the model has {out.shape[1]} outputs), got {int(y[bad])} at index {bad}")
-
-
-def _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_size, on_nonfinite):
-    """``(x, y, eval_data)`` as numpy arrays, or a clear error for anything that cannot train."""
-    x, y = _check_data("train_data", train_data)
-    if eval_data is not None:
-        eval_data = _check_data("eval_data", eval_data)
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(y):
-        raise ValueError(f"fit: batch_size must be an int between 1 and the number of training examples ({len(y)}), got {batch_size!r}")
-    if on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"fit: on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
-    _check_labels(model, params, x, y, "train_data")
-    if eval_data is not None:
-        _check_labels(model, params, *eval_data, "eval_data")
-    return x, y, eval_data
+        raise ValueError(
+            f"fit: {name}: labels must be in 0..{out.shape[1] - 1} (the model has {out.shape[1]} outputs), "
+            f"got {int(y[bad])} at index {bad}"
+        )
 
 
 def _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_size, on_nonfinite, mesh):
@@ -145,7 +145,10 @@ def _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_siz
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= len(y):
-        raise ValueError(f"fit: batch_size must be an int between 1 and the number of training examples ({len(y)}), got {batch_size!r}")
+        raise ValueError(
+            f"fit: batch_size must be an int between 1 and the number of training examples ({len(y)}), "
+            f"got {batch_size!r}"
+        )
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"fit: on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     if mesh is not None:
@@ -176,7 +179,9 @@ def _evaluator(model, eval_data, loss_fn, eval_batch_size):
     eval_step = make_eval_step(model, loss_fn, with_state=True)
 
     def evaluate_now(p, s):
-        return evaluate(model, p, eval_data, batch_size=eval_batch_size, loss_fn=loss_fn, eval_step=eval_step, model_state=s)[:2]
+        return evaluate(
+            model, p, eval_data, batch_size=eval_batch_size, loss_fn=loss_fn, eval_step=eval_step, model_state=s
+        )[:2]
 
     return evaluate_now
 
@@ -198,15 +203,28 @@ def _epoch_plan(key, epoch: int, n: int, steps: int):
     return order, step_keys
 
 
-def _epoch_plan(key, epoch: int, n: int, steps: int):
-    """The epoch's example order ``permutation(fold_in(key, epoch))`` and the key data of each step's dropout."""
-    ekey = jax.random.fold_in(key, epoch)
-    order = np.asarray(jax.random.permutation(ekey, n))
-    step_keys = np.asarray(jax.random.key_data(jax.vmap(lambda b: jax.random.fold_in(ekey, b))(jnp.arange(steps))))
-    return order, step_keys
+def _count_step(run: Run, m, batch, *, steps, saver, on_nonfinite) -> bool:
+    """Add a step's metrics to the epoch's sums; a non-finite step is skipped, or saves the last finite params and
+    raises."""
+    finite = bool(m["finite"])
+    if finite:
+        run.loss_sum, run.accuracy_sum = run.loss_sum + float(m["loss"]), run.accuracy_sum + float(m["accuracy"])
+        run.count += 1
+    elif on_nonfinite == "skip":  # the step left params and optimizer state as they were
+        run.skipped += 1
+    else:
+        path = saver.save(run, batch)
+        where = f"; the last finite params were saved to {path}" if path else ""
+        raise FloatingPointError(
+            f"loss became {float(m['loss'])} at epoch {run.epoch + 1}, step {batch + 1} of {steps} "
+            f"(global step {run.epoch * steps + batch + 1}){where}"
+        )
+    return finite
 
 
-def _train_epoch(run: Run, data, *, train_step, put, key, batch_size, steps, epochs, saver, signals, on_nonfinite, callbacks, quiet):
+def _train_epoch(
+    run: Run, data, *, train_step, put, key, batch_size, steps, epochs, saver, signals, on_nonfinite, callbacks, quiet
+):
     """Take the epoch's remaining steps; on a non-finite loss, a signal or Ctrl-C save the position and raise."""
     x, y = data
     order, step_keys = _epoch_plan(key, run.epoch, len(y), steps)
@@ -221,36 +239,34 @@ def _train_epoch(run: Run, data, *, train_step, put, key, batch_size, steps, epo
     batch = first
     try:
         for batch in range(first, steps):
-            run.params, run.model_state, run.opt_state, m = train_step(run.params, run.model_state, run.opt_state, *staged)
+            run.params, run.model_state, run.opt_state, m = train_step(
+                run.params, run.model_state, run.opt_state, *staged
+            )
             staged = batch_at(batch + 1) if batch + 1 < steps else None
             m = jax.device_get(m)
-            finite = bool(m["finite"])
-            if finite:
-                run.loss_sum, run.accuracy_sum, run.count = run.loss_sum + float(m["loss"]), run.accuracy_sum + float(m["accuracy"]), run.count + 1
-            elif on_nonfinite == "skip":  # the step left params and optimizer state as they were
-                run.skipped += 1
-            else:
-                path = saver.save(run, batch)
-                where = f"; the last finite params were saved to {path}" if path else ""
-                raise FloatingPointError(
-                    f"loss became {float(m['loss'])} at epoch {run.epoch + 1}, step {batch + 1} of {steps} "
-                    f"(global step {run.epoch * steps + batch + 1}){where}"
-                )
+            finite = _count_step(run, m, batch, steps=steps, saver=saver, on_nonfinite=on_nonfinite)
             bar.update(1)
             if run.count and (run.count % 20 == 0 or batch == steps - 1):
                 rate = (batch + 1 - first) * batch_size / max(time.perf_counter() - t_epoch, 1e-9)
-                bar.set_postfix(loss=f"{run.loss_sum / run.count:.4f}", acc=f"{run.accuracy_sum / run.count:.4f}", img_s=f"{rate:,.0f}", refresh=False)
+                mean_loss, mean_accuracy = run.loss_sum / run.count, run.accuracy_sum / run.count
+                bar.set_postfix(
+                    loss=f"{mean_loss:.4f}", acc=f"{mean_accuracy:.4f}", img_s=f"{rate:,.0f}", refresh=False
+                )
+            info = StepInfo(run.epoch, batch, run.epoch * steps + batch, float(m["loss"]), float(m["accuracy"]), finite)
             for callback in callbacks:
-                callback(StepInfo(run.epoch, batch, run.epoch * steps + batch, float(m["loss"]), float(m["accuracy"]), finite))
+                callback(info)
             if signals.signum is not None:
                 path = saver.save(run, batch + 1)
                 raise Interrupted(stopped_message(signals.signum, run.epoch, batch + 1, steps, path), signals.signum)
     except KeyboardInterrupt as exc:
         if not isinstance(exc, Interrupted):
-            done = batch + 1 if run.count and not any(a.is_deleted() for a in jax.tree_util.tree_leaves(run.params)) else batch
+            stepped = run.count and not any(a.is_deleted() for a in jax.tree_util.tree_leaves(run.params))
+            done = batch + 1 if stepped else batch
             path = saver.save(run, done)
             if path:
-                exc.add_note(f"interrupted at epoch {run.epoch + 1}, step {done} of {steps}: checkpoint saved to {path}")
+                exc.add_note(
+                    f"interrupted at epoch {run.epoch + 1}, step {done} of {steps}: checkpoint saved to {path}"
+                )
         raise
     finally:
         bar.close()
@@ -259,27 +275,22 @@ def _train_epoch(run: Run, data, *, train_step, put, key, batch_size, steps, epo
 
 def _close_epoch(run: Run, *, rate, epoch_time, evaluate_now, epochs, wall_time) -> EpochSummary:
     """Evaluate, append the epoch to ``run.history`` and return its summary."""
-    eval_loss, eval_accuracy = evaluate_now(run.params, run.model_state) if evaluate_now is not None else (float("nan"), float("nan"))
-    summary = EpochSummary(
-        run.epoch + 1, epochs, run.loss_sum / run.count if run.count else float("nan"), run.accuracy_sum / run.count if run.count else float("nan"),
-        eval_loss, eval_accuracy, rate, epoch_time, run.skipped,
-    )  # fmt: skip
-    h = run.history
-    for name in ("epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "images_per_second", "epoch_time"):
-        h[name].append(getattr(summary, name))
-    h["skipped_steps"].append(run.skipped)
-    h["wall_time"].append(wall_time())
-    return summary
-
-
-def _close_epoch(run: Run, *, rate, epoch_time, evaluate_now, epochs, wall_time) -> EpochSummary:
-    """Evaluate, append the epoch to ``run.history`` and return its summary."""
     nan = float("nan")
     eval_loss, eval_accuracy = evaluate_now(run.params, run.model_state) if evaluate_now is not None else (nan, nan)
     train_loss, train_accuracy = (run.loss_sum / run.count, run.accuracy_sum / run.count) if run.count else (nan, nan)
-    summary = EpochSummary(run.epoch + 1, epochs, train_loss, train_accuracy, eval_loss, eval_accuracy, rate, epoch_time, run.skipped)
+    summary = EpochSummary(
+        run.epoch + 1, epochs, train_loss, train_accuracy, eval_loss, eval_accuracy, rate, epoch_time, run.skipped
+    )
     h = run.history
-    for name in ("epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "images_per_second", "epoch_time"):
+    for name in (
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "eval_loss",
+        "eval_accuracy",
+        "images_per_second",
+        "epoch_time",
+    ):
         h[name].append(getattr(summary, name))
     h["skipped_steps"].append(run.skipped)
     h["wall_time"].append(wall_time())
@@ -291,14 +302,20 @@ def _epochs(run: Run, data, *, epochs, steps, saver, evaluate_now, epoch_callbac
     t_start = time.perf_counter() - run.wall_offset
     with DeferredSignals() as signals:
         while run.epoch < epochs:
-            rate, epoch_time = _train_epoch(run, data, steps=steps, epochs=epochs, saver=saver, signals=signals, **epoch_kw)
+            rate, epoch_time = _train_epoch(
+                run, data, steps=steps, epochs=epochs, saver=saver, signals=signals, **epoch_kw
+            )
             wall_time = lambda: time.perf_counter() - t_start  # noqa: E731
-            summary = _close_epoch(run, rate=rate, epoch_time=epoch_time, evaluate_now=evaluate_now, epochs=epochs, wall_time=wall_time)
+            summary = _close_epoch(
+                run, rate=rate, epoch_time=epoch_time, evaluate_now=evaluate_now, epochs=epochs, wall_time=wall_time
+            )
             run.next_epoch()
             path = saver.save(run, 0)
             for callback in epoch_callbacks:
                 callback(summary)
-            if signals.signum is not None and run.epoch < epochs:  # a signal during evaluation: stop at the epoch boundary
+            if (
+                signals.signum is not None and run.epoch < epochs
+            ):  # a signal during evaluation: stop at the epoch boundary
                 raise Interrupted(stopped_message(signals.signum, run.epoch, 0, steps, path), signals.signum)
         return FitResult(run.params, run.history, run.model_state)
 
@@ -306,8 +323,9 @@ def _epochs(run: Run, data, *, epochs, steps, saver, evaluate_now, epoch_callbac
 def fit(
     model, params, train_data, *, epochs: int, batch_size: int, optimizer, key, eval_data=None, checkpoint_dir=None,
     resume: bool = False, loss_fn=softmax_cross_entropy, metadata: dict | None = None, quiet: bool = False,
-    callbacks: Sequence[Callable[[StepInfo], None]] = (), epoch_callbacks: Sequence[Callable[[EpochSummary], None]] | None = None,
-    eval_batch_size: int = 1000, mesh=None, on_nonfinite: str = "stop", model_state=None, augment=None, eval_loss_fn=None,
+    callbacks: Sequence[Callable[[StepInfo], None]] = (),
+    epoch_callbacks: Sequence[Callable[[EpochSummary], None]] | None = None, eval_batch_size: int = 1000, mesh=None,
+    on_nonfinite: str = "stop", model_state=None, augment=None, eval_loss_fn=None,
 ) -> FitResult:  # fmt: skip
     """Train ``model`` from ``params`` with mini-batch ``optimizer`` steps; returns ``(params, history)``.
 
@@ -324,15 +342,15 @@ def fit(
     x, y, eval_data = _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_size, on_nonfinite, mesh)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     steps = len(y) // batch_size
-    run = _start(
-        model, params, model_state, optimizer, x.shape[1:], key, resume=resume, ckpt_path=ckpt_path, batch_size=batch_size,
-        examples=len(y),
-    )  # fmt: skip
-    saver = Saver(ckpt_path, key=key, metadata=metadata, epochs=epochs, batch_size=batch_size, steps=steps, examples=len(y))
+    frame = dict(batch_size=batch_size, examples=len(y))
+    run = _start(model, params, model_state, optimizer, x.shape[1:], key, resume=resume, ckpt_path=ckpt_path, **frame)
+    saver = Saver(ckpt_path, key=key, metadata=metadata, epochs=epochs, steps=steps, **frame)
     train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh, with_state=True, augment=augment)
     evaluate_now = _evaluator(model, eval_data, loss_fn if eval_loss_fn is None else eval_loss_fn, eval_batch_size)
     if mesh is not None:
-        run.params, run.opt_state, run.model_state = parallel.replicate((run.params, run.opt_state, run.model_state), mesh)
+        run.params, run.opt_state, run.model_state = parallel.replicate(
+            (run.params, run.opt_state, run.model_state), mesh
+        )
     return _epochs(
         run, (x, y), epochs=epochs, steps=steps, saver=saver, evaluate_now=evaluate_now,
         epoch_callbacks=(() if quiet else (ConsoleLog(),)) if epoch_callbacks is None else epoch_callbacks,

@@ -64,7 +64,9 @@ def load_model(path_or_run_dir) -> LoadedModel:
     meta = load_checkpoint(path).metadata
     record = meta.get("model")
     if not isinstance(record, dict) or not ("spec" in record or "name" in record):
-        raise CheckpointError(f"{path} does not record its model (metadata 'model': {{'spec', 'input_shape'}}, see model_record)")
+        raise CheckpointError(
+            f"{path} does not record its model (metadata 'model': {{'spec', 'input_shape'}}, see model_record)"
+        )
     model = _rebuild_model(path, record)
     input_shape = tuple(record.get("input_shape", (1, 28, 28)))
     _, like, like_state = jax.eval_shape(lambda k: init_with_state(model, k, (None, *input_shape)), jax.random.key(0))

@@ -15,8 +15,8 @@ from tinyfn.train.checkpoint import load_checkpoint, restore_like, save_checkpoi
 __all__ = ["HISTORY_KEYS", "Run", "Saver", "restore"]
 
 HISTORY_KEYS = (
-    "epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "images_per_second", "epoch_time", "wall_time",
-    "skipped_steps",
+    "epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "images_per_second", "epoch_time",
+    "wall_time", "skipped_steps",
 )  # fmt: skip
 
 
@@ -37,10 +37,23 @@ class Run:
     wall_offset: float = 0.0  # seconds trained before a resume
 
     def position(self, batch: int) -> dict:
-        return {"epoch": self.epoch, "batch": batch, "loss_sum": self.loss_sum, "accuracy_sum": self.accuracy_sum, "count": self.count}
+        return {
+            "epoch": self.epoch,
+            "batch": batch,
+            "loss_sum": self.loss_sum,
+            "accuracy_sum": self.accuracy_sum,
+            "count": self.count,
+        }
 
     def next_epoch(self):
-        self.epoch, self.batch, self.loss_sum, self.accuracy_sum, self.count, self.skipped = self.epoch + 1, 0, 0.0, 0, 0, 0
+        self.epoch, self.batch, self.loss_sum, self.accuracy_sum, self.count, self.skipped = (
+            self.epoch + 1,
+            0,
+            0.0,
+            0,
+            0,
+            0,
+        )
 
 
 def _one_copy(a):
@@ -77,7 +90,10 @@ def _check_frame(ckpt_path, pos, metadata, *, batch_size, examples):
     where = f"{ckpt_path} stopped mid-epoch (epoch {pos['epoch'] + 1}, after step {pos['batch']})"
     saved = pos.get("batch_size", metadata.get("batch_size"))
     if saved is not None and saved != batch_size:
-        raise ValueError(f"fit: batch_size={batch_size} contradicts the checkpoint's {saved}: {where}; resume with batch_size={saved}")
+        raise ValueError(
+            f"fit: batch_size={batch_size} contradicts the checkpoint's {saved}: {where}; "
+            f"resume with batch_size={saved}"
+        )
     saved = pos.get("examples")
     if saved is not None and saved != examples:
         raise ValueError(
@@ -94,13 +110,18 @@ def restore(ckpt_path, run: Run, key, *, batch_size: int, examples: int) -> Run:
     ckpt = load_checkpoint(ckpt_path, like=run.params)
     pos = ckpt.metadata.get("position") or {}
     if ckpt.opt_state is None or ckpt.key is None or not pos:
-        raise ValueError(f"fit: {ckpt_path} holds no training position (optimizer state, key, epoch); it cannot be resumed")
+        raise ValueError(
+            f"fit: {ckpt_path} holds no training position (optimizer state, key, epoch); it cannot be resumed"
+        )
     if not np.array_equal(jax.random.key_data(ckpt.key), jax.random.key_data(key)):
         raise ValueError(f"fit: {ckpt_path} was written by a run with another key (seed); resume with the same seed")
     _check_frame(ckpt_path, pos, ckpt.metadata, batch_size=batch_size, examples=examples)
     history = {k: list(ckpt.metadata.get("history", {}).get(k, [])) for k in HISTORY_KEYS}
     if ckpt.model_state is None and jax.tree_util.tree_leaves(run.model_state):
-        raise ValueError(f"fit: {ckpt_path} holds no model state (running statistics) but the model carries state; it cannot be resumed")
+        raise ValueError(
+            f"fit: {ckpt_path} holds no model state (running statistics) but the model carries state; "
+            "it cannot be resumed"
+        )
     model_state = run.model_state
     if ckpt.model_state is not None:
         model_state = restore_like(ckpt.model_state, run.model_state, what="model_state")

@@ -41,6 +41,7 @@ class DeferredSignals:
 
 
 def stopped_message(signum, epoch, done, steps, path) -> str:
-    """Where a signal stopped the run (``epoch`` 0-based, ``done`` steps of ``steps``), and the checkpoint if one was saved."""
+    """Where a signal stopped the run (``epoch`` 0-based, ``done`` steps of ``steps``), and the checkpoint if one
+    was saved."""
     where = f"{signal.Signals(signum).name} at epoch {epoch + 1}, after step {done} of {steps}"
     return where + (f": checkpoint saved to {path}" if path else "")

@@ -93,7 +93,8 @@ def gemm_degenerates(c: int, k: int, kernel) -> bool:
 
 
 def check_options(op: str, name: str | None, chunk_bytes: int | None) -> tuple[str | None, int]:
-    """``formulation`` (one of ``FORMULATIONS`` or ``None``) and ``chunk_bytes`` (``None``: ``CHUNK_BYTES``), checked."""
+    """``formulation`` (one of ``FORMULATIONS`` or ``None``) and ``chunk_bytes`` (``None``: ``CHUNK_BYTES``),
+    checked."""
     if name is not None:
         _check_name(name, op)
     return name, CHUNK_BYTES if chunk_bytes is None else _checks.positive_int("chunk_bytes", chunk_bytes, op=op)

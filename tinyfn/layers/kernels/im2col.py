@@ -99,7 +99,11 @@ def conv_forward(x, w, stride, padding, how: Plan, cols=None):
         return nchw(_mm(w2, cols).astype(x.dtype).reshape(k, *out_hw, n)), "im2col"
 
     def chunk(xc):
-        return _mm(w2, _im2col(xc, (kh, kw), out_hw, stride).reshape(w2.shape[1], -1)).astype(x.dtype).reshape(k, *out_hw, -1)
+        return (
+            _mm(w2, _im2col(xc, (kh, kw), out_hw, stride).reshape(w2.shape[1], -1))
+            .astype(x.dtype)
+            .reshape(k, *out_hw, -1)
+        )
 
     m = _chunks(x.shape, (kh, kw), out_hw, x.dtype, how)
     return nchw(_merge(lax.map(chunk, _split(pad_hw(chwn(x), padding, layout="CHWN"), m)), n)), "im2col-chunked"
@@ -135,7 +139,9 @@ def conv_weight_grad(x, g, stride, padding, kernel, how: Plan, cols=None):
 
         def add(dwt, xg):
             xc, gc = xg
-            return dwt + _mm_nt(_im2col(xc, kernel, (ho, wo), stride).reshape(dwt.shape[0], -1), gc.reshape(k, -1)), None
+            return dwt + _mm_nt(
+                _im2col(xc, kernel, (ho, wo), stride).reshape(dwt.shape[0], -1), gc.reshape(k, -1)
+            ), None
 
         m = _chunks(x.shape, kernel, (ho, wo), x.dtype, how)
         zero = jnp.zeros((c * kh * kw, k), accumulator(x.dtype))

@@ -28,7 +28,13 @@ def _conv(lhs, rhs, padding, dimension_numbers=_NCHW, **kw):
     """``lax.conv_general_dilated`` at stride 1 (or ``window_strides=``), accumulated in ``accumulator``."""
     strides = kw.pop("window_strides", (1, 1))
     y = lax.conv_general_dilated(
-        lhs, rhs, strides, padding, dimension_numbers=dimension_numbers, preferred_element_type=accumulator(lhs.dtype), **kw
+        lhs,
+        rhs,
+        strides,
+        padding,
+        dimension_numbers=dimension_numbers,
+        preferred_element_type=accumulator(lhs.dtype),
+        **kw,
     )
     return y.astype(lhs.dtype)
 
