@@ -1,9 +1,9 @@
 import os
 
 # The suite compiles hundreds of small programs and runs most of them once or twice: LLVM's optimisation passes
-# cost more than they save here (a CLI training test 32 s -> 19 s, a property test 60 s -> 50 s), so the tests and
-# the processes they start compile at backend optimisation level 0. XLA's HLO passes and the numerics are the same;
-# the notebook kernels, which train for longer, keep the default (tests/test_notebooks.py).
+# cost more than they save here (measured in benchmarks/README.md), so the tests and the processes they start
+# compile at backend optimisation level 0. XLA's HLO passes and the numerics are the same; the notebook kernels,
+# which train for longer, keep the default (tests/test_notebooks.py).
 NOTEBOOK_XLA_FLAGS = "--xla_force_host_platform_device_count=1"
 os.environ.setdefault("XLA_FLAGS", NOTEBOOK_XLA_FLAGS + " --xla_backend_optimization_level=0")
 

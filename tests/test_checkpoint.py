@@ -210,3 +210,77 @@ def test_a_layer_tinyfn_does_not_know_is_named(lenet, tmp_path):
     odd = serial(parameterless("Swish", lambda x: x * jax.nn.sigmoid(x)))
     with pytest.raises(ValueError, match=r"model.children\[0\] is a layer named 'Swish'.*register_layer"):
         model_record(odd, (1, 28, 28))
+
+
+# ----------------------------------------------------------------------------- dtypes, names, keys
+
+
+def test_bfloat16_and_float16_round_trip_bit_for_bit(tmp_path):
+    """Every bit pattern of both 16-bit floats (NaNs, infinities, subnormals, -0) comes back as it was saved."""
+    bits = np.arange(2**16, dtype=np.uint16)
+    tree = {"bf16": jnp.asarray(bits.view(jnp.bfloat16)), "f16": jnp.asarray(bits.view(np.float16))}
+    save_checkpoint(tmp_path / "c.safetensors", tree, opt_state={"mu": tree["bf16"][:5]})
+    ck = load_checkpoint(tmp_path / "c.safetensors", like=tree)
+    for name in ("bf16", "f16"):
+        assert ck.params[name].dtype == tree[name].dtype
+        np.testing.assert_array_equal(np.asarray(ck.params[name]).view(np.uint16), bits)
+    assert ck.opt_state["mu"].dtype == jnp.bfloat16
+
+
+def test_a_dtype_the_reader_cannot_hold_is_named_with_its_tensor(tmp_path):
+    import json
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": np.zeros(3, np.float32)})
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["w"]["dtype"] = "F4"  # a dtype name no tinyfn reads
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data[8 + n :])
+    with pytest.raises(CheckpointError, match=r"tensor 'w' has dtype 'F4', which this tinyfn cannot read"):
+        load_checkpoint(path)
+
+
+def test_two_leaves_with_one_tensor_name_are_refused_naming_both_paths(tmp_path):
+    path = tmp_path / "c.safetensors"
+    with pytest.raises(ValueError, match=r"params\['a'\]\['b'\] and params\['a.b'\] would both be saved as tensor 'a.b'"):
+        save_checkpoint(path, {"a": {"b": np.zeros(2, np.float32)}, "a.b": np.ones(2, np.float32)})
+    with pytest.raises(ValueError, match=r"params\['opt_state'\]\['mu'\] and opt_state\['mu'\] would both be saved"):
+        save_checkpoint(path, {"opt_state": {"mu": np.zeros(2, np.float32)}}, opt_state={"mu": np.ones(2, np.float32)})
+    assert not path.exists()  # nothing was written
+
+
+def test_a_parameter_named_key_is_not_the_random_key(tmp_path):
+    params = {"key": jnp.arange(3, dtype=jnp.float32), "w": jnp.ones(2, jnp.float32)}
+    save_checkpoint(tmp_path / "c.safetensors", params, key=jax.random.key(3))
+    ck = load_checkpoint(tmp_path / "c.safetensors", like=params)
+    chex.assert_trees_all_equal(ck.params, params, strict=True)
+    np.testing.assert_array_equal(jax.random.key_data(ck.key), jax.random.key_data(jax.random.key(3)))
+
+
+def test_a_format_1_checkpoint_still_loads_with_its_key(tmp_path):
+    """Format 1 kept the random key's data as a tensor named "key"."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    params = {"w": np.arange(2, dtype=np.float32)}
+    meta = {"format_version": 1, "tinyfn_version": "0.1.0", "params_structure": {"dict": {"w": {"leaf": "w"}}},
+            "opt_state_structure": None, "step": 4, "has_key": True, "metadata": {"note": 1}}  # fmt: skip
+    key_data = np.asarray(jax.random.key_data(jax.random.key(9)))
+    save_file({"w": params["w"], "key": key_data}, tmp_path / "old.safetensors", metadata={"tinyfn": json.dumps(meta)})
+    ck = load_checkpoint(tmp_path / "old.safetensors", like=params)
+    np.testing.assert_array_equal(ck.params["w"], params["w"])
+    np.testing.assert_array_equal(jax.random.key_data(ck.key), key_data)
+    assert ck.step == 4 and ck.metadata == {"note": 1}
+
+
+def test_a_float64_checkpoint_is_refused_for_a_float32_model_with_float64_off(tmp_path):
+    """With jax_enable_x64 off JAX would silently narrow the float64 tensor; the stored dtype is what is checked."""
+    with jax.enable_x64(True):
+        save_checkpoint(tmp_path / "c.safetensors", {"w": jnp.ones(3, jnp.float64)})
+    assert not jax.config.jax_enable_x64
+    with pytest.raises(CheckpointError, match=r"parameter 'w' has dtype float64, expected float32"):
+        load_checkpoint(tmp_path / "c.safetensors", like={"w": jnp.ones(3, jnp.float32)})

@@ -160,3 +160,17 @@ def test_tinyfn_adam_and_optax_adam_take_the_same_steps(small_data):
     ours = fit(model, params, train, optimizer=adam(1e-3), **kw).params
     theirs = fit(model, params, train, optimizer=optax.adam(1e-3), **kw).params
     chex.assert_trees_all_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_a_bfloat16_adam_state_checkpoints_and_resumes_bit_identically(small_data, tmp_path):
+    """optax.adam(mu_dtype=bfloat16) keeps a bf16 moment: it is saved, read back bit for bit, and the run resumes."""
+    optax = pytest.importorskip("optax")
+    train, _ = small_data
+    model = serial(Conv2D(2, 5, stride=3), ReLU(), Flatten(), Linear(10))
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    kw = dict(epochs=2, batch_size=32, optimizer=optax.adam(1e-3, mu_dtype=jnp.bfloat16), key=jax.random.key(3), quiet=True)
+    straight, resumed = _straight_and_resumed(tmp_path, model, params, (train[0][:256], train[1][:256]), **kw)
+    chex.assert_trees_all_equal(straight.params, resumed.params)
+    saved = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)
+    mu = saved.opt_state[0].mu
+    assert {a.dtype for a in jax.tree_util.tree_leaves(mu)} == {jnp.dtype(jnp.bfloat16)}

@@ -74,9 +74,9 @@ def test_tune_allocator_is_an_explicit_call_that_the_command_line_makes():
     assert _probe(body, TINYFN_MALLOPT="0")[0] == "False"
 
 
-def test_the_old_allocator_name_still_works_with_a_deprecation_warning():
+def test_the_allocator_tuning_has_one_name():
     import tinyfn
     import tinyfn.train
 
-    with pytest.warns(DeprecationWarning, match=r"tinyfn.tune_allocator\(\)"):
-        assert tinyfn.train.keep_freed_memory is tinyfn.tune_allocator
+    assert tinyfn.tune_allocator is tinyfn._malloc.tune_allocator
+    assert not hasattr(tinyfn.train, "keep_freed_memory")  # the name deprecated before 0.1.0 is gone

@@ -61,13 +61,13 @@ SCRIPT = textwrap.dedent(
     ys = rng.integers(0, 10, 64).astype(np.int32)
     with tempfile.TemporaryDirectory() as d:
         kw = dict(epochs=2, batch_size=16, optimizer=opt, key=jax.random.key(3), quiet=True)
-        pf8, h8 = fit(model, params, (xs, ys), devices=8, checkpoint_dir=d, eval_data=(xs, ys), **kw)
+        pf8, h8 = fit(model, params, (xs, ys), mesh=data_mesh(8), checkpoint_dir=d, eval_data=(xs, ys), **kw)
         pf1, h1 = fit(model, params, (xs, ys), eval_data=(xs, ys), **kw)
         ck = load_checkpoint(d + "/checkpoint.safetensors", like=params)
         out["fit_loss"] = [h1["train_loss"], h8["train_loss"]]
         out["fit_diff"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(pf1), jax.tree.leaves(pf8)))
         out["ckpt_diff"] = max(float(jnp.max(jnp.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(ck.params), jax.tree.leaves(pf8)))
-        pr, hr = fit(model, params, (xs, ys), devices=8, checkpoint_dir=d, resume=True, **dict(kw, epochs=3))
+        pr, hr = fit(model, params, (xs, ys), mesh=data_mesh(8), checkpoint_dir=d, resume=True, **dict(kw, epochs=3))
         out["resumed_epochs"] = hr["epoch"]
         out["resumed_devices"] = len(jax.tree.leaves(pr)[0].sharding.device_set)
 

@@ -138,3 +138,33 @@ def test_epoch_callbacks_see_what_history_records_and_the_default_log_is_one_lin
     assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"] and "eval loss" in lines[0]
     fit(_model(), _init(), train, quiet=False, epoch_callbacks=[ConsoleLog(eval_label="val")], **kw)
     assert "| val loss " in capsys.readouterr().out
+
+
+def test_a_mid_epoch_checkpoint_refuses_another_batch_size_or_data_length(small_data, tmp_path):
+    """Its batch index counts batches of the run's size over the run's data: anything else revisits or skips examples."""
+    train, _ = small_data
+    kw = dict(epochs=1, batch_size=256, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True, checkpoint_dir=tmp_path)
+
+    def interrupt(info: StepInfo):
+        if info.step == 1:
+            raise Stop()
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), _init(), train, callbacks=[interrupt], **kw)
+    position = load_checkpoint(tmp_path / CHECKPOINT_NAME).metadata["position"]
+    assert (position["batch"], position["batch_size"], position["examples"]) == (2, 256, 1024)
+    with pytest.raises(ValueError, match=r"fit: batch_size=128 contradicts the checkpoint's 256: .* stopped mid-epoch"):
+        fit(_model(), _init(), train, resume=True, **dict(kw, batch_size=128))
+    with pytest.raises(ValueError, match=r"fit: train_data holds 1000 examples, which contradicts the checkpoint's 1024"):
+        fit(_model(), _init(), (train[0][:1000], train[1][:1000]), resume=True, **kw)
+
+
+def test_evaluate_refuses_logits_that_are_not_finite(small_data):
+    """NaN params give NaN logits, whose argmax is class 0: an accuracy computed from them would mean nothing."""
+    from tinyfn.train import evaluate
+
+    _, test = small_data
+    params = _init()
+    params[4]["b"] = params[4]["b"].at[3].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"evaluate: the model's outputs are not finite on batch 0 \(examples 0 to 199 of 500\)"):
+        evaluate(_model(), params, (test[0], test[1]), batch_size=200)

@@ -12,6 +12,7 @@ plots return ``matplotlib.figure.Figure`` objects without touching the backend.
 
 from tinyfn import gradcheck, initializers, layers, losses, models, reference
 from tinyfn._malloc import tune_allocator
+from tinyfn._version import __version__
 from tinyfn.layers import (
     conv2d,
     deconv2d,
@@ -28,8 +29,6 @@ from tinyfn.layers import (
 )
 from tinyfn.losses import mse, softmax_cross_entropy
 from tinyfn.layers import summary
-
-__version__ = "0.1.0"
 
 __all__ = [
     "gradcheck",

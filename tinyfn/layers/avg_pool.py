@@ -18,6 +18,7 @@ from jax import lax
 from tinyfn import _checks
 from tinyfn.layers.base import Layer, _check_shape
 from tinyfn.layers.conv import conv_output_size
+from tinyfn.layers.kernels.geometry import pool_args as _pool_args
 
 __all__ = ["avg_pool2d", "global_avg_pool2d", "AvgPool2D", "GlobalAvgPool2D"]
 
@@ -62,15 +63,6 @@ def _avg_pool_bwd(window, stride, padding, count_include_pad, hw, g):
 
 
 _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
-
-
-def _pool_args(op, window, stride, padding):
-    window = _checks.int_pair("window", window, minimum=1, op=op)
-    stride = window if stride is None else _checks.int_pair("stride", stride, minimum=1, op=op)
-    padding = _checks.int_pair("padding", padding, minimum=0, op=op)
-    if any(2 * p > k for p, k in zip(padding, window)):
-        raise ValueError(f"{op}: padding {padding} must be at most half of window {window}")
-    return window, stride, padding
 
 
 def _check_fits(op, hw, window, padding):

@@ -34,11 +34,7 @@ __all__ = ["max_pool2d", "max_pool2d_with_switches", "max_unpool2d", "MaxPool2D"
 
 def _pool_args(op, window, stride, padding, x=None):
     """The checked ``(x, window, stride, padding)``; ``x`` (and the geometry) only when given."""
-    window = _checks.int_pair("window", window, minimum=1, op=op)
-    stride = window if stride is None else _checks.int_pair("stride", stride, minimum=1, op=op)
-    padding = _checks.int_pair("padding", padding, minimum=0, op=op)
-    if any(2 * p > k for p, k in zip(padding, window)):
-        raise ValueError(f"{op}: padding {padding} must be at most half of window {window}")
+    window, stride, padding = kernels.pool_args(op, window, stride, padding)
     if x is not None:
         x = _checks.float_array("x", x, ndim=4, layout="(N, C, H, W)", op=op)
         _checks.window_geometry(op, x.shape[2:], window, stride, padding, name="window")

@@ -5,7 +5,8 @@ callbacks (``StepInfo`` per step, ``EpochSummary`` per epoch; ``ConsoleLog`` is
 the default epoch line), and the plots return ``matplotlib`` figures.
 """
 
-from tinyfn.train.checkpoint import CHECKPOINT_NAME, Checkpoint, LoadedModel, model_record, CheckpointError, checkpoint_path, load_checkpoint, load_model, save_checkpoint
+from tinyfn.train.checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from tinyfn.train.model_io import LoadedModel, load_model, model_record
 from tinyfn.train.loop import EvalResult, FitResult, Interrupted, evaluate, fit
 from tinyfn.train.parallel import data_mesh, is_writer
 from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
@@ -64,17 +65,3 @@ __all__ = [
     "confusion_matrix",
 ]
 
-
-def __getattr__(name):
-    if name == "keep_freed_memory":  # deprecated: the allocator tuning is tinyfn.tune_allocator(), a process-wide choice
-        import warnings
-
-        from tinyfn import _malloc
-
-        warnings.warn(
-            "tinyfn.train.keep_freed_memory is deprecated and will be removed in the next release; call tinyfn.tune_allocator()",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return _malloc.tune_allocator
-    raise AttributeError(f"module 'tinyfn.train' has no attribute {name!r}")

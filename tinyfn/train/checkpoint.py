@@ -3,12 +3,15 @@
 Tensor names are the flattened pytree paths: ``"0.w"``, ``"3.b"`` for a
 ``serial`` model's params, ``"opt_state.velocity.0.w"`` for the optimizer
 state, ``"model_state.1.mean"`` for the model's state (batch norm's running
-statistics), ``"key"`` for the random key's data. One JSON metadata entry holds the
-format version, the tinyfn version, the pytree structures, and whatever the
-caller adds (model name and configuration, normalisation, history...).
-Writes are atomic (temporary file, then rename) and respect the umask; no
-pickle anywhere. A run directory holds its checkpoint as ``CHECKPOINT_NAME``;
-``load_model`` rebuilds the recorded model from such a file.
+statistics). Two leaves whose names would coincide (``{"a.b": x}`` beside
+``{"a": {"b": y}}``) are refused at save time, naming both paths. One JSON metadata
+entry holds the format version, the tinyfn version, the pytree structures, the
+random key's data (in its own place, so a parameter may be named ``key``) and
+whatever the caller adds (model name and configuration, normalisation, history...).
+Every dtype safetensors names round-trips bit for bit, bfloat16 and float16
+included. Writes are atomic (temporary file, then rename) and respect the umask;
+no pickle anywhere. A run directory holds its checkpoint as ``CHECKPOINT_NAME``;
+``tinyfn.train.model_io.load_model`` rebuilds the recorded model from such a file.
 """
 
 from __future__ import annotations
@@ -23,13 +26,19 @@ import numpy as np
 
 import jax
 import jax.numpy as jnp
+from safetensors.numpy import save
 
 from tinyfn._files import atomic_write
+from tinyfn._version import __version__
 
-__all__ = ["LoadedModel", "model_record", "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "checkpoint_path", "CHECKPOINT_NAME", "FORMAT_VERSION"]
+__all__ = [
+    "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "restore_like", "checkpoint_path",
+    "CHECKPOINT_NAME", "FORMAT_VERSION",
+]  # fmt: skip
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the checkpoint's name inside a run directory
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the random key in the metadata (1: a tensor "key"); both are read
+_READS = (1, 2)
 _META_KEY = "tinyfn"
 
 
@@ -61,14 +70,16 @@ def _structure(tree, prefix: str):
         fields = {f: _structure(getattr(tree, f), f"{prefix}{f}.") for f in tree._fields}
         return {"namedtuple": {"type": type(tree).__name__, "fields": fields}}
     if isinstance(tree, (tuple, list)):
-        return {"tuple" if isinstance(tree, tuple) else "list": [_structure(v, f"{prefix}{i}.") for i, v in enumerate(tree)]}
+        return {
+            "tuple" if isinstance(tree, tuple) else "list": [_structure(v, f"{prefix}{i}.") for i, v in enumerate(tree)]
+        }
     if tree is None:
         return {"none": None}
     return {"leaf": prefix[:-1]}
 
 
 def _rebuild(spec, tensors):
-    (kind, value), = spec.items()
+    ((kind, value),) = spec.items()
     if kind == "dict":
         return {k: _rebuild(v, tensors) for k, v in value.items()}
     if kind == "namedtuple":  # rebuilt as a namedtuple of the same name and fields (see ``restore_like``)
@@ -79,7 +90,7 @@ def _rebuild(spec, tensors):
         return tuple(items) if kind == "tuple" else items
     if kind == "none":
         return None
-    return jnp.asarray(tensors[value])
+    return tensors[value]  # numpy, in the stored dtype: checked against ``like`` before JAX sees it
 
 
 def restore_like(tree, template, *, what: str = "opt_state"):
@@ -88,19 +99,37 @@ def restore_like(tree, template, *, what: str = "opt_state"):
     leaves, (ref, treedef) = jax.tree_util.tree_leaves(tree), jax.tree_util.tree_flatten(template)
     shape = lambda a: tuple(a.shape) if hasattr(a, "shape") else np.shape(a)  # noqa: E731  (arrays or ShapeDtypeStructs)
     if len(leaves) != len(ref):
-        raise CheckpointError(f"{what} holds {len(leaves)} arrays but the expected {what} has {len(ref)}: another optimizer or model wrote it")
+        raise CheckpointError(
+            f"{what} holds {len(leaves)} arrays but the expected {what} has {len(ref)}: "
+            "another optimizer or model wrote it"
+        )
     for i, (a, b) in enumerate(zip(leaves, ref)):
-        if shape(a) != shape(b) and not (shape(b) == () and shape(a) == (1,)):  # (1,): a scalar as older versions saved it
+        if shape(a) != shape(b) and not (
+            shape(b) == () and shape(a) == (1,)
+        ):  # (1,): a scalar as older versions saved it
             raise CheckpointError(f"{what} array {i} has shape {shape(a)}, the expected {what} has {shape(b)}")
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a, dtype=getattr(b, "dtype", None)).reshape(shape(b)) for a, b in zip(leaves, ref)])
+    return jax.tree_util.tree_unflatten(
+        treedef, [jnp.asarray(a, dtype=getattr(b, "dtype", None)).reshape(shape(b)) for a, b in zip(leaves, ref)]
+    )
 
 
-def _flatten(tree, prefix: str) -> dict[str, np.ndarray]:
-    out = {}
+def _flatten(tree, group: str, out: dict, paths: dict) -> None:
+    """Add ``tree``'s leaves to ``out`` under their tensor names; a name two leaves share is refused, naming both."""
+    prefix = "" if group == "params" else f"{group}."
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = prefix + ".".join(_key_name(p) for p in path)
-        out[name] = np.require(np.asarray(leaf), requirements="C")  # C order, and a scalar stays 0-d
-    return out
+        name, where = prefix + ".".join(_key_name(p) for p in path), group + jax.tree_util.keystr(path)
+        if name in out:
+            raise ValueError(
+                f"save_checkpoint: {paths[name]} and {where} would both be saved as tensor '{name}'; "
+                "rename one of them (a '.' inside a dict key reads as a level of nesting)"
+            )
+        out[name], paths[name] = np.require(np.asarray(leaf), requirements="C"), where  # C order, a scalar stays 0-d
+
+
+def _key_data(key) -> list:
+    """A random key's raw data (``jax.random.key_data``; raw uint32 key data as it is), as nested lists for JSON."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.asarray(data, np.uint32).tolist()
 
 
 def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metadata=None, model_state=None) -> Path:
@@ -112,18 +141,11 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
     ``metadata`` must be JSON-serialisable. An existing file at ``path`` is only
     replaced once the new one is completely written.
     """
-    from safetensors.numpy import save
-
     path = Path(path)
-    tensors = _flatten(params, "")
-    if opt_state is not None:
-        tensors.update(_flatten(opt_state, "opt_state."))
-    if model_state is not None:
-        tensors.update(_flatten(model_state, "model_state."))
-    if key is not None:
-        tensors["key"] = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
-    from tinyfn import __version__
-
+    tensors, paths = {}, {}
+    for group, tree in (("params", params), ("opt_state", opt_state), ("model_state", model_state)):
+        if tree is not None:
+            _flatten(tree, group, tensors, paths)
     meta = {
         "format_version": FORMAT_VERSION,
         "tinyfn_version": __version__,
@@ -132,6 +154,7 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
         "model_state_structure": None if model_state is None else _structure(model_state, "model_state."),
         "step": None if step is None else int(step),
         "has_key": key is not None,
+        "key_data": None if key is None else _key_data(key),
         "metadata": metadata or {},
     }
     try:
@@ -139,7 +162,9 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
     except TypeError as exc:
         raise TypeError(f"save_checkpoint: metadata must be JSON-serialisable ({exc})") from None
     try:
-        atomic_write(path, lambda f: f.write(blob), durable=True)  # readers see the old file or the new one, never a part
+        atomic_write(
+            path, lambda f: f.write(blob), durable=True
+        )  # readers see the old file or the new one, never a part
     except OSError as exc:
         kept = "the previous checkpoint there is unchanged" if path.exists() else "nothing was written"
         message = f"could not save checkpoint {path}: {exc.strerror or exc} ({len(blob):,} bytes); {kept}"
@@ -150,37 +175,53 @@ def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metada
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
 
-def _read(path: Path):
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
+# safetensors' dtype names; numpy has no bfloat16 or float8, JAX's (ml_dtypes') do
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16, "F8_E4M3": jnp.float8_e4m3fn,
+    "F8_E5M2": jnp.float8_e5m2, "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64,
+    "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
 
+
+def _read(path: Path):
+    """The tensors (numpy, in their stored dtypes) and the tinyfn metadata of ``path``, every header field checked."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with open(path, "rb") as f:  # the header first: a lying or foreign file is refused before its body is read
-            size = os.fstat(f.fileno()).st_size
-            with_meta = _header_metadata(f, size)
-            f.seek(0)
-            data = f.read()
-        tensors = load(data)
-    except (SafetensorError, ValueError, OverflowError, UnicodeDecodeError, TypeError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint (truncated or corrupted?): {exc}") from None
+            header, n = _header(f, os.fstat(f.fileno()).st_size)
+            f.seek(8 + n)
+            body = f.read()
+        entries = {k: e for k, e in header.items() if k != "__metadata__"}
+        tensors = {name: _tensor(path, name, entry, body) for name, entry in entries.items()}
+        with_meta = header.get("__metadata__", {}) or {}
+    except (ValueError, OverflowError, UnicodeDecodeError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint (truncated or corrupted?): {exc}"
+        ) from None
     if _META_KEY not in with_meta:
-        raise CheckpointError(f"{path} is a safetensors file but not a tinyfn checkpoint (no '{_META_KEY}' metadata entry)")
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a tinyfn checkpoint (no '{_META_KEY}' metadata entry)"
+        )
     try:
         meta = json.loads(with_meta[_META_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: the tinyfn metadata is not valid JSON ({exc})") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if isinstance(version, int) and version > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version} was written by a newer tinyfn; this one reads version {FORMAT_VERSION} (upgrade tinyfn)")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version!r}, this tinyfn reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} was written by a newer tinyfn; "
+            f"this one reads versions {_READS} (upgrade tinyfn)"
+        )
+    if version not in _READS:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}, this tinyfn reads {_READS}")
     return tensors, meta
 
 
-def _header_metadata(f, size: int) -> dict:
-    """The ``__metadata__`` of a safetensors header, its length and offsets checked against the file's ``size``."""
+def _header(f, size: int) -> tuple[dict, int]:
+    """A safetensors header and its length, checked against the file's ``size``."""
     if size < 8:
         raise ValueError(f"{size} bytes is too short for a safetensors header")
     n = int.from_bytes(f.read(8), "little")
@@ -195,11 +236,26 @@ def _header_metadata(f, size: int) -> dict:
     body = size - 8 - n
     if ends and max(ends) != body:
         raise ValueError(f"the header's tensors end at byte {max(ends):,} of the body, but the body has {body:,} bytes")
-    return header.get("__metadata__", {}) or {}
+    return header, n
+
+
+def _tensor(path, name: str, entry: dict, body: bytes) -> np.ndarray:
+    """One tensor of the body; a dtype this reader cannot hold is a ``CheckpointError`` naming tensor and dtype."""
+    dtype = entry["dtype"]
+    if dtype not in _DTYPES:
+        raise CheckpointError(
+            f"{path}: tensor '{name}' has dtype {dtype!r}, which this tinyfn cannot read ({', '.join(_DTYPES)})"
+        )
+    dtype = np.dtype(_DTYPES[dtype]).newbyteorder("<")
+    shape = tuple(int(d) for d in entry["shape"])
+    start, end = (int(o) for o in entry["data_offsets"])
+    if any(d < 0 for d in shape) or not 0 <= start <= end or end - start != int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(f"tensor '{name}': {entry} does not describe {end - start} bytes of {dtype}")
+    return np.frombuffer(body, dtype, count=int(np.prod(shape)), offset=start).reshape(shape)
 
 
 def _leaf_names(spec) -> list[str]:
-    (kind, value), = spec.items()
+    ((kind, value),) = spec.items()
     if kind == "dict":
         return [n for v in value.values() for n in _leaf_names(v)]
     if kind in ("tuple", "list"):
@@ -224,7 +280,9 @@ def _check_like(path, params, like):
         extra = ".".join(_key_name(e) for e in next(iter(got)))
         raise CheckpointError(f"{path}: unexpected parameter '{extra}' that the model does not have")
     if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(like):
-        raise CheckpointError(f"{path}: parameter structure differs from the model's: {jax.tree_util.tree_structure(params)}")
+        raise CheckpointError(
+            f"{path}: parameter structure differs from the model's: {jax.tree_util.tree_structure(params)}"
+        )
 
 
 def load_checkpoint(path, like=None) -> Checkpoint:
@@ -232,8 +290,10 @@ def load_checkpoint(path, like=None) -> Checkpoint:
 
     ``like`` (a params pytree, e.g. from ``model.init``; only shapes and dtypes
     are read) is checked key by key: the first missing or unexpected key, or
-    shape or dtype mismatch, raises ``CheckpointError`` naming it. A truncated,
-    corrupted or foreign file raises ``CheckpointError`` too.
+    shape or dtype mismatch (of the stored dtype: a float64 checkpoint is refused
+    for a float32 model, with or without ``jax_enable_x64``), raises
+    ``CheckpointError`` naming it. A truncated, corrupted or foreign file, or a
+    tensor of a dtype this reader cannot hold, raises ``CheckpointError`` too.
     """
     path = Path(path)
     tensors, meta = _read(path)
@@ -254,9 +314,19 @@ def load_checkpoint(path, like=None) -> Checkpoint:
             raise
         raise CheckpointError(f"{path}: malformed tinyfn metadata ({type(exc).__name__}: {exc})") from None
     if like is not None:
-        _check_like(path, params, like)
-    key = jax.random.wrap_key_data(jnp.asarray(tensors["key"])) if meta.get("has_key") and "key" in tensors else None
-    return Checkpoint(params, opt_state, meta.get("step"), key, meta.get("metadata", {}), model_state)
+        _check_like(path, params, like)  # in the stored dtypes: float64 is refused for float32 even with x64 off
+    params, opt_state, model_state = jax.tree_util.tree_map(jnp.asarray, (params, opt_state, model_state))
+    return Checkpoint(params, opt_state, meta.get("step"), _key(meta, tensors), meta.get("metadata", {}), model_state)
+
+
+def _key(meta, tensors):
+    """The saved random key: in the metadata (format 2), or the tensor ``"key"`` of a format 1 file; ``None``
+    if none was saved."""
+    if not meta.get("has_key"):
+        return None
+    if meta.get("key_data") is not None:
+        return jax.random.wrap_key_data(jnp.asarray(np.asarray(meta["key_data"], np.uint32)))
+    return jax.random.wrap_key_data(jnp.asarray(tensors["key"])) if "key" in tensors else None
 
 
 def checkpoint_path(path_or_run_dir) -> Path:
@@ -267,74 +337,3 @@ def checkpoint_path(path_or_run_dir) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (pass a run directory or a .safetensors file)")
     return path
-
-
-class LoadedModel(tuple):
-    """``load_model``'s result: unpacks as ``(model, params, metadata)``; ``model_state`` is the model's state
-    (``{}`` for a stateless model; batch norm's running statistics otherwise)."""
-
-    def __new__(cls, model, params, metadata, model_state):
-        loaded = super().__new__(cls, (model, params, metadata))
-        loaded.model_state = model_state
-        return loaded
-
-    model = property(lambda self: self[0])
-    params = property(lambda self: self[1])
-    metadata = property(lambda self: self[2])
-
-
-def model_record(model, input_shape, **extra) -> dict:
-    """The metadata entry ``"model"`` that ``load_model`` rebuilds from: the architecture (``to_spec``),
-    the input shape without the batch, and ``extra`` (e.g. the registry ``name`` and ``kwargs``)."""
-    from tinyfn.layers import to_spec
-
-    return {**extra, "spec": to_spec(model), "input_shape": [int(d) for d in input_shape]}
-
-
-def _rebuild_model(path, record):
-    from tinyfn.layers import from_spec
-    from tinyfn.models import get_model
-
-    if "spec" in record:
-        try:
-            return from_spec(record["spec"], _where="model")
-        except (ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: cannot rebuild the recorded model: {exc}") from None
-    try:  # checkpoints written before the architecture was recorded: a registry name and its kwargs
-        return get_model(record["name"], **record.get("kwargs", {}))
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild model {record!r}: {exc}") from None
-
-
-def load_model(path_or_run_dir) -> LoadedModel:
-    """``(model, params, metadata)`` from a checkpoint that records its model (as ``python -m tinyfn train`` writes).
-
-    ``path_or_run_dir`` is a ``.safetensors`` file or a run directory holding
-    ``CHECKPOINT_NAME``. The model is rebuilt from the recorded architecture
-    (``metadata["model"]["spec"]``, written by ``model_record`` from
-    ``tinyfn.layers.to_spec``: any model composed of built-in or registered layers;
-    a layer tinyfn does not know is named in the error), or, for older checkpoints,
-    from the registry ``tinyfn.models.MODELS`` by name and kwargs. The stored params
-    (and model state) are checked against the model's shapes; a mismatch raises
-    ``CheckpointError`` naming the first difference. The result unpacks as three;
-    its ``model_state`` attribute holds the model's state for ``apply_with_state``.
-    """
-    from tinyfn.layers import init_with_state
-
-    path = checkpoint_path(path_or_run_dir)
-    meta = load_checkpoint(path).metadata
-    record = meta.get("model")
-    if not isinstance(record, dict) or not ("spec" in record or "name" in record):
-        raise CheckpointError(f"{path} does not record its model (metadata 'model': {{'spec', 'input_shape'}}, see model_record)")
-    model = _rebuild_model(path, record)
-    input_shape = tuple(record.get("input_shape", (1, 28, 28)))
-    _, like, like_state = jax.eval_shape(lambda k: init_with_state(model, k, (None, *input_shape)), jax.random.key(0))
-    ckpt = load_checkpoint(path, like=like)
-    state = ckpt.model_state
-    if state is None:
-        if jax.tree_util.tree_leaves(like_state):
-            raise CheckpointError(f"{path}: the model carries state (running statistics) but the checkpoint holds none")
-        state = {}
-    else:
-        state = restore_like(state, like_state, what="model_state")
-    return LoadedModel(model, ckpt.params, ckpt.metadata, state)

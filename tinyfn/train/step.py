@@ -65,6 +65,20 @@ def make_train_step(
     same step key gives the same augmented batch: a run stays reproducible and
     resumes bit-identically. Without ``augment`` the model gets ``key`` itself.
     """
+    optimizer, with_state = _check_train_step_arguments(model, optimizer, augment, with_state)
+    stateful_step = _train_step_body(model, loss_fn, optimizer, augment)
+
+    def stateless_step(params, opt_state, x, y, key):
+        new_params, _, new_opt_state, metrics = stateful_step(params, {}, opt_state, x, y, key)
+        return new_params, new_opt_state, metrics
+
+    n_trees = 3 if with_state else 2
+    return _compiled(stateful_step if with_state else stateless_step, n_trees, donate, mesh)
+
+
+def _check_train_step_arguments(model, optimizer, augment, with_state):
+    """``(optimizer, with_state)``, checked: a gradient transformation, a callable ``augment``, state where the
+    model has it."""
     optimizer = as_gradient_transformation(optimizer, op="make_train_step")
     if augment is not None and not callable(augment):
         raise TypeError(f"make_train_step: augment must be a function (key, x) -> x, got {type(augment).__name__}")
@@ -74,6 +88,12 @@ def make_train_step(
             f"make_train_step: the model carries state ({model.name} holds batch statistics); "
             "use with_state=True and step(params, model_state, opt_state, x, y, key)"
         )
+    return optimizer, with_state
+
+
+def _train_step_body(model, loss_fn, optimizer, augment):
+    """The uncompiled ``step(params, model_state, opt_state, x, y, key)``: a value-and-grad, an optimizer update,
+    and every tree kept as it was where the loss or a gradient is not finite."""
 
     def stateful_step(params, model_state, opt_state, x, y, key):
         if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data (uint32), as fit stages it
@@ -94,17 +114,18 @@ def make_train_step(
         metrics = {"loss": loss, "accuracy": accuracy(logits, y), "finite": ok}
         return keep(new_params, params), keep(new_model_state, model_state), keep(new_opt_state, opt_state), metrics
 
-    def stateless_step(params, opt_state, x, y, key):
-        new_params, _, new_opt_state, metrics = stateful_step(params, {}, opt_state, x, y, key)
-        return new_params, new_opt_state, metrics
+    return stateful_step
 
-    step = stateful_step if with_state else stateless_step
-    n_trees = 3 if with_state else 2
+
+def _compiled(step, n_trees, donate, mesh):
+    """``step`` jitted, its first ``n_trees`` arguments donated; with a ``mesh``, data-parallel (``x``, ``y`` split
+    along ``"data"``, the rest replicated) behind a batch-size check that names the sizes."""
     donate_argnums = tuple(range(n_trees)) if donate else ()
     if mesh is None:
         return jax.jit(step, donate_argnums=donate_argnums)
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    sharded = jax.jit(step, in_shardings=(rep,) * n_trees + (data, data, rep), out_shardings=rep, donate_argnums=donate_argnums)
+    shardings = dict(in_shardings=(rep,) * n_trees + (data, data, rep), out_shardings=rep)
+    sharded = jax.jit(step, donate_argnums=donate_argnums, **shardings)
 
     @functools.wraps(step)
     def checked(*args):
