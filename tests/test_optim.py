@@ -333,7 +333,8 @@ def test_cosine_warmup_is_optax_one_step_ahead_then_equal():
     warm = [float(ours(s)) for s in range(10)]
     np.testing.assert_allclose(warm, [float(theirs(s + 1)) for s in range(10)], rtol=1e-6)  # no step at rate 0
     assert warm[0] == pytest.approx(0.2) and float(theirs(0)) == 0.0
-    np.testing.assert_allclose([float(ours(s)) for s in range(10, 60)], [float(theirs(s)) for s in range(10, 60)], rtol=1e-5)
+    after = range(10, 60)
+    np.testing.assert_allclose([float(ours(s)) for s in after], [float(theirs(s)) for s in after], rtol=1e-5)
 
 
 def test_weights_only_leaves_every_norm_scale_and_shift_undecayed_whatever_its_rank():

@@ -262,7 +262,9 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_dec
             _check_trees("sgd", grads, params)
         lr = schedule(state.count)
         decayed = _masked(_decay_mask("sgd", mask, params), params) if weight_decay else None
-        d = _tree_map(_wide, grads) if not weight_decay else _tree_map(lambda g, p: _wide(g) + weight_decay * _wide(p), grads, decayed)
+        d = _tree_map(_wide, grads)
+        if weight_decay:
+            d = _tree_map(lambda g, p: g + weight_decay * _wide(p), d, decayed)
         velocity = state.velocity
         if momentum:
             velocity = _tree_map(lambda v, g: momentum * v + g, velocity, d)
@@ -291,12 +293,14 @@ def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled, mask):
         count = state.count + 1
         lr = schedule(state.count)
         decayed = _masked(_decay_mask(op, mask, params), params) if weight_decay else params
-        d = _tree_map(_wide, grads) if decoupled or not weight_decay else _tree_map(lambda g, p: _wide(g) + weight_decay * _wide(p), grads, decayed)
+        d = _tree_map(_wide, grads)
+        if weight_decay and not decoupled:
+            d = _tree_map(lambda g, p: g + weight_decay * _wide(p), d, decayed)
         mu = _tree_map(lambda m, g: b1 * m + (1 - b1) * g.astype(m.dtype), state.mu, d)
         nu = _tree_map(lambda v, g: b2 * v + (1 - b2) * (g * g).astype(v.dtype), state.nu, d)
 
         def direction(g, m, v, p):
-            t = count.astype(m.dtype)  # the bias corrections in the moments' dtype (float32 at least), never the params'
+            t = count.astype(m.dtype)  # bias corrections in the moments' dtype (float32 at least), not the params'
             step = (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
             if decoupled and weight_decay:
                 step = step + weight_decay * _wide(p).astype(m.dtype)
