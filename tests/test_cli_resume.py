@@ -34,7 +34,9 @@ def _recorded_run(out, data="embedded"):
 
     recipe = dict(recipe_for(data, "lenet5"), data=data, seed=1, precision="fp32", batch_size=64, epochs=1)
     out.mkdir(parents=True)
-    save_checkpoint(out / "checkpoint.safetensors", {"w": np.zeros(2, np.float32)}, metadata={"recipe": recipe, "command": FIRST})
+    save_checkpoint(
+        out / "checkpoint.safetensors", {"w": np.zeros(2, np.float32)}, metadata={"recipe": recipe, "command": FIRST}
+    )
     (out / "command.txt").write_text(FIRST + "\n")
     return {p.name: p.read_bytes() for p in out.iterdir()}
 
@@ -47,8 +49,14 @@ def _untouched(out, before):
     "flags, message",
     [  # the first two trained the remaining epochs at learning rate 0 (a cosine rebuilt for fewer steps than were taken)
         (["--batch-size", "128"], "--batch-size 128 contradicts the run's 64"),
-        (["--val-fraction", "0.5"], "--val-fraction 0.5 contradicts the run's 0.0833"),  # and moved training images into validation
-        (["--epochs", "3"], "--epochs 3 contradicts the run's 1 .*its cosine learning-rate schedule spans its 1 epochs"),
+        (
+            ["--val-fraction", "0.5"],
+            "--val-fraction 0.5 contradicts the run's 0.0833",
+        ),  # and moved training images into validation
+        (
+            ["--epochs", "3"],
+            "--epochs 3 contradicts the run's 1 .*its cosine learning-rate schedule spans its 1 epochs",
+        ),
         (["--seed", "0"], "--seed 0 contradicts the run's 1"),
         (["--model", "wide_cnn"], "--model wide_cnn contradicts the run's lenet5"),
         (["--augment"], "--augment contradicts the run's --no-augment"),
@@ -74,7 +82,9 @@ def test_resume_takes_the_whole_recipe_from_the_run(tmp_path):
     args = build_parser().parse_args(["train", "--out", str(out), "--resume", "--lr", "0.05"])  # agrees with the run
     recipe, where, prior = plan_run(args)
     assert where == out and prior["command"] == FIRST
-    assert recipe == dict(recipe_for("embedded", "lenet5"), data="embedded", seed=1, precision="fp32", batch_size=64, epochs=1)
+    assert recipe == dict(
+        recipe_for("embedded", "lenet5"), data="embedded", seed=1, precision="fp32", batch_size=64, epochs=1
+    )
 
 
 def test_resume_may_extend_the_epochs_of_a_constant_schedule_only(tmp_path):
@@ -84,27 +94,38 @@ def test_resume_may_extend_the_epochs_of_a_constant_schedule_only(tmp_path):
     run = dict(recipe_for("embedded", "lenet5"), data="embedded", seed=1, precision="fp32", epochs=2)
     assert resumed_recipe(args, dict(run, schedule="constant"), "run")["epochs"] == 5
     for schedule in ("cosine", "step"):  # their total steps are part of the run
-        with pytest.raises(ValueError, match=f"--epochs 5 contradicts the run's 2 .run.; its {schedule} learning-rate schedule"):
+        with pytest.raises(
+            ValueError, match=f"--epochs 5 contradicts the run's 2 .run.; its {schedule} learning-rate schedule"
+        ):
             resumed_recipe(args, dict(run, schedule=schedule), "run")
 
 
 def test_a_new_run_refuses_an_out_that_holds_a_run_and_touches_nothing(tmp_path, cli):
     out = tmp_path / "run"
     before = _recorded_run(out)
-    status, err = cli("train", "--out", str(out), "--seed", "5", "--quiet")  # overwrote the run (seed 1 -> 5) without a word
+    status, err = cli(
+        "train", "--out", str(out), "--seed", "5", "--quiet"
+    )  # overwrote the run (seed 1 -> 5) without a word
     assert status == 2, err
-    assert f"--out {out} holds a run already (checkpoint.safetensors): add --resume to continue it, or choose another --out" in err
+    assert (
+        f"--out {out} holds a run already (checkpoint.safetensors): add --resume to continue it, or choose another --out"
+        in err
+    )
     assert _untouched(out, before)
 
 
 def test_resume_of_a_directory_without_a_run_says_so(tmp_path, cli):
     status, err = cli("train", "--out", str(tmp_path / "none"), "--resume")
-    assert status == 2 and f"--resume: there is no run to resume in {tmp_path / 'none'} (no checkpoint.safetensors)" in err
+    assert (
+        status == 2 and f"--resume: there is no run to resume in {tmp_path / 'none'} (no checkpoint.safetensors)" in err
+    )
     assert not (tmp_path / "none").exists()
 
 
 def _train(*args):
-    proc = subprocess.run([sys.executable, "-m", "tinyfn", "train", "--quiet", *args], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyfn", "train", "--quiet", *args], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 

@@ -23,7 +23,7 @@ _COMMANDS = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's parser with its errors on one line: ``tinyfn train: error: argument --seed: expected ..., got '-1'``."""
+    """argparse's parser, its errors on one line: ``tinyfn train: error: argument --seed: expected ..., got '-1'``."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -10,9 +10,9 @@ from tinyfn.train import CHECKPOINT_NAME, constant, cosine, step_decay
 from tinyfn.train.augment import TTA_VIEWS
 
 __all__ = [
-    "RECIPES", "OPTIMIZERS", "TTA_NAMES", "DECAY_NAMES", "PRECISIONS", "RUN_KEYS", "recipe_for", "new_recipe", "run_recipe",
-    "resumed_recipe", "make_optimizer", "make_augment", "VAL_FRACTION", "check_recipe", "data_name", "run_dir", "schedule",
-    "validation_split",
+    "RECIPES", "OPTIMIZERS", "TTA_NAMES", "DECAY_NAMES", "PRECISIONS", "RUN_KEYS", "VAL_FRACTION", "recipe_for",
+    "new_recipe", "run_recipe", "resumed_recipe", "make_optimizer", "make_augment", "check_recipe", "data_name",
+    "run_dir", "schedule", "validation_split",
 ]
 
 VAL_FRACTION = 5_000 / 60_000  # Fashion-MNIST's 60,000 training images keep 5,000 for validation; other data in proportion
@@ -47,7 +47,7 @@ def recipe_for(data: str, model: str | None) -> dict:
 
 
 def new_recipe(args) -> dict:
-    """The full recipe of a new run: the model's or the data set's defaults (and ``RUN_KEYS``'), then every flag given."""
+    """The full recipe of a new run: the model's or the data set's defaults and ``RUN_KEYS``, then each flag given."""
     data = args.data if args.data is not None else RUN_KEYS["data"]
     recipe = dict(recipe_for(data, args.model), **RUN_KEYS)
     for name in recipe:
@@ -89,10 +89,12 @@ def resumed_recipe(args, recorded: dict, where) -> dict:
         if name == "epochs" and recipe["schedule"] == "constant":
             recipe["epochs"] = value
             continue
-        why = (f"; its {recipe['schedule']} learning-rate schedule spans its {was} epochs (--epochs may change only with "
-               "--schedule constant)") if name == "epochs" else "; --resume continues the run with its own recipe"
-        shown = _as_flag(name, was)
-        raise ValueError(f"{_as_flag(name, value)} contradicts the run's {shown if isinstance(was, bool) else was} ({where}){why}")
+        why = "; --resume continues the run with its own recipe"
+        if name == "epochs":
+            why = f"; its {recipe['schedule']} learning-rate schedule spans its {was} epochs (--epochs may change only "
+            why += "with --schedule constant)"
+        shown = _as_flag(name, was) if isinstance(was, bool) else was
+        raise ValueError(f"{_as_flag(name, value)} contradicts the run's {shown} ({where}){why}")
     return recipe
 
 

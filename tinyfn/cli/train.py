@@ -22,48 +22,68 @@ from types import SimpleNamespace
 
 from tinyfn.cli import seed_int
 from tinyfn.cli.runs import (
-    DECAY_NAMES, OPTIMIZERS, PRECISIONS, TTA_NAMES, VAL_FRACTION, check_recipe, data_name, make_augment, make_optimizer, new_recipe,
-    resumed_recipe, run_dir, run_recipe, train_loss, validation_split,
-)  # fmt: skip
+    DECAY_NAMES,
+    OPTIMIZERS,
+    PRECISIONS,
+    TTA_NAMES,
+    VAL_FRACTION,
+    check_recipe,
+    data_name,
+    make_augment,
+    make_optimizer,
+    new_recipe,
+    resumed_recipe,
+    run_dir,
+    run_recipe,
+    train_loss,
+    validation_split,
+)
 
 
 def add_arguments(p):
-    p.add_argument("--data", default=None, help="'embedded' (default: 8,000/2,000 images shipped with tinyfn), 'fashion-mnist' (the Debian location) or an IDX directory")
-    p.add_argument("--model", default=None, help="a model of tinyfn.models.MODELS: lenet5, wide_cnn, resnet (default: lenet5 on embedded data, "
-                   "wide_cnn on full data; resnet brings its own recipe: AdamW, cosine with warm-up, augmentation)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="sgd (Nesterov momentum), adam or adamw (decoupled weight decay); default: the recipe's")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crops and horizontal flips, on the device inside the step (default: the recipe's; on for resnet)")
-    p.add_argument("--crop-padding", type=int, default=None,
-                   help="with --augment: pad by this many pixels, then crop back at a random offset (default: the recipe's; 0: flips only)")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default=None,
-                   help="fp32 (default) or bf16: convolutions and linear layers compute in bfloat16, params and the loss stay float32 (lenet5, wide_cnn)")
-    p.add_argument("--formulation", choices=("auto", "im2col", "xla", "direct"), default=None,
-                   help="how the convolutions and pooling are evaluated (default auto: the backend's; see README 'Speed'); may change on --resume")
-    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's; on --resume it may change only with --schedule constant")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--momentum", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--decay", choices=DECAY_NAMES, default=None,
-                   help="which params the weight decay applies to: all, or weights (filters and weight matrices; not the norms' scale and shift nor biases); default: the recipe's")
-    p.add_argument("--label-smoothing", type=float, default=None,
-                   help="train on targets (1 - e) onehot + e/K (default: the recipe's); validation and test losses stay the plain cross-entropy")
-    p.add_argument("--tta", choices=TTA_NAMES, default=None,
-                   help="test-time augmentation of the final test evaluation: flip averages the class probabilities of each image and its mirror "
-                        "image (default: the recipe's; flip for resnet); the single-view test accuracy is reported beside it")  # fmt: skip
-    p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=None, help="learning-rate schedule (step: x0.1 after each third of the run)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help=f"share of the training images held out for the per-epoch validation curve (default: the recipe's, {VAL_FRACTION:.4f}: "
-                        "5,000 of Fashion-MNIST's 60,000, 667 of the embedded 8,000; 0 for resnet, which trains on all of them; 0 for none); "
-                        "the test set is evaluated once, at the end")  # fmt: skip
-    p.add_argument("--seed", type=seed_int, default=None, help="seed of the split, the initialisation and the shuffles (default 0)")
-    p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>-<data>, a fresh one if that holds a run)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (or the default run directory) from its checkpoint, with the run's own recipe")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss or gradients are NaN/Inf instead of stopping")
-    p.add_argument("--devices", type=int, default=None, help="data-parallel over this many devices (jax.sharding; the batch size must divide by it)")
+    recipe_s = "default: the recipe's"
+    add = p.add_argument
+    add("--data", default=None, help="'embedded' (default: 8,000/2,000 images shipped with tinyfn), 'fashion-mnist' "
+        "(the Debian location) or an IDX directory")
+    add("--model", default=None, help="a model of tinyfn.models.MODELS: lenet5, wide_cnn, resnet (default: lenet5 on "
+        "embedded data, wide_cnn on full data; resnet brings its own recipe: AdamW, cosine with warm-up, augmentation)")
+    add("--optimizer", choices=OPTIMIZERS, default=None,
+        help=f"sgd (Nesterov momentum), adam or adamw (decoupled weight decay); {recipe_s}")
+    add("--augment", action=argparse.BooleanOptionalAction, default=None,
+        help=f"random crops and horizontal flips, on the device inside the step ({recipe_s}; on for resnet)")
+    add("--crop-padding", type=int, default=None,
+        help=f"with --augment: pad by this many pixels, then crop back at a random offset ({recipe_s}; 0: flips only)")
+    add("--precision", choices=tuple(PRECISIONS), default=None, help="fp32 (default) or bf16: convolutions and linear "
+        "layers compute in bfloat16, params and the loss stay float32 (lenet5, wide_cnn)")
+    add("--formulation", choices=("auto", "im2col", "xla", "direct"), default=None, help="how the convolutions and "
+        "pooling are evaluated (default auto: the backend's; see README 'Speed'); may change on --resume")
+    add("--epochs", type=int, default=None, help=f"{recipe_s}; on --resume it may change only with --schedule constant")
+    add("--batch-size", type=int, default=None)
+    add("--lr", type=float, default=None, help="peak learning rate")
+    add("--momentum", type=float, default=None)
+    add("--weight-decay", type=float, default=None)
+    add("--decay", choices=DECAY_NAMES, default=None, help="which params the weight decay applies to: all, or weights "
+        f"(filters and weight matrices; not the norms' scale and shift nor biases); {recipe_s}")
+    add("--label-smoothing", type=float, default=None, help=f"train on targets (1 - e) onehot + e/K ({recipe_s}); "
+        "validation and test losses stay the plain cross-entropy")
+    add("--tta", choices=TTA_NAMES, default=None, help="test-time augmentation of the final test evaluation: flip "
+        f"averages the class probabilities of each image and its mirror image ({recipe_s}; flip for resnet); the "
+        "single-view test accuracy is reported beside it")
+    add("--schedule", choices=("cosine", "constant", "step"), default=None,
+        help="learning-rate schedule (step: x0.1 after each third of the run)")
+    add("--val-fraction", type=float, default=None, help="share of the training images held out for the per-epoch "
+        f"validation curve ({recipe_s}, {VAL_FRACTION:.4f}: 5,000 of Fashion-MNIST's 60,000, 667 of the embedded "
+        "8,000; 0 for resnet, which trains on all of them; 0 for none); the test set is evaluated once, at the end")
+    add("--seed", type=seed_int, default=None, help="seed of the split, the initialisation and the shuffles (default 0)")
+    add("--out", type=Path, default=None,
+        help="run directory (default runs/<model>-<data>, a fresh one if that holds a run)")
+    add("--resume", action="store_true", help="continue the run in --out (or the default run directory) from its "
+        "checkpoint, with the run's own recipe")
+    add("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add("--skip-nonfinite", action="store_true",
+        help="skip steps whose loss or gradients are NaN/Inf instead of stopping")
+    add("--devices", type=int, default=None,
+        help="data-parallel over this many devices (jax.sharding; the batch size must divide by it)")
 
 
 def run(args) -> int:
@@ -96,7 +116,8 @@ def run(args) -> int:
 
 
 def plan_run(args):
-    """``(recipe, out, prior)``: a new run's recipe from the flags, or a resumed run's from its checkpoint (``prior``: its metadata).
+    """``(recipe, out, prior)``: a new run's recipe from the flags, or a resumed run's from its checkpoint
+    (``prior``: the checkpoint's metadata; ``{}`` for a new run).
 
     A new run never replaces one: an ``--out`` that holds a checkpoint is refused
     (add ``--resume``, or choose another ``--out``) before anything is written.
@@ -108,7 +129,10 @@ def plan_run(args):
     path = out / CHECKPOINT_NAME
     if not args.resume:
         if path.exists():
-            raise ValueError(f"--out {out} holds a run already ({CHECKPOINT_NAME}): add --resume to continue it, or choose another --out")
+            raise ValueError(
+                f"--out {out} holds a run already ({CHECKPOINT_NAME}): add --resume to continue it, or choose another "
+                "--out"
+            )
         check_recipe(recipe, args.devices)
         return recipe, out, {}
     if not path.is_file():
@@ -120,21 +144,28 @@ def plan_run(args):
 
 
 def load_data(recipe) -> SimpleNamespace:
-    """The recipe's data: the training images split by ``val_fraction`` and ``seed``, normalised by the training part's statistics."""
+    """The recipe's data: the training images split by ``val_fraction`` and ``seed``, all normalised by the
+    statistics of the training part."""
     from tinyfn import data as D
 
     full_train, test_set = D.load_dataset(recipe["data"], "train"), D.load_dataset(recipe["data"], "test")
     train_idx, val_idx = validation_split(len(full_train), recipe["val_fraction"], recipe["seed"])
     if recipe["batch_size"] > len(train_idx):
-        raise ValueError(f"--batch-size {recipe['batch_size']} is larger than the {len(train_idx):,} training images of {recipe['data']}")
+        raise ValueError(
+            f"--batch-size {recipe['batch_size']} is larger than the {len(train_idx):,} training images of "
+            f"{recipe['data']}"
+        )
     mean, std = D.normalization(full_train.images[train_idx])
     x_all = D.normalize(full_train.images, mean, std)
     return SimpleNamespace(
         train=(x_all[train_idx], full_train.labels[train_idx]),
         validation=(x_all[val_idx], full_train.labels[val_idx]) if len(val_idx) else None,
         test=(D.normalize(test_set.images, mean, std), test_set.labels),
-        classes=list(full_train.classes), mean=mean, std=std, n_val=len(val_idx),
-    )  # fmt: skip
+        classes=list(full_train.classes),
+        mean=mean,
+        std=std,
+        n_val=len(val_idx),
+    )
 
 
 def build_model(recipe, num_classes):
@@ -154,7 +185,7 @@ def build_model(recipe, num_classes):
 
 
 def record_command(out: Path, command: str, *, append: bool):
-    """Write ``command.txt``: the run's commands, one a line; a resumed run's command appended (temp file, then rename)."""
+    """Write ``command.txt``: the run's commands, one a line, a resumed run's appended (temp file, then rename)."""
     from tinyfn._files import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +195,7 @@ def record_command(out: Path, command: str, *, append: bool):
 
 
 def make_setup(args, recipe, data, model, out, prior, command) -> SimpleNamespace:
-    """What ``fit`` needs beside the data: the initial params and state, optimizer, augmentation, mesh and the metadata."""
+    """What ``fit`` needs beside the data: initial params and state, optimizer, augmentation, mesh, metadata."""
     import jax
 
     from tinyfn.layers import formulation, init_with_state
@@ -184,17 +215,27 @@ def make_setup(args, recipe, data, model, out, prior, command) -> SimpleNamespac
         "normalization": {"mean": data.mean, "std": data.std},
         "classes": data.classes,
         "recipe": recipe,
-        "validation": {"fraction": recipe["val_fraction"], "images": data.n_val, "train_images": len(data.train[0]), "seed": recipe["seed"]},
+        "validation": {
+            "fraction": recipe["val_fraction"],
+            "images": data.n_val,
+            "train_images": len(data.train[0]),
+            "seed": recipe["seed"],
+        },
         "command": commands[0],
         "commands": commands,
     }
     return SimpleNamespace(
-        params=params, model_state=model_state, key=fit_key, metadata=metadata, input_shape=input_shape,
+        params=params,
+        model_state=model_state,
+        key=fit_key,
+        metadata=metadata,
+        input_shape=input_shape,
         optimizer=make_optimizer(recipe, steps * recipe["epochs"]),
         augment=make_augment(recipe, input_shape, normalization=(data.mean, data.std)),
         mesh=data_mesh(args.devices) if args.devices is not None else None,
-        formulation=lambda: contextlib.nullcontext() if chosen == "auto" else formulation(chosen), formulation_name=chosen,
-    )  # fmt: skip
+        formulation=lambda: contextlib.nullcontext() if chosen == "auto" else formulation(chosen),
+        formulation_name=chosen,
+    )
 
 
 def announce(recipe, data, setup, out):
@@ -205,17 +246,24 @@ def announce(recipe, data, setup, out):
     where = f" on {setup.mesh.size} devices" if setup.mesh is not None else ""
     momentum = f"momentum {recipe['momentum']}, " if recipe["optimizer"] == "sgd" else ""
     crops = f"crops padded by {recipe['crop_padding']} + flips" if recipe["crop_padding"] else "flips"
-    extras = "".join((
-        f", augmented ({crops})" if setup.augment else "",
-        f", label smoothing {recipe['label_smoothing']}" if recipe["label_smoothing"] else "",
-        f", test-time views {recipe['tta']}" if recipe["tta"] != "none" else "",
-        f", {recipe['precision']}" if recipe["precision"] != "fp32" else "",
-        "" if setup.formulation_name == "auto" else f", {setup.formulation_name}",
-    ))  # fmt: skip
+    extras = "".join(
+        (
+            f", augmented ({crops})" if setup.augment else "",
+            f", label smoothing {recipe['label_smoothing']}" if recipe["label_smoothing"] else "",
+            f", test-time views {recipe['tta']}" if recipe["tta"] != "none" else "",
+            f", {recipe['precision']}" if recipe["precision"] != "fp32" else "",
+            "" if setup.formulation_name == "auto" else f", {setup.formulation_name}",
+        )
+    )
     decay = "" if recipe["decay"] == "all" else f" ({recipe['decay']} only)"
-    print(f"training {recipe['model']} ({n_params:,} params){where} on {recipe['data']}: {len(data.train[0]):,} train / {data.n_val:,} validation / "
-          f"{len(data.test[0]):,} test images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, {recipe['optimizer']} lr {recipe['lr']} "
-          f"({recipe['schedule']}), {momentum}weight decay {recipe['weight_decay']}{decay}{extras}; run directory {out}", flush=True)  # fmt: skip
+    print(
+        f"training {recipe['model']} ({n_params:,} params){where} on {recipe['data']}: {len(data.train[0]):,} train / "
+        f"{data.n_val:,} validation / "
+        f"{len(data.test[0]):,} test images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, "
+        f"{recipe['optimizer']} lr {recipe['lr']} "
+        f"({recipe['schedule']}), {momentum}weight decay {recipe['weight_decay']}{decay}{extras}; run directory {out}",
+        flush=True,
+    )
 
 
 def train(args, recipe, data, model, setup, out):
@@ -224,13 +272,26 @@ def train(args, recipe, data, model, setup, out):
     from tinyfn.train import ConsoleLog, fit
 
     return fit(
-        model, setup.params, data.train, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-        optimizer=setup.optimizer, key=setup.key, eval_data=data.validation, checkpoint_dir=out,
-        resume=args.resume, metadata=setup.metadata, quiet=args.quiet, mesh=setup.mesh,
+        model,
+        setup.params,
+        data.train,
+        epochs=recipe["epochs"],
+        batch_size=recipe["batch_size"],
+        optimizer=setup.optimizer,
+        key=setup.key,
+        eval_data=data.validation,
+        checkpoint_dir=out,
+        resume=args.resume,
+        metadata=setup.metadata,
+        quiet=args.quiet,
+        mesh=setup.mesh,
         epoch_callbacks=() if args.quiet else (ConsoleLog(eval_label="val"),),
-        on_nonfinite="skip" if args.skip_nonfinite else "stop", model_state=setup.model_state, augment=setup.augment,
-        loss_fn=train_loss(recipe), eval_loss_fn=softmax_cross_entropy,
-    )  # fmt: skip
+        on_nonfinite="skip" if args.skip_nonfinite else "stop",
+        model_state=setup.model_state,
+        augment=setup.augment,
+        loss_fn=train_loss(recipe),
+        eval_loss_fn=softmax_cross_entropy,
+    )
 
 
 def finish(recipe, data, model, setup, out, result, t0):
@@ -246,13 +307,20 @@ def finish(recipe, data, model, setup, out, result, t0):
     single = (tested.view_loss[0], tested.view_accuracy[0]) if views else None  # views[0] is the image itself
     if not is_writer():
         return
-    record = dict(history, validation=setup.metadata["validation"], test_loss=loss, test_accuracy=acc, tta=recipe["tta"])
+    record = dict(
+        history, validation=setup.metadata["validation"], test_loss=loss, test_accuracy=acc, tta=recipe["tta"]
+    )
     if single:
         record.update(test_loss_single_view=single[0], test_accuracy_single_view=single[1])
     (out / "history.json").write_text(json.dumps(record, indent=1) + "\n")
-    plot_history(history, out / "curves.png", title=f"{recipe['model']} on {data_name(recipe['data'])}", eval_label="validation")
+    plot_history(
+        history, out / "curves.png", title=f"{recipe['model']} on {data_name(recipe['data'])}", eval_label="validation"
+    )
     plot_confusion(confusion_matrix(data.test[1], preds, len(data.classes)), data.classes, out / "confusion.png")
-    print(f"wrote {out}/{CHECKPOINT_NAME}, history.json, curves.png, confusion.png, command.txt ({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"wrote {out}/{CHECKPOINT_NAME}, history.json, curves.png, confusion.png, command.txt "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     if single:
         print(f"test accuracy, single view: {single[1]:.4f}")
     tta = f" (test-time views: {recipe['tta']})" if views else ""

@@ -25,8 +25,8 @@ def run(args) -> int:
     model, params, meta = loaded
     out = args.out or checkpoint_path(args.checkpoint).parent / "visualize"
     paths, notes = make_figures(
-        model, params, meta, model_state=loaded.model_state, data=args.data, layer=args.layer, channels=args.channels, k=args.k,
-        n_images=args.images, out=out,
+        model, params, meta, model_state=loaded.model_state, data=args.data, layer=args.layer, channels=args.channels,
+        k=args.k, n_images=args.images, out=out,
     )  # fmt: skip
     for p in paths:
         print(p)
