@@ -156,3 +156,14 @@ def test_readme_resume_example_continues_the_same_run_and_appends_its_command(tm
     assert len(commands) == 3 and commands[1].endswith(f"--out {a} --resume") and commands[2].endswith("--epochs 2")
     assert resumed.metadata["command"] == commands[0] and resumed.metadata["recipe"]["epochs"] == 2
     assert json.loads((a / "history.json").read_text())["epoch"] == [1, 2]
+
+
+def test_an_older_runs_recipe_is_completed_from_beside_it_and_from_its_models_defaults():
+    from tinyfn.cli.runs import run_recipe
+
+    old = {"recipe": {"model": "wide_cnn", "epochs": 20, "batch_size": 128, "lr": 0.05}, "data": "embedded", "seed": 1}
+    recipe = run_recipe(old, "runs/mine")  # written before the recipe held data, seed, precision, decay and tta
+    assert recipe == dict(recipe_for("embedded", "wide_cnn"), data="embedded", seed=1, precision="fp32", epochs=20,
+                          batch_size=128, lr=0.05)
+    with pytest.raises(ValueError, match="--resume: runs/x records no recipe"):
+        run_recipe({"history": {}}, "runs/x")

@@ -58,11 +58,16 @@ def new_recipe(args) -> dict:
 
 
 def run_recipe(meta: dict, where) -> dict:
-    """The full recipe a run's checkpoint metadata records (older runs kept data, seed and precision beside it)."""
+    """The full recipe a run's checkpoint metadata records.
+
+    Older runs kept data, seed and precision beside the recipe, and a recipe
+    entry added since (``decay``, ``tta``, ...) takes its default of that run's data and model.
+    """
     recipe = meta.get("recipe")
-    if not isinstance(recipe, dict):
+    if not isinstance(recipe, dict) or "model" not in recipe:
         raise ValueError(f"--resume: {where} records no recipe (it was not written by `python -m tinyfn train`)")
-    return {**{k: meta.get(k, default) for k, default in RUN_KEYS.items()}, **recipe}
+    run_keys = {k: meta.get(k, default) for k, default in RUN_KEYS.items()}
+    return {**recipe_for(str(recipe.get("data", run_keys["data"])), recipe["model"]), **run_keys, **recipe}
 
 
 def _as_flag(name, value) -> str:
