@@ -282,7 +282,7 @@ def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_
     "argv, message",
     [  # before: a 22-line OverflowError traceback; "expected non-negative integer" naming no flag; errors from inside
         # softmax_cross_entropy and np.concatenate; gradcheck checking 5 of 20 ops and printing "27/27 passed"
-        (["train", "--seed", "18446744073709551616"], "argument --seed: expected a non-negative integer below 2**63, got '18446744073709551616'"),
+        (["train", "--seed", str(2**64)], f"argument --seed: expected a non-negative integer below 2**63, got '{2**64}"),
         (["train", "--seed", "-1"], "argument --seed: expected a non-negative integer below 2**63, got '-1'"),
         (["evaluate", "run", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
         (["evaluate", "run", "--batch-size", "-5"], "argument --batch-size: expected a positive integer, got '-5'"),
@@ -310,7 +310,7 @@ def test_evaluate_says_when_the_logits_are_not_finite(tiny_idx, tmp_path, monkey
 
     model = get_model("lenet5", num_classes=10)
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
-    nan = jax.tree.map(lambda a: np.full(a.shape, np.nan, np.float32), params)  # before: an "accuracy", every prediction class 0
+    nan = jax.tree.map(lambda a: np.full(a.shape, np.nan, np.float32), params)  # before: an "accuracy" of class 0
     meta = {"model": model_record(model, (1, 28, 28), name="lenet5", kwargs={"num_classes": 10}), "data": str(tiny_idx)}
     save_checkpoint(tmp_path / "checkpoint.safetensors", nan, metadata=meta)
     monkeypatch.setenv("TINYFN_MALLOPT", "0")

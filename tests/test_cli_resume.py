@@ -47,7 +47,7 @@ def _untouched(out, before):
 
 @pytest.mark.parametrize(
     "flags, message",
-    [  # the first two trained the remaining epochs at learning rate 0 (a cosine rebuilt for fewer steps than were taken)
+    [  # the first two trained the remaining epochs at lr 0 (a cosine rebuilt for fewer steps than were taken)
         (["--batch-size", "128"], "--batch-size 128 contradicts the run's 64"),
         (
             ["--val-fraction", "0.5"],
@@ -108,7 +108,8 @@ def test_a_new_run_refuses_an_out_that_holds_a_run_and_touches_nothing(tmp_path,
     )  # overwrote the run (seed 1 -> 5) without a word
     assert status == 2, err
     assert (
-        f"--out {out} holds a run already (checkpoint.safetensors): add --resume to continue it, or choose another --out"
+        f"--out {out} holds a run already (checkpoint.safetensors): add --resume to continue it, or choose another "
+        "--out"
         in err
     )
     assert _untouched(out, before)

@@ -190,8 +190,8 @@ def test_bad_inputs_raise_clear_errors():
 
 # --- float16 and bfloat16: statistics and sums in float32, as PyTorch computes them -------------------------------
 # Tolerances per dtype, for outputs of magnitude < 4 (|x̂| ≤ 3 here): a float16 value there is spaced 2^-9 ≈ 2e-3
-# apart, a bfloat16 one 2^-6 ≈ 1.6e-2; allowed: two spacings. Gradients: relative to their largest entry, 1e-2 (float16)
-# and 5e-2 (bfloat16). The reference is PyTorch in float64 on the very same (rounded) low-precision inputs.
+# apart, a bfloat16 one 2^-6 ≈ 1.6e-2; allowed: two spacings. Gradients: relative to their largest entry,
+# 1e-2 (float16) and 5e-2 (bfloat16). The reference: PyTorch in float64 on the same (rounded) low-precision inputs.
 LOW = {"float16": (jnp.float16, 4e-3, 1e-2), "bfloat16": (jnp.bfloat16, 3.2e-2, 5e-2)}
 
 
@@ -209,10 +209,13 @@ def test_low_precision_norms_at_std_300_match_pytorch_float64(norm, dtype_name):
     assert y.dtype == dx.dtype == dtype
     xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
     F = torch.nn.functional
-    theirs = {"batch_norm": lambda a: F.batch_norm(a, None, None, training=True), "layer_norm": lambda a: F.layer_norm(a, (5, 5))}[norm]
+    theirs = {
+        "batch_norm": lambda a: F.batch_norm(a, None, None, training=True),
+        "layer_norm": lambda a: F.layer_norm(a, (5, 5)),
+    }[norm]
     yt = theirs(xt)
     yt.backward(torch.tensor(np.asarray(g, np.float64)))
-    np.testing.assert_allclose(np.asarray(y, np.float64), yt.detach().numpy(), atol=atol)  # before: all zeros in float16
+    np.testing.assert_allclose(np.asarray(y, np.float64), yt.detach().numpy(), atol=atol)  # before: zeros in float16
     dx_ref = xt.grad.numpy()
     assert np.abs(np.asarray(dx, np.float64) - dx_ref).max() <= grad_rtol * np.abs(dx_ref).max()
 

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tinyfn import __version__
 
-    parser = _Parser(prog="tinyfn", description="tinyfn: a small functional deep-learning library with handwritten gradients.")
+    description = "tinyfn: a small functional deep-learning library with handwritten gradients."
+    parser = _Parser(prog="tinyfn", description=description)
     parser.add_argument("--version", action="version", version=f"tinyfn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     common = _Parser(add_help=False)  # accepted after the command too; SUPPRESS keeps a --debug given before it

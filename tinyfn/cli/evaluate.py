@@ -34,7 +34,8 @@ def run(args) -> int:
     loss, acc, preds = tested
     if not np.isfinite(loss):  # NaN logits predict class 0 everywhere: an "accuracy" that means nothing
         raise ValueError(
-            f"the logits of {args.checkpoint} on {data} test are not finite (test loss {loss}): are its params NaN or Inf?"
+            f"the logits of {args.checkpoint} on {data} test are not finite (test loss {loss}): "
+            "are its params NaN or Inf?"
         )
     views = "" if tta == "none" else f", test-time views: {tta}"
     print(f"{args.checkpoint} on {data} test ({len(test):,} images{views})")

@@ -74,7 +74,8 @@ def add_arguments(p):
     add("--val-fraction", type=float, default=None, help="share of the training images held out for the per-epoch "
         f"validation curve ({recipe_s}, {VAL_FRACTION:.4f}: 5,000 of Fashion-MNIST's 60,000, 667 of the embedded "
         "8,000; 0 for resnet, which trains on all of them; 0 for none); the test set is evaluated once, at the end")
-    add("--seed", type=seed_int, default=None, help="seed of the split, the initialisation and the shuffles (default 0)")
+    add("--seed", type=seed_int, default=None,
+        help="seed of the split, the initialisation and the shuffles (default 0)")
     add("--out", type=Path, default=None,
         help="run directory (default runs/<model>-<data>, a fresh one if that holds a run)")
     add("--resume", action="store_true", help="continue the run in --out (or the default run directory) from its "

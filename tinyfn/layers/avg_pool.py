@@ -58,8 +58,8 @@ def _window_sum_transpose(g, window, stride, padding, hw):
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _avg_pool(x, window, stride, padding, count_include_pad):
     x32 = _wide(x)  # summed in float32 at least, cast back
-    y = _window_sum(x32, window, stride, padding) / _divisor(x.shape[2:], window, stride, padding, count_include_pad, x32.dtype)
-    return y.astype(x.dtype)
+    d = _divisor(x.shape[2:], window, stride, padding, count_include_pad, x32.dtype)
+    return (_window_sum(x32, window, stride, padding) / d).astype(x.dtype)
 
 
 def _avg_pool_fwd(x, window, stride, padding, count_include_pad):

@@ -49,7 +49,7 @@ def _bcast(v, x, axes):
 
 
 def _standardize(x, axes, eps):
-    """``x̂``, ``1/σ`` and the mean and biased variance over ``axes`` (kept as size-1 axes), all in float32 at least."""
+    """``x̂``, ``1/σ`` and the mean and biased variance over ``axes`` (kept as size-1 axes), float32 at least."""
     x = _wide(x)
     mean = jnp.mean(x, axis=axes, keepdims=True)
     centered = x - mean
