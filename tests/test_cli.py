@@ -282,7 +282,10 @@ def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_
     "argv, message",
     [  # before: a 22-line OverflowError traceback; "expected non-negative integer" naming no flag; errors from inside
         # softmax_cross_entropy and np.concatenate; gradcheck checking 5 of 20 ops and printing "27/27 passed"
-        (["train", "--seed", str(2**64)], f"argument --seed: expected a non-negative integer below 2**63, got '{2**64}"),
+        (
+            ["train", "--seed", str(2**64)],
+            f"argument --seed: expected a non-negative integer below 2**63, got '{2**64}'",
+        ),
         (["train", "--seed", "-1"], "argument --seed: expected a non-negative integer below 2**63, got '-1'"),
         (["evaluate", "run", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
         (["evaluate", "run", "--batch-size", "-5"], "argument --batch-size: expected a positive integer, got '-5'"),
