@@ -220,10 +220,24 @@ def test_precision_bf16_builds_the_model_computing_in_bfloat16(tiny_idx, tmp_pat
     assert proc.returncode == 0 and "test accuracy: " in proc.stdout, proc.stderr
 
 
-def test_precision_bf16_is_refused_for_a_model_without_compute_dtype(tiny_idx, tmp_path):  # refused before any training
-    proc = _run("train", "--data", str(tiny_idx), "--model", "resnet", "--precision", "bf16", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r"))
-    assert proc.returncode == 2
-    assert "--precision bf16" in proc.stderr and "'resnet' takes no argument 'compute_dtype'" in proc.stderr and "lenet5" in proc.stderr
+def test_precision_bf16_builds_the_resnet_and_is_refused_for_a_model_without_compute_dtype(monkeypatch):
+    from tinyfn import models
+    from tinyfn.cli.train import build_model
+    from tinyfn.layers import to_spec
+
+    def layers(node):
+        yield node
+        for child in node.get("children", ()):
+            yield from layers(child)
+
+    spec = to_spec(build_model({"model": "resnet", "precision": "bf16"}, 10))  # before: refused (batch norm)
+    names = [n["name"] for n in layers(spec)]
+    products = [n for n in layers(spec) if n["name"] in ("Conv2D", "Linear")]
+    assert "BatchNorm2D" in names and names[-1] == "Float32" and len(products) == 14  # stem, 5 blocks of 2, 2 projections; linear
+    assert all(n["config"]["compute_dtype"] == {"dtype": "bfloat16"} for n in products)
+    monkeypatch.setitem(models.MODELS, "plain", lambda num_classes=10: models.lenet5(num_classes))
+    with pytest.raises(ValueError, match="--precision bf16: get_model: model 'plain' takes no argument 'compute_dtype'"):
+        build_model({"model": "plain", "precision": "bf16"}, 10)
 
 
 @pytest.mark.slow

@@ -155,3 +155,18 @@ def test_optimizer_moments_are_float32_for_bf16_params_and_float64_for_float64(x
     assert {a.dtype for a in jax.tree.leaves(adam(0.1).init(bf))} == {jnp.dtype(jnp.int32), jnp.dtype(jnp.float32)}
     assert sgd(0.1, momentum=0.9).init(bf).velocity["w"].dtype == jnp.float32
     assert adam(0.1).init({"w": jnp.zeros(2, jnp.float64)}).mu["w"].dtype == jnp.float64
+
+
+def test_a_bf16_resnet_keeps_float32_batch_norm_statistics_close_to_the_float32_model():
+    from tinyfn.layers import apply_with_state, init_with_state
+
+    small = dict(width=4, blocks_per_stage=1, stages=1)
+    mixed, plain = models.resnet(3, compute_dtype=BF16, **small), models.resnet(3, **small)
+    _, params, state = init_with_state(mixed, jax.random.key(0), (None, 1, 12, 12))  # plain's and a Float32's: ()
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(6, 1, 12, 12)) * 50 + 20, jnp.float32)
+    y16, s16 = apply_with_state(mixed, params, state, x, train=True)
+    y32, s32 = apply_with_state(plain, params[:-1], state[:-1], x, train=True)
+    assert y16.dtype == jnp.float32 and all(a.dtype == jnp.float32 for a in jax.tree.leaves(s16))
+    _close_in_bf16(y16, y32, "logits")
+    for a, b in zip(jax.tree.leaves(s16), jax.tree.leaves(s32)):  # the running statistics, from float32 batch statistics
+        _close_in_bf16(a, b, "running statistics")

@@ -54,7 +54,7 @@ def add_arguments(p):
     add("--crop-padding", type=int, default=None,
         help=f"with --augment: pad by this many pixels, then crop back at a random offset ({recipe_s}; 0: flips only)")
     add("--precision", choices=tuple(PRECISIONS), default=None, help="fp32 (default) or bf16: convolutions and linear "
-        "layers compute in bfloat16, params and the loss stay float32 (lenet5, wide_cnn)")
+        "layers compute in bfloat16, params, the loss and batch norm's statistics stay float32")
     add("--formulation", choices=("auto", "im2col", "xla", "direct"), default=None, help="how the convolutions and "
         "pooling are evaluated (default auto: the backend's; see README 'Speed'); may change on --resume")
     add("--epochs", type=int, default=None, help=f"{recipe_s}; on --resume it may change only with --schedule constant")
