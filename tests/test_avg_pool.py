@@ -90,3 +90,41 @@ def test_bad_arguments_raise_clear_errors():
         AvgPool2D(5).init(None, (None, 1, 3, 3))
     with pytest.raises(ValueError, match="GlobalAvgPool2D: input_shape must have 4 entries"):
         GlobalAvgPool2D().init(None, (None, 3))
+
+
+# --- float16 and bfloat16: window sums and means in float32, as PyTorch computes them ------------------------------
+# Tolerance: relative to the largest output, two spacings of the dtype (float16 2^-10, bfloat16 2^-7 relative).
+LOW = {"float16": (jnp.float16, 2e-3), "bfloat16": (jnp.bfloat16, 1.6e-2)}
+
+
+def test_float16_averages_of_30000s_are_30000_as_in_pytorch():
+    torch = pytest.importorskip("torch")
+    x = jnp.full((1, 2, 4, 4), 30000, jnp.float16)  # a float16 sum of two of them is already inf
+    t = torch.full((1, 2, 4, 4), 30000.0, dtype=torch.float16)
+    np.testing.assert_array_equal(np.asarray(avg_pool2d(x, 2)), torch.nn.functional.avg_pool2d(t, 2).numpy())
+    torch_global = torch.nn.functional.adaptive_avg_pool2d(t, 1).numpy()[..., 0, 0]
+    np.testing.assert_array_equal(np.asarray(global_avg_pool2d(x)), torch_global)
+    assert float(avg_pool2d(x, 2)[0, 0, 0, 0]) == 30000.0 and float(global_avg_pool2d(x)[0, 0]) == 30000.0
+
+
+@pytest.mark.parametrize("dtype_name", LOW)
+def test_low_precision_avg_pool_forward_and_backward_match_pytorch_float64(dtype_name):
+    torch = pytest.importorskip("torch")
+    dtype, rtol = LOW[dtype_name]
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(20000 + 5000 * rng.standard_normal((2, 2, 6, 6)), dtype)
+    ops = {
+        "avg_pool2d": (lambda a: avg_pool2d(a, 3, stride=1, padding=1, count_include_pad=False),
+                       lambda a: torch.nn.functional.avg_pool2d(a, 3, stride=1, padding=1, count_include_pad=False)),
+        "global_avg_pool2d": (global_avg_pool2d, lambda a: a.mean(dim=(2, 3))),
+    }
+    for name, (ours, theirs) in ops.items():
+        y, vjp = jax.vjp(ours, x)
+        g = jnp.asarray(20000 + 5000 * rng.standard_normal(y.shape), dtype)
+        (dx,) = vjp(g)
+        xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+        yt = theirs(xt)
+        yt.backward(torch.tensor(np.asarray(g, np.float64)))
+        for a, b, what in ((y, yt.detach().numpy(), "output"), (dx, xt.grad.numpy(), "gradient")):
+            err = np.abs(np.asarray(a, np.float64) - b).max()
+            assert a.dtype == dtype and err <= rtol * np.abs(b).max(), (name, what, err)

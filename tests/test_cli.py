@@ -220,10 +220,24 @@ def test_precision_bf16_builds_the_model_computing_in_bfloat16(tiny_idx, tmp_pat
     assert proc.returncode == 0 and "test accuracy: " in proc.stdout, proc.stderr
 
 
-def test_precision_bf16_is_refused_for_a_model_without_compute_dtype(tiny_idx, tmp_path):  # refused before any training
-    proc = _run("train", "--data", str(tiny_idx), "--model", "resnet", "--precision", "bf16", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r"))
-    assert proc.returncode == 2
-    assert "--precision bf16" in proc.stderr and "'resnet' takes no argument 'compute_dtype'" in proc.stderr and "lenet5" in proc.stderr
+def test_precision_bf16_builds_the_resnet_and_is_refused_for_a_model_without_compute_dtype(monkeypatch):
+    from tinyfn import models
+    from tinyfn.cli.train import build_model
+    from tinyfn.layers import to_spec
+
+    def layers(node):
+        yield node
+        for child in node.get("children", ()):
+            yield from layers(child)
+
+    spec = to_spec(build_model({"model": "resnet", "precision": "bf16"}, 10))  # before: refused (batch norm)
+    names = [n["name"] for n in layers(spec)]
+    products = [n for n in layers(spec) if n["name"] in ("Conv2D", "Linear")]
+    assert "BatchNorm2D" in names and names[-1] == "Float32" and len(products) == 14  # stem, 5 blocks of 2, 2 projections; linear
+    assert all(n["config"]["compute_dtype"] == {"dtype": "bfloat16"} for n in products)
+    monkeypatch.setitem(models.MODELS, "plain", lambda num_classes=10: models.lenet5(num_classes))
+    with pytest.raises(ValueError, match="--precision bf16: get_model: model 'plain' takes no argument 'compute_dtype'"):
+        build_model({"model": "plain", "precision": "bf16"}, 10)
 
 
 @pytest.mark.slow
@@ -273,3 +287,50 @@ def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_
     assert proc.returncode == 0, proc.stderr
     assert (out / "visualize" / "feature_maps_conv1.png").is_file() and (out / "visualize" / "deconv_conv1.png").is_file()
     assert "no comparison.png" in proc.stderr and "'bn1' (BatchNorm2D)" in proc.stderr
+
+
+# --- flags out of range: one line naming the flag, its value and what was expected, argparse's exit status 2 ----------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [  # before: a 22-line OverflowError traceback; "expected non-negative integer" naming no flag; errors from inside
+        # softmax_cross_entropy and np.concatenate; gradcheck checking 5 of 20 ops and printing "27/27 passed"
+        (
+            ["train", "--seed", str(2**64)],
+            f"argument --seed: expected a non-negative integer below 2**63, got '{2**64}'",
+        ),
+        (["train", "--seed", "-1"], "argument --seed: expected a non-negative integer below 2**63, got '-1'"),
+        (["evaluate", "run", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got '0'"),
+        (["evaluate", "run", "--batch-size", "-5"], "argument --batch-size: expected a positive integer, got '-5'"),
+        (["gradcheck", "--repeats", "0"], "argument --repeats: expected a positive integer, got '0'"),
+        (["gradcheck", "--repeats", "-1"], "argument --repeats: expected a positive integer, got '-1'"),
+    ],
+)
+def test_out_of_range_integer_flags_are_refused_in_one_line(monkeypatch, capsys, argv, message):
+    from tinyfn.cli import main
+
+    monkeypatch.setenv("TINYFN_MALLOPT", "0")
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"tinyfn {argv[0]}: error: {message}"), err
+
+
+def test_evaluate_says_when_the_logits_are_not_finite(tiny_idx, tmp_path, monkeypatch, capsys):
+    import jax
+
+    from tinyfn.cli import main
+    from tinyfn.models import get_model
+    from tinyfn.train import model_record, save_checkpoint
+
+    model = get_model("lenet5", num_classes=10)
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    nan = jax.tree.map(lambda a: np.full(a.shape, np.nan, np.float32), params)  # before: an "accuracy" of class 0
+    meta = {"model": model_record(model, (1, 28, 28), name="lenet5", kwargs={"num_classes": 10}), "data": str(tiny_idx)}
+    save_checkpoint(tmp_path / "checkpoint.safetensors", nan, metadata=meta)
+    monkeypatch.setenv("TINYFN_MALLOPT", "0")
+    assert main(["evaluate", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert "test accuracy" not in out.out and "are not finite (test loss nan)" in out.err, out

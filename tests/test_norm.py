@@ -186,3 +186,45 @@ def test_bad_inputs_raise_clear_errors():
         BatchNorm1D(momentum=1.5)
     with pytest.raises(ValueError, match="LayerNorm: eps must be a positive float"):
         LayerNorm(eps=0)
+
+
+# --- float16 and bfloat16: statistics and sums in float32, as PyTorch computes them -------------------------------
+# Tolerances per dtype, for outputs of magnitude < 4 (|x̂| ≤ 3 here): a float16 value there is spaced 2^-9 ≈ 2e-3
+# apart, a bfloat16 one 2^-6 ≈ 1.6e-2; allowed: two spacings. Gradients: relative to their largest entry,
+# 1e-2 (float16) and 5e-2 (bfloat16). The reference: PyTorch in float64 on the same (rounded) low-precision inputs.
+LOW = {"float16": (jnp.float16, 4e-3, 1e-2), "bfloat16": (jnp.bfloat16, 3.2e-2, 5e-2)}
+
+
+@pytest.mark.parametrize("norm", ["batch_norm", "layer_norm"])
+@pytest.mark.parametrize("dtype_name", LOW)
+def test_low_precision_norms_at_std_300_match_pytorch_float64(norm, dtype_name):
+    torch = pytest.importorskip("torch")
+    dtype, atol, grad_rtol = LOW[dtype_name]
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((4, 3, 5, 5)) * 300, dtype)  # variance 9e4: past float16's largest value 65504
+    g = jnp.asarray(1000 + 100 * rng.standard_normal(x.shape), dtype)  # sums of 25 to 100 of them overflow float16 too
+    ours = {"batch_norm": batch_norm, "layer_norm": lambda a: layer_norm(a, normalized_ndim=2)}[norm]
+    y, vjp = jax.vjp(ours, x)
+    (dx,) = vjp(g)
+    assert y.dtype == dx.dtype == dtype
+    xt = torch.tensor(np.asarray(x, np.float64), requires_grad=True)
+    F = torch.nn.functional
+    theirs = {
+        "batch_norm": lambda a: F.batch_norm(a, None, None, training=True),
+        "layer_norm": lambda a: F.layer_norm(a, (5, 5)),
+    }[norm]
+    yt = theirs(xt)
+    yt.backward(torch.tensor(np.asarray(g, np.float64)))
+    np.testing.assert_allclose(np.asarray(y, np.float64), yt.detach().numpy(), atol=atol)  # before: zeros in float16
+    dx_ref = xt.grad.numpy()
+    assert np.abs(np.asarray(dx, np.float64) - dx_ref).max() <= grad_rtol * np.abs(dx_ref).max()
+
+
+def test_float16_batch_norm_statistics_are_float32_and_the_layer_keeps_finite_running_estimates():
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((8, 2, 3, 3)) * 300, jnp.float16)
+    _, mean, var = batch_norm_with_stats(x)
+    assert mean.dtype == var.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(var))) and float(var.min()) > 65504
+    layer = BatchNorm2D()
+    _, params, state = init_with_state(layer, jax.random.key(0), x.shape)
+    _, state = apply_with_state(layer, params, state, x, train=True)
+    assert np.all(np.isfinite(np.asarray(state["var"]))) and float(state["var"].min()) > 0.1 * 65504

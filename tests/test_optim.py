@@ -324,3 +324,26 @@ def test_bad_masks_are_refused_by_name():
         sgd(0.1, weight_decay=0.1, mask={"w": True, "b": "no"}).update(params, sgd(0.1).init(params), params)
     with pytest.raises(TypeError, match=r"adam: mask must be a tree of bools"):
         adam(0.1, mask={})
+
+
+def test_cosine_warmup_is_optax_one_step_ahead_then_equal():
+    optax = pytest.importorskip("optax")
+    ours = cosine(2.0, 50, final_learning_rate=0.2, warmup_steps=10)
+    theirs = optax.warmup_cosine_decay_schedule(0.0, 2.0, 10, 50, end_value=0.2)
+    warm = [float(ours(s)) for s in range(10)]
+    np.testing.assert_allclose(warm, [float(theirs(s + 1)) for s in range(10)], rtol=1e-6)  # no step at rate 0
+    assert warm[0] == pytest.approx(0.2) and float(theirs(0)) == 0.0
+    after = range(10, 60)
+    np.testing.assert_allclose([float(ours(s)) for s in after], [float(theirs(s)) for s in after], rtol=1e-5)
+
+
+def test_weights_only_leaves_every_norm_scale_and_shift_undecayed_whatever_its_rank():
+    from tinyfn.layers import BatchNorm2D, LayerNorm, init_with_state
+
+    model = serial(Conv2D(3, 3), BatchNorm2D(), Flatten(), LayerNorm(normalized_ndim=1), Linear(4))
+    _, params, _ = init_with_state(model, jax.random.key(0), (2, 1, 6, 6))
+    flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(weights_only(params))}
+    assert flat == {"[0]['w']": True, "[0]['b']": False, "[1]['gamma']": False, "[1]['beta']": False,
+                    "[3]['gamma']": False, "[3]['beta']": False, "[4]['w']": True, "[4]['b']": False}
+    _, ln2 = LayerNorm(normalized_ndim=2).init(jax.random.key(0), (2, 3, 4))
+    assert ln2["gamma"].shape == (3, 4) and weights_only(ln2) == {"gamma": False, "beta": False}  # 2-D, still a scale

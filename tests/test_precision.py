@@ -95,3 +95,78 @@ def test_compute_dtype_must_be_a_floating_dtype():
         Conv2D(3, 3, compute_dtype=jnp.int8)
     with pytest.raises(TypeError, match=r"Linear: compute_dtype must be a floating dtype"):
         Linear(3, compute_dtype="nonsense")
+
+
+# --- optimizers on bfloat16 params: their arithmetic is float32 whatever the params' dtype ----------------------
+
+
+def _bf16_problem():
+    """A least-squares fit ``0.5 mean((X w - y)²)`` with bfloat16 params ``w`` (3 of them)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, 3)), jnp.float32)
+    y = x @ jnp.asarray([3.0, -2.0, 1.5]) + 4.0
+    f32 = lambda a: a.astype(jnp.float32)  # noqa: E731
+    loss = lambda p: 0.5 * jnp.mean((x @ f32(p["w"]) + f32(p["b"]) - y) ** 2)  # noqa: E731
+    return {"w": jnp.zeros(3, BF16), "b": jnp.zeros((), BF16)}, jax.jit(jax.value_and_grad(loss))
+
+
+def _train(opt, params, value_and_grad, steps=50):
+    from tinyfn.train import apply_updates
+
+    state, losses_ = opt.init(params), []
+    for _ in range(steps):
+        loss, grads = value_and_grad(params)
+        updates, state = opt.update(grads, state, params)
+        params = apply_updates(params, updates)
+        losses_.append(float(loss))
+    assert all(a.dtype == BF16 for a in jax.tree.leaves(params))
+    return losses_
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd_momentum", "sgd_nesterov"])
+def test_optimizers_move_bf16_params_as_optax_does(name):
+    optax = pytest.importorskip("optax")
+    from tinyfn import train
+
+    ours, theirs = {
+        "adam": (train.adam(0.1), optax.adam(0.1)),
+        "adamw": (train.adamw(0.1, weight_decay=1e-2), optax.adamw(0.1, weight_decay=1e-2)),
+        "sgd_momentum": (train.sgd(0.02, momentum=0.9, weight_decay=1e-3),
+                         optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.02, momentum=0.9))),
+        "sgd_nesterov": (train.sgd(0.02, momentum=0.9, nesterov=True), optax.sgd(0.02, momentum=0.9, nesterov=True)),
+    }[name]
+    params, value_and_grad = _bf16_problem()
+    grads = value_and_grad(params)[1]
+    first = ours.update(grads, ours.init(params), params)[0]
+    expected = theirs.update(grads, theirs.init(params), params)[0]
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(expected)):  # the first update, to one bfloat16 ulp (2^-7)
+        assert a.dtype == BF16 and np.any(np.asarray(a, np.float32) != 0)
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2**-7)
+    ours_losses, their_losses = _train(ours, params, value_and_grad), _train(theirs, params, value_and_grad)
+    assert ours_losses[-1] < 0.2 * ours_losses[0]  # it trains (adam/adamw before the fix: every update 0)
+    # optax keeps moments in bfloat16, tinyfn in float32: the curves agree to bfloat16's resolution of the params
+    assert ours_losses[-1] == pytest.approx(their_losses[-1], rel=0.25, abs=0.05), (ours_losses[-1], their_losses[-1])
+
+
+def test_optimizer_moments_are_float32_for_bf16_params_and_float64_for_float64(x64):
+    from tinyfn.train import adam, sgd
+
+    bf = {"w": jnp.zeros(2, BF16)}
+    assert {a.dtype for a in jax.tree.leaves(adam(0.1).init(bf))} == {jnp.dtype(jnp.int32), jnp.dtype(jnp.float32)}
+    assert sgd(0.1, momentum=0.9).init(bf).velocity["w"].dtype == jnp.float32
+    assert adam(0.1).init({"w": jnp.zeros(2, jnp.float64)}).mu["w"].dtype == jnp.float64
+
+
+def test_a_bf16_resnet_keeps_float32_batch_norm_statistics_close_to_the_float32_model():
+    from tinyfn.layers import apply_with_state, init_with_state
+
+    small = dict(width=4, blocks_per_stage=1, stages=1)
+    mixed, plain = models.resnet(3, compute_dtype=BF16, **small), models.resnet(3, **small)
+    _, params, state = init_with_state(mixed, jax.random.key(0), (None, 1, 12, 12))  # plain's and a Float32's: ()
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(6, 1, 12, 12)) * 50 + 20, jnp.float32)
+    y16, s16 = apply_with_state(mixed, params, state, x, train=True)
+    y32, s32 = apply_with_state(plain, params[:-1], state[:-1], x, train=True)
+    assert y16.dtype == jnp.float32 and all(a.dtype == jnp.float32 for a in jax.tree.leaves(s16))
+    _close_in_bf16(y16, y32, "logits")
+    for a, b in zip(jax.tree.leaves(s16), jax.tree.leaves(s32)):  # the running statistics, from float32 batch statistics
+        _close_in_bf16(a, b, "running statistics")

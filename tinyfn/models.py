@@ -56,22 +56,24 @@ def wide_cnn(num_classes: int = 10, channels: tuple[int, int] = (32, 64), hidden
     )  # fmt: skip
 
 
-def basic_block(channels: int, stride: int = 1, project: bool = False):
+def basic_block(channels: int, stride: int = 1, project: bool = False, *, compute_dtype=None):
     """He et al.'s basic residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``.
 
     Both convolutions are 3×3 without bias (batch norm's shift replaces it); the
     first has ``stride``. With ``project`` the shortcut is a strided 1×1
     convolution and batch norm (for a change of width or resolution), else the identity.
+    ``compute_dtype``: the convolutions compute in it (batch norm's statistics stay float32).
     """
+    cd = dict(use_bias=False, compute_dtype=compute_dtype)
     body = serial(
-        Conv2D(channels, 3, stride, 1, use_bias=False), BatchNorm2D(), ReLU(),
-        Conv2D(channels, 3, 1, 1, use_bias=False), BatchNorm2D(),
+        Conv2D(channels, 3, stride, 1, **cd), BatchNorm2D(), ReLU(),
+        Conv2D(channels, 3, 1, 1, **cd), BatchNorm2D(),
     )  # fmt: skip
-    shortcut = serial(Conv2D(channels, 1, stride, use_bias=False), BatchNorm2D()) if project else None
+    shortcut = serial(Conv2D(channels, 1, stride, **cd), BatchNorm2D()) if project else None
     return serial(residual(body, shortcut), ReLU())
 
 
-def resnet(num_classes: int = 10, width: int = 24, blocks_per_stage: int | tuple[int, ...] = (1, 1, 3), stages: int = 3, first_stride: int = 1, stem_stride: int = 2):
+def resnet(num_classes: int = 10, width: int = 24, blocks_per_stage: int | tuple[int, ...] = (1, 1, 3), stages: int = 3, first_stride: int = 1, stem_stride: int = 2, *, compute_dtype=None):
     """A small ResNet for ``(N, C, H, W)`` images (He et al.'s CIFAR design), with batch norm.
 
     A stem conv(width) - bn - relu, then ``stages`` stages of ``blocks_per_stage``
@@ -99,7 +101,9 @@ def resnet(num_classes: int = 10, width: int = 24, blocks_per_stage: int | tuple
     step about 1.2 times faster on two CPU cores, with the same accuracy. ``first_stride=1`` with the 3×3 stem runs
     the stages at 28×28, 14×14, 7×7 (20.2M multiply-adds at width 16). A stateful
     model: train it with ``tinyfn.layers.init_with_state`` and ``make_train_step``
-    (``with_state``).
+    (``with_state``). ``compute_dtype`` (``jnp.bfloat16``): the convolutions and the
+    linear layer compute in it, batch norm and average pooling keep their statistics
+    and sums in float32, the params stay float32 and the logits come back as float32.
     """
     num_classes = _checks.positive_int("num_classes", num_classes)
     width = _checks.positive_int("width", width)
@@ -107,19 +111,20 @@ def resnet(num_classes: int = 10, width: int = 24, blocks_per_stage: int | tuple
     blocks = _stage_blocks(blocks_per_stage, stages)
     first_stride = _checks.positive_int("first_stride", first_stride)
     stem_stride = _checks.positive_int("stem_stride", stem_stride)
+    cd = dict(compute_dtype=compute_dtype)
     if stem_stride == 1:
-        stem = Conv2D(width, 3, 1, 1, use_bias=False)
+        stem = Conv2D(width, 3, 1, 1, use_bias=False, **cd)
     elif stem_stride % 2:
         raise ValueError(f"resnet: stem_stride must be 1 or even (its kernel is 2·stem_stride, its padding stem_stride/2), got {stem_stride}")
     else:
-        stem = Conv2D(width, 2 * stem_stride, stem_stride, stem_stride // 2, use_bias=False)
+        stem = Conv2D(width, 2 * stem_stride, stem_stride, stem_stride // 2, use_bias=False, **cd)
     layers = [stem, BatchNorm2D(), ReLU()]
     for s in range(stages):
         channels = width * 2**s
         for b in range(blocks[s]):
             stride = (first_stride if s == 0 else 2) if b == 0 else 1
-            layers.append(basic_block(channels, stride=stride, project=b == 0 and (stride > 1 or s > 0)))
-    layers += [GlobalAvgPool2D(), Linear(num_classes)]
+            layers.append(basic_block(channels, stride=stride, project=b == 0 and (stride > 1 or s > 0), **cd))
+    layers += [GlobalAvgPool2D(), Linear(num_classes, **cd), *_in_float32(compute_dtype)]
     return serial(*layers)
 
 
@@ -152,7 +157,7 @@ def get_model(name: str, **kwargs):
     """A model by name from ``MODELS``, built with ``kwargs``; an argument the model does not take is named.
 
     ``get_model("lenet5", compute_dtype=jnp.bfloat16)`` builds LeNet-5 computing in
-    bfloat16; ``resnet`` takes no ``compute_dtype`` and says so.
+    bfloat16; a model without an argument given says so, naming the models that take it.
     """
     import inspect
 

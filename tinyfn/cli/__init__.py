@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "positive_int", "seed_int"]
 
 _COMMANDS = (
     ("gradcheck", "check every built-in op's handwritten gradient against autodiff and finite differences"),
@@ -22,15 +22,43 @@ _COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors on one line: ``tinyfn train: error: argument --seed: expected ..., got '-1'``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_type(expected: str, lo: int, hi: float):
+    """An argparse ``type``: an integer in ``[lo, hi)``, else the value and ``expected`` (argparse names the flag)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not lo <= value < hi:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected
+    return parse
+
+
+positive_int = _int_type("a positive integer", 1, float("inf"))
+seed_int = _int_type("a non-negative integer below 2**63", 0, 2**63)  # what jax.random.key and numpy's generators take
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     from tinyfn import __version__
 
-    parser = argparse.ArgumentParser(prog="tinyfn", description="tinyfn: a small functional deep-learning library with handwritten gradients.")
+    description = "tinyfn: a small functional deep-learning library with handwritten gradients."
+    parser = _Parser(prog="tinyfn", description=description)
     parser.add_argument("--version", action="version", version=f"tinyfn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    common = argparse.ArgumentParser(add_help=False)  # accepted after the command too; SUPPRESS keeps a --debug given before it
+    common = _Parser(add_help=False)  # accepted after the command too; SUPPRESS keeps a --debug given before it
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

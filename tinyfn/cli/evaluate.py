@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from tinyfn.cli import positive_int
 from tinyfn.cli.runs import TTA_NAMES
 
 
 def add_arguments(p):
     p.add_argument("checkpoint", type=Path, help="a run directory or a .safetensors checkpoint")
     p.add_argument("--data", default=None, help="'embedded', 'fashion-mnist' or an IDX directory (default: the data the run trained on)")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="images per evaluation batch (default 1000)")
     p.add_argument("--tta", choices=TTA_NAMES, default=None,
                    help="test-time augmentation: flip averages the class probabilities of each image and its mirror image (default: the run's recipe)")
 
 
 def run(args) -> int:
     from tinyfn import data as D
-    from tinyfn.train import CheckpointError, evaluate, load_model
+    from tinyfn.train import evaluate, load_model
     from tinyfn.train.augment import TTA_VIEWS
 
-    try:
-        loaded = load_model(args.checkpoint)
-        model, params, meta = loaded
-    except (FileNotFoundError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    loaded = load_model(args.checkpoint)  # a missing or unreadable checkpoint: main's one-line error
+    model, params, meta = loaded
     data = args.data or meta.get("data", "embedded")
     test = D.load_dataset(data, "test")
     norm = meta.get("normalization") or {}
@@ -36,6 +32,11 @@ def run(args) -> int:
     tta = args.tta or (meta.get("recipe") or {}).get("tta", "none")
     tested = evaluate(model, params, (x, test.labels), batch_size=args.batch_size, model_state=loaded.model_state, views=TTA_VIEWS[tta])
     loss, acc, preds = tested
+    if not np.isfinite(loss):  # NaN logits predict class 0 everywhere: an "accuracy" that means nothing
+        raise ValueError(
+            f"the logits of {args.checkpoint} on {data} test are not finite (test loss {loss}): "
+            "are its params NaN or Inf?"
+        )
     views = "" if tta == "none" else f", test-time views: {tta}"
     print(f"{args.checkpoint} on {data} test ({len(test):,} images{views})")
     print(f"test loss: {loss:.4f}")

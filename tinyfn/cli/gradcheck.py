@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+from tinyfn.cli import positive_int, seed_int
+
 
 def add_arguments(p):
-    p.add_argument("--seed", type=int, default=0, help="seed of the random configurations (default 0)")
-    p.add_argument("--repeats", type=int, default=3, help="random configurations per op (default 3)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random configurations (default 0)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="random configurations per op (default 3)")
 
 
 def run(args) -> int:

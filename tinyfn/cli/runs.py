@@ -9,7 +9,11 @@ import numpy as np
 from tinyfn.train import CHECKPOINT_NAME, constant, cosine, step_decay
 from tinyfn.train.augment import TTA_VIEWS
 
-__all__ = ["RECIPES", "OPTIMIZERS", "TTA_NAMES", "DECAY_NAMES", "PRECISIONS", "recipe_for", "make_optimizer", "make_augment", "VAL_FRACTION", "check_recipe", "data_name", "run_dir", "schedule", "validation_split"]
+__all__ = [
+    "RECIPES", "OPTIMIZERS", "TTA_NAMES", "DECAY_NAMES", "PRECISIONS", "RUN_KEYS", "VAL_FRACTION", "recipe_for",
+    "new_recipe", "run_recipe", "resumed_recipe", "make_optimizer", "make_augment", "check_recipe", "data_name",
+    "run_dir", "schedule", "validation_split",
+]
 
 VAL_FRACTION = 5_000 / 60_000  # Fashion-MNIST's 60,000 training images keep 5,000 for validation; other data in proportion
 
@@ -19,15 +23,17 @@ RECIPES = {
     "full": dict(model="wide_cnn", epochs=12, batch_size=128, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", augment=False, crop_padding=2, label_smoothing=0.0, tta="none", decay="all", val_fraction=VAL_FRACTION),
     # models.resnet() (24-48-96 channels in 1, 1 and 3 blocks after a 4x4 stride-2 stem), AdamW (decay on filters and
     # matrices only), cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1, all 60,000 training
-    # images (no validation split), flip views at test time: the recipe of benchmarks/resnet_recipe.py (RESNET_RECIPE).
-    # Measured on full Fashion-MNIST, the 2-core machine to itself: 15 epochs at peak lr 4e-3, 0.9410 test accuracy in
-    # 14 min 12 s all in (17 epochs at 2e-3, the recipe before: 0.9412 in 15 min 49 s; benchmarks/README.md, ResNet).
+    # images (no validation split), flip views at test time: the recipe of benchmarks/resnet_recipe.py (RESNET_RECIPE);
+    # its measured runs are in benchmarks/README.md ("ResNet").
     "resnet": dict(model="resnet", epochs=15, batch_size=128, optimizer="adamw", lr=4e-3, momentum=0.9, weight_decay=5e-2, schedule="cosine", augment=True, crop_padding=1, label_smoothing=0.1, tta="flip", decay="weights", val_fraction=0.0),
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TTA_NAMES = tuple(TTA_VIEWS)  # --tta: the named test-time views ("none", "flip")
 DECAY_NAMES = ("all", "weights")  # weights: tinyfn.train.weights_only
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
+# With the recipe, what else shapes a run: its data (and so its split and normalisation), its seed (the split, the
+# initialisation, the shuffles) and its precision. A run records all of it as its recipe; --resume takes it from there.
+RUN_KEYS = {"data": "embedded", "seed": 0, "precision": "fp32"}
 
 
 def recipe_for(data: str, model: str | None) -> dict:
@@ -37,6 +43,63 @@ def recipe_for(data: str, model: str | None) -> dict:
     recipe = dict(RECIPES["embedded" if data == "embedded" else "full"])
     if model is not None:
         recipe["model"] = model
+    return recipe
+
+
+def new_recipe(args) -> dict:
+    """The full recipe of a new run: the model's or the data set's defaults and ``RUN_KEYS``, then each flag given."""
+    data = args.data if args.data is not None else RUN_KEYS["data"]
+    recipe = dict(recipe_for(data, args.model), **RUN_KEYS)
+    for name in recipe:
+        value = getattr(args, name, None)
+        if value is not None:
+            recipe[name] = value
+    return recipe
+
+
+def run_recipe(meta: dict, where) -> dict:
+    """The full recipe a run's checkpoint metadata records.
+
+    Older runs kept data, seed and precision beside the recipe, and a recipe
+    entry added since (``decay``, ``tta``, ...) takes its default of that run's data and model.
+    """
+    recipe = meta.get("recipe")
+    if not isinstance(recipe, dict) or "model" not in recipe:
+        raise ValueError(f"--resume: {where} records no recipe (it was not written by `python -m tinyfn train`)")
+    run_keys = {k: meta.get(k, default) for k, default in RUN_KEYS.items()}
+    return {**recipe_for(str(recipe.get("data", run_keys["data"])), recipe["model"]), **run_keys, **recipe}
+
+
+def _as_flag(name, value) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value}"
+
+
+def resumed_recipe(args, recorded: dict, where) -> dict:
+    """A resumed run's recipe: the ``recorded`` one, each flag given on the command line checked against it.
+
+    A flag that contradicts the run is refused by name. Only ``--epochs`` may
+    change, and only in a run with ``--schedule constant``: a cosine or step
+    schedule spans the run's own number of steps, and rebuilding it for another
+    total would put the resumed step count at another learning rate (past its
+    end: a rate of 0, where every step changes nothing).
+    """
+    recipe = dict(recorded)
+    for name, was in recorded.items():
+        value = getattr(args, name, None)
+        if value is None or value == was:
+            continue
+        if name == "epochs" and recipe["schedule"] == "constant":
+            recipe["epochs"] = value
+            continue
+        why = "; --resume continues the run with its own recipe"
+        if name == "epochs":
+            why = f"; its {recipe['schedule']} learning-rate schedule spans its {was} epochs (--epochs may change only "
+            why += "with --schedule constant)"
+        shown = _as_flag(name, was) if isinstance(was, bool) else was
+        raise ValueError(f"{_as_flag(name, value)} contradicts the run's {shown} ({where}){why}")
     return recipe
 
 

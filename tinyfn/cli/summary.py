@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
@@ -12,13 +11,9 @@ def add_arguments(p):
 
 def run(args) -> int:
     from tinyfn.layers import summary
-    from tinyfn.train import CheckpointError, load_model
+    from tinyfn.train import load_model
 
-    try:
-        model, _, meta = load_model(args.checkpoint)
-    except (FileNotFoundError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, _, meta = load_model(args.checkpoint)  # a missing or unreadable checkpoint: main's one-line error
     input_shape = tuple(meta["model"].get("input_shape", (1, 28, 28)))
     print(f"{args.checkpoint}: input (N, {', '.join(str(d) for d in input_shape)})")
     print(summary(model, (None, *input_shape)))

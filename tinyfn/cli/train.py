@@ -1,4 +1,13 @@
-"""``python -m tinyfn train``: train a CNN on held-out-validated data and write a run directory."""
+"""``python -m tinyfn train``: train a CNN on held-out-validated data and write a run directory.
+
+A run directory records the run's full recipe (every flag that shapes the run:
+model, data, seed, precision, optimizer, learning rate and schedule, epochs,
+batch size, validation share, augmentation, decay, ...) in its checkpoint.
+``--resume`` takes the recipe from there: a flag that contradicts it is refused
+by name, and ``--epochs`` may change only in a run with ``--schedule constant``
+(a cosine or step schedule spans the run's own steps). ``command.txt`` keeps
+every command of the run, each appended once the run is known to be valid.
+"""
 
 from __future__ import annotations
 
@@ -9,164 +18,312 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+from tinyfn.cli import seed_int
 from tinyfn.cli.runs import (
-    DECAY_NAMES, OPTIMIZERS, PRECISIONS, TTA_NAMES, VAL_FRACTION, check_recipe, data_name, make_augment, make_optimizer, recipe_for, run_dir, train_loss, validation_split,
-)  # fmt: skip
+    DECAY_NAMES,
+    OPTIMIZERS,
+    PRECISIONS,
+    TTA_NAMES,
+    VAL_FRACTION,
+    check_recipe,
+    data_name,
+    make_augment,
+    make_optimizer,
+    new_recipe,
+    resumed_recipe,
+    run_dir,
+    run_recipe,
+    train_loss,
+    validation_split,
+)
 
 
 def add_arguments(p):
-    p.add_argument("--data", default="embedded", help="'embedded' (default: 8,000/2,000 images shipped with tinyfn), 'fashion-mnist' (the Debian location) or an IDX directory")
-    p.add_argument("--model", default=None, help="a model of tinyfn.models.MODELS: lenet5, wide_cnn, resnet (default: lenet5 on embedded data, "
-                   "wide_cnn on full data; resnet brings its own recipe: AdamW, cosine with warm-up, augmentation)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="sgd (Nesterov momentum), adam or adamw (decoupled weight decay); default: the recipe's")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crops and horizontal flips, on the device inside the step (default: the recipe's; on for resnet)")
-    p.add_argument("--crop-padding", type=int, default=None,
-                   help="with --augment: pad by this many pixels, then crop back at a random offset (default: the recipe's; 0: flips only)")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="bf16: convolutions and linear layers compute in bfloat16, params and the loss stay float32 (lenet5, wide_cnn)")
-    p.add_argument("--formulation", choices=("auto", "im2col", "xla", "direct"), default="auto",
-                   help="how the convolutions and pooling are evaluated (auto: the backend's default; see README 'Speed')")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--momentum", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--decay", choices=DECAY_NAMES, default=None,
-                   help="which params the weight decay applies to: all, or weights (filters and weight matrices; not batch norm's scale and shift nor biases); default: the recipe's")
-    p.add_argument("--label-smoothing", type=float, default=None,
-                   help="train on targets (1 - e) onehot + e/K (default: the recipe's); validation and test losses stay the plain cross-entropy")
-    p.add_argument("--tta", choices=TTA_NAMES, default=None,
-                   help="test-time augmentation of the final test evaluation: flip averages the class probabilities of each image and its mirror "
-                        "image (default: the recipe's; flip for resnet); the single-view test accuracy is reported beside it")  # fmt: skip
-    p.add_argument("--schedule", choices=("cosine", "constant", "step"), default=None, help="learning-rate schedule (step: x0.1 after each third of the run)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help=f"share of the training images held out for the per-epoch validation curve (default: the recipe's, {VAL_FRACTION:.4f}: "
-                        "5,000 of Fashion-MNIST's 60,000, 667 of the embedded 8,000; 0 for resnet, which trains on all of them; 0 for none); "
-                        "the test set is evaluated once, at the end")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<model>-<data>, a fresh one if that holds a run)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (or the default run directory) from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss or gradients are NaN/Inf instead of stopping")
-    p.add_argument("--devices", type=int, default=None, help="data-parallel over this many devices (jax.sharding; the batch size must divide by it)")
+    recipe_s = "default: the recipe's"
+    add = p.add_argument
+    add("--data", default=None, help="'embedded' (default: 8,000/2,000 images shipped with tinyfn), 'fashion-mnist' "
+        "(the Debian location) or an IDX directory")
+    add("--model", default=None, help="a model of tinyfn.models.MODELS: lenet5, wide_cnn, resnet (default: lenet5 on "
+        "embedded data, wide_cnn on full data; resnet brings its own recipe: AdamW, cosine with warm-up, augmentation)")
+    add("--optimizer", choices=OPTIMIZERS, default=None,
+        help=f"sgd (Nesterov momentum), adam or adamw (decoupled weight decay); {recipe_s}")
+    add("--augment", action=argparse.BooleanOptionalAction, default=None,
+        help=f"random crops and horizontal flips, on the device inside the step ({recipe_s}; on for resnet)")
+    add("--crop-padding", type=int, default=None,
+        help=f"with --augment: pad by this many pixels, then crop back at a random offset ({recipe_s}; 0: flips only)")
+    add("--precision", choices=tuple(PRECISIONS), default=None, help="fp32 (default) or bf16: convolutions and linear "
+        "layers compute in bfloat16, params, the loss and batch norm's statistics stay float32")
+    add("--formulation", choices=("auto", "im2col", "xla", "direct"), default=None, help="how the convolutions and "
+        "pooling are evaluated (default auto: the backend's; see README 'Speed'); may change on --resume")
+    add("--epochs", type=int, default=None, help=f"{recipe_s}; on --resume it may change only with --schedule constant")
+    add("--batch-size", type=int, default=None)
+    add("--lr", type=float, default=None, help="peak learning rate")
+    add("--momentum", type=float, default=None)
+    add("--weight-decay", type=float, default=None)
+    add("--decay", choices=DECAY_NAMES, default=None, help="which params the weight decay applies to: all, or weights "
+        f"(filters and weight matrices; not the norms' scale and shift nor biases); {recipe_s}")
+    add("--label-smoothing", type=float, default=None, help=f"train on targets (1 - e) onehot + e/K ({recipe_s}); "
+        "validation and test losses stay the plain cross-entropy")
+    add("--tta", choices=TTA_NAMES, default=None, help="test-time augmentation of the final test evaluation: flip "
+        f"averages the class probabilities of each image and its mirror image ({recipe_s}; flip for resnet); the "
+        "single-view test accuracy is reported beside it")
+    add("--schedule", choices=("cosine", "constant", "step"), default=None,
+        help="learning-rate schedule (step: x0.1 after each third of the run)")
+    add("--val-fraction", type=float, default=None, help="share of the training images held out for the per-epoch "
+        f"validation curve ({recipe_s}, {VAL_FRACTION:.4f}: 5,000 of Fashion-MNIST's 60,000, 667 of the embedded "
+        "8,000; 0 for resnet, which trains on all of them; 0 for none); the test set is evaluated once, at the end")
+    add("--seed", type=seed_int, default=None,
+        help="seed of the split, the initialisation and the shuffles (default 0)")
+    add("--out", type=Path, default=None,
+        help="run directory (default runs/<model>-<data>, a fresh one if that holds a run)")
+    add("--resume", action="store_true", help="continue the run in --out (or the default run directory) from its "
+        "checkpoint, with the run's own recipe")
+    add("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add("--skip-nonfinite", action="store_true",
+        help="skip steps whose loss or gradients are NaN/Inf instead of stopping")
+    add("--devices", type=int, default=None,
+        help="data-parallel over this many devices (jax.sharding; the batch size must divide by it)")
 
 
 def run(args) -> int:
-    import jax
+    from tinyfn.train import is_writer
 
-    from tinyfn import data as D
-    import jax.numpy as jnp
-
-    from tinyfn.layers import formulation, init_with_state
-    from tinyfn.losses import softmax_cross_entropy
-    from tinyfn.models import get_model
-    from tinyfn.train.augment import TTA_VIEWS
-    from tinyfn.train import (
-        CHECKPOINT_NAME, ConsoleLog, confusion_matrix, data_mesh, evaluate, fit, is_writer, model_record, plot_confusion, plot_history,
-    )  # fmt: skip
-
-    recipe = recipe_for(args.data, args.model)
-    for name in recipe:
-        value = getattr(args, name, None)
-        if value is not None:
-            recipe[name] = value
-    check_recipe(recipe, args.devices)
-    mesh = data_mesh(args.devices) if args.devices is not None else None
-    full_train, test_set = D.load_dataset(args.data, "train"), D.load_dataset(args.data, "test")
-    train_idx, val_idx = validation_split(len(full_train), recipe["val_fraction"], args.seed)
-    if recipe["batch_size"] > len(train_idx):
-        raise ValueError(f"--batch-size {recipe['batch_size']} is larger than the {len(train_idx):,} training images of {args.data}")
-    mean, std = D.normalization(full_train.images[train_idx])
-    x_all = D.normalize(full_train.images, mean, std)
-    x_train, y_train = x_all[train_idx], full_train.labels[train_idx]
-    validation = (x_all[val_idx], full_train.labels[val_idx]) if len(val_idx) else None
-    x_test = D.normalize(test_set.images, mean, std)
-    num_classes = len(full_train.classes)
-    extra = {} if PRECISIONS[args.precision] is None else {"compute_dtype": jnp.dtype(PRECISIONS[args.precision])}
-    try:
-        model = get_model(recipe["model"], num_classes=num_classes, **extra)
-    except ValueError as exc:
-        if extra and "compute_dtype" in str(exc):
-            raise ValueError(f"--precision {args.precision}: {exc}") from None
-        raise
-    out = run_dir(args.out, args.resume, args.data, recipe["model"])
+    recipe, out, prior = plan_run(args)
+    data = load_data(recipe)
+    model = build_model(recipe, len(data.classes))
     command = "python -m tinyfn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    writer = is_writer()  # with several hosts, only process 0 writes files
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "command.txt").write_text(command + "\n")
-
-    key = jax.random.key(args.seed)
-    init_key, fit_key = jax.random.split(key)
-    input_shape = tuple(int(d) for d in x_train.shape[1:])
-    _, params, model_state = init_with_state(model, init_key, (None, *input_shape))
-    steps = len(x_train) // recipe["batch_size"]
-    optimizer = make_optimizer(recipe, steps * recipe["epochs"])
-    augment = make_augment(recipe, input_shape, normalization=(mean, std))
-    metadata = {
-        "model": model_record(model, input_shape, name=recipe["model"], kwargs={"num_classes": num_classes}),
-        "precision": args.precision,
-        "formulation": args.formulation,
-        "normalization": {"mean": mean, "std": std},
-        "data": args.data,
-        "classes": list(full_train.classes),
-        "recipe": recipe,
-        "validation": {"fraction": recipe["val_fraction"], "images": len(val_idx), "train_images": len(train_idx), "seed": args.seed},
-        "seed": args.seed,
-        "command": command,
-    }
-    n_params = sum(int(a.size) for a in jax.tree_util.tree_leaves(params))
+    if is_writer():  # the run is known to be valid: only now is anything written (with several hosts, by process 0)
+        record_command(out, command, append=args.resume)
+    setup = make_setup(args, recipe, data, model, out, prior, command)
     if not args.quiet:
-        where = f" on {mesh.size} devices" if mesh is not None else ""
-        momentum = f"momentum {recipe['momentum']}, " if recipe["optimizer"] == "sgd" else ""
-        crops = f"crops padded by {recipe['crop_padding']} + flips" if recipe["crop_padding"] else "flips"
-        extras = (f", augmented ({crops})" if augment else "") + (f", label smoothing {recipe['label_smoothing']}" if recipe["label_smoothing"] else "") + (f", test-time views {recipe['tta']}" if recipe["tta"] != "none" else "") + (f", {args.precision}" if extra else "") + ("" if args.formulation == "auto" else f", {args.formulation}")
-        print(f"training {recipe['model']} ({n_params:,} params){where} on {args.data}: {len(x_train):,} train / {len(val_idx):,} validation / "
-              f"{len(x_test):,} test images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, {recipe['optimizer']} lr {recipe['lr']} "
-              f"({recipe['schedule']}), {momentum}weight decay {recipe['weight_decay']}{'' if recipe['decay'] == 'all' else ' (' + recipe['decay'] + ' only)'}{extras}; run directory {out}", flush=True)  # fmt: skip
+        announce(recipe, data, setup, out)
     t0 = time.perf_counter()
-    def forced():  # the --formulation of the ops traced inside (the step is traced on its first call, in fit)
-        return contextlib.nullcontext() if args.formulation == "auto" else formulation(args.formulation)
-
     try:
-        with forced():
-            result = fit(
-                model, params, (x_train, y_train), epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-                optimizer=optimizer, key=fit_key, eval_data=validation, checkpoint_dir=out,
-                resume=args.resume, metadata=metadata, quiet=args.quiet, mesh=mesh,
-                epoch_callbacks=() if args.quiet else (ConsoleLog(eval_label="val"),),
-                on_nonfinite="skip" if args.skip_nonfinite else "stop", model_state=model_state, augment=augment,
-                loss_fn=train_loss(recipe), eval_loss_fn=softmax_cross_entropy,
-            )  # fmt: skip
-        params, history = result
+        with setup.formulation():
+            result = train(args, recipe, data, model, setup, out)
     except KeyboardInterrupt as exc:
         for line in (str(exc), *getattr(exc, "__notes__", ())):
             if line:
                 print(line, file=sys.stderr)
-        print(f"stopped; resume with: {command} --resume" + ("" if args.out else f" --out {out}"), file=sys.stderr)
+        print(f"stopped; resume with: python -m tinyfn train --out {shlex.quote(str(out))} --resume", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM
     except FloatingPointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finish(recipe, data, model, setup, out, result, t0)
+    return 0
+
+
+def plan_run(args):
+    """``(recipe, out, prior)``: a new run's recipe from the flags, or a resumed run's from its checkpoint
+    (``prior``: the checkpoint's metadata; ``{}`` for a new run).
+
+    A new run never replaces one: an ``--out`` that holds a checkpoint is refused
+    (add ``--resume``, or choose another ``--out``) before anything is written.
+    """
+    from tinyfn.train import CHECKPOINT_NAME, load_checkpoint
+
+    recipe = new_recipe(args)
+    out = run_dir(args.out, args.resume, recipe["data"], recipe["model"])
+    path = out / CHECKPOINT_NAME
+    if not args.resume:
+        if path.exists():
+            raise ValueError(
+                f"--out {out} holds a run already ({CHECKPOINT_NAME}): add --resume to continue it, or choose another "
+                "--out"
+            )
+        check_recipe(recipe, args.devices)
+        return recipe, out, {}
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: there is no run to resume in {out} (no {CHECKPOINT_NAME})")
+    prior = load_checkpoint(path).metadata
+    recipe = resumed_recipe(args, run_recipe(prior, out), out)
+    check_recipe(recipe, args.devices)
+    return recipe, out, prior
+
+
+def load_data(recipe) -> SimpleNamespace:
+    """The recipe's data: the training images split by ``val_fraction`` and ``seed``, all normalised by the
+    statistics of the training part."""
+    from tinyfn import data as D
+
+    full_train, test_set = D.load_dataset(recipe["data"], "train"), D.load_dataset(recipe["data"], "test")
+    train_idx, val_idx = validation_split(len(full_train), recipe["val_fraction"], recipe["seed"])
+    if recipe["batch_size"] > len(train_idx):
+        raise ValueError(
+            f"--batch-size {recipe['batch_size']} is larger than the {len(train_idx):,} training images of "
+            f"{recipe['data']}"
+        )
+    mean, std = D.normalization(full_train.images[train_idx])
+    x_all = D.normalize(full_train.images, mean, std)
+    return SimpleNamespace(
+        train=(x_all[train_idx], full_train.labels[train_idx]),
+        validation=(x_all[val_idx], full_train.labels[val_idx]) if len(val_idx) else None,
+        test=(D.normalize(test_set.images, mean, std), test_set.labels),
+        classes=list(full_train.classes),
+        mean=mean,
+        std=std,
+        n_val=len(val_idx),
+    )
+
+
+def build_model(recipe, num_classes):
+    """The recipe's model, computing in its ``precision``; a model that cannot is refused naming ``--precision``."""
+    import jax.numpy as jnp
+
+    from tinyfn.models import get_model
+
+    dtype = PRECISIONS[recipe["precision"]]
+    extra = {} if dtype is None else {"compute_dtype": jnp.dtype(dtype)}
+    try:
+        return get_model(recipe["model"], num_classes=num_classes, **extra)
+    except ValueError as exc:
+        if extra and "compute_dtype" in str(exc):
+            raise ValueError(f"--precision {recipe['precision']}: {exc}") from None
+        raise
+
+
+def record_command(out: Path, command: str, *, append: bool):
+    """Write ``command.txt``: the run's commands, one a line, a resumed run's appended (temp file, then rename)."""
+    from tinyfn._files import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "command.txt"
+    before = path.read_text() if append and path.is_file() else ""
+    atomic_write(path, lambda f: f.write((before + command + "\n").encode()))
+
+
+def make_setup(args, recipe, data, model, out, prior, command) -> SimpleNamespace:
+    """What ``fit`` needs beside the data: initial params and state, optimizer, augmentation, mesh, metadata."""
+    import jax
+
+    from tinyfn.layers import formulation, init_with_state
+    from tinyfn.train import data_mesh, model_record
+
+    init_key, fit_key = jax.random.split(jax.random.key(recipe["seed"]))
+    input_shape = tuple(int(d) for d in data.train[0].shape[1:])
+    _, params, model_state = init_with_state(model, init_key, (None, *input_shape))
+    steps = len(data.train[0]) // recipe["batch_size"]
+    chosen = args.formulation or prior.get("formulation", "auto")
+    earlier = prior.get("commands") or ([prior["command"]] if prior.get("command") else [])
+    commands = [*earlier, command]  # the run's first command, then each resume
+    metadata = {
+        "model": model_record(model, input_shape, name=recipe["model"], kwargs={"num_classes": len(data.classes)}),
+        **{k: recipe[k] for k in ("data", "seed", "precision")},
+        "formulation": chosen,
+        "normalization": {"mean": data.mean, "std": data.std},
+        "classes": data.classes,
+        "recipe": recipe,
+        "validation": {
+            "fraction": recipe["val_fraction"],
+            "images": data.n_val,
+            "train_images": len(data.train[0]),
+            "seed": recipe["seed"],
+        },
+        "command": commands[0],
+        "commands": commands,
+    }
+    return SimpleNamespace(
+        params=params,
+        model_state=model_state,
+        key=fit_key,
+        metadata=metadata,
+        input_shape=input_shape,
+        optimizer=make_optimizer(recipe, steps * recipe["epochs"]),
+        augment=make_augment(recipe, input_shape, normalization=(data.mean, data.std)),
+        mesh=data_mesh(args.devices) if args.devices is not None else None,
+        formulation=lambda: contextlib.nullcontext() if chosen == "auto" else formulation(chosen),
+        formulation_name=chosen,
+    )
+
+
+def announce(recipe, data, setup, out):
+    """The one line that says what is about to be trained, and where it is written."""
+    import jax
+
+    n_params = sum(int(a.size) for a in jax.tree_util.tree_leaves(setup.params))
+    where = f" on {setup.mesh.size} devices" if setup.mesh is not None else ""
+    momentum = f"momentum {recipe['momentum']}, " if recipe["optimizer"] == "sgd" else ""
+    crops = f"crops padded by {recipe['crop_padding']} + flips" if recipe["crop_padding"] else "flips"
+    extras = "".join(
+        (
+            f", augmented ({crops})" if setup.augment else "",
+            f", label smoothing {recipe['label_smoothing']}" if recipe["label_smoothing"] else "",
+            f", test-time views {recipe['tta']}" if recipe["tta"] != "none" else "",
+            f", {recipe['precision']}" if recipe["precision"] != "fp32" else "",
+            "" if setup.formulation_name == "auto" else f", {setup.formulation_name}",
+        )
+    )
+    decay = "" if recipe["decay"] == "all" else f" ({recipe['decay']} only)"
+    print(
+        f"training {recipe['model']} ({n_params:,} params){where} on {recipe['data']}: {len(data.train[0]):,} train / "
+        f"{data.n_val:,} validation / "
+        f"{len(data.test[0]):,} test images; {recipe['epochs']} epochs, batch {recipe['batch_size']}, "
+        f"{recipe['optimizer']} lr {recipe['lr']} "
+        f"({recipe['schedule']}), {momentum}weight decay {recipe['weight_decay']}{decay}{extras}; run directory {out}",
+        flush=True,
+    )
+
+
+def train(args, recipe, data, model, setup, out):
+    """``fit`` with the recipe, checkpointing into ``out`` (and resuming from it with ``--resume``)."""
+    from tinyfn.losses import softmax_cross_entropy
+    from tinyfn.train import ConsoleLog, fit
+
+    return fit(
+        model,
+        setup.params,
+        data.train,
+        epochs=recipe["epochs"],
+        batch_size=recipe["batch_size"],
+        optimizer=setup.optimizer,
+        key=setup.key,
+        eval_data=data.validation,
+        checkpoint_dir=out,
+        resume=args.resume,
+        metadata=setup.metadata,
+        quiet=args.quiet,
+        mesh=setup.mesh,
+        epoch_callbacks=() if args.quiet else (ConsoleLog(eval_label="val"),),
+        on_nonfinite="skip" if args.skip_nonfinite else "stop",
+        model_state=setup.model_state,
+        augment=setup.augment,
+        loss_fn=train_loss(recipe),
+        eval_loss_fn=softmax_cross_entropy,
+    )
+
+
+def finish(recipe, data, model, setup, out, result, t0):
+    """The test set, once, at the end; then history.json, the curves and the confusion matrix (process 0 only)."""
+    from tinyfn.train import CHECKPOINT_NAME, confusion_matrix, evaluate, is_writer, plot_confusion, plot_history
+    from tinyfn.train.augment import TTA_VIEWS
+
+    params, history = result
     views = TTA_VIEWS[recipe["tta"]]
-    with forced():  # the test set, once, at the end
-        tested = evaluate(model, params, (x_test, test_set.labels), model_state=result.model_state, views=views)
+    with setup.formulation():
+        tested = evaluate(model, params, data.test, model_state=result.model_state, views=views)
     loss, acc, preds = tested
     single = (tested.view_loss[0], tested.view_accuracy[0]) if views else None  # views[0] is the image itself
-    if not writer:
-        return 0
-    record = dict(history, validation=metadata["validation"], test_loss=loss, test_accuracy=acc, tta=recipe["tta"])
+    if not is_writer():
+        return
+    record = dict(
+        history, validation=setup.metadata["validation"], test_loss=loss, test_accuracy=acc, tta=recipe["tta"]
+    )
     if single:
         record.update(test_loss_single_view=single[0], test_accuracy_single_view=single[1])
     (out / "history.json").write_text(json.dumps(record, indent=1) + "\n")
-    plot_history(history, out / "curves.png", title=f"{recipe['model']} on {data_name(args.data)}", eval_label="validation")
-    plot_confusion(confusion_matrix(test_set.labels, preds, num_classes), full_train.classes, out / "confusion.png")
-    print(f"wrote {out}/{CHECKPOINT_NAME}, history.json, curves.png, confusion.png, command.txt ({time.perf_counter() - t0:.1f} s)")
+    plot_history(
+        history, out / "curves.png", title=f"{recipe['model']} on {data_name(recipe['data'])}", eval_label="validation"
+    )
+    plot_confusion(confusion_matrix(data.test[1], preds, len(data.classes)), data.classes, out / "confusion.png")
+    print(
+        f"wrote {out}/{CHECKPOINT_NAME}, history.json, curves.png, confusion.png, command.txt "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     if single:
         print(f"test accuracy, single view: {single[1]:.4f}")
     tta = f" (test-time views: {recipe['tta']})" if views else ""
     print(f"test loss: {loss:.4f}{tta}")
     print(f"test accuracy: {acc:.4f}{tta}")
-    return 0

@@ -34,27 +34,15 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from tinyfn.train import CheckpointError, checkpoint_path, load_model
+    from tinyfn.train import checkpoint_path, load_model
 
-    try:
-        loaded = load_model(args.checkpoint)
-        model, params, meta = loaded
-        out = args.out or checkpoint_path(args.checkpoint).parent / "visualize"
-        paths, notes = make_figures(
-            model,
-            params,
-            meta,
-            model_state=loaded.model_state,
-            data=args.data,
-            layer=args.layer,
-            channels=args.channels,
-            k=args.k,
-            n_images=args.images,
-            out=out,
-        )
-    except (FileNotFoundError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    loaded = load_model(args.checkpoint)  # bad files, layers or channels: main's one-line error
+    model, params, meta = loaded
+    out = args.out or checkpoint_path(args.checkpoint).parent / "visualize"
+    paths, notes = make_figures(
+        model, params, meta, model_state=loaded.model_state, data=args.data, layer=args.layer, channels=args.channels,
+        k=args.k, n_images=args.images, out=out,
+    )  # fmt: skip
     for p in paths:
         print(p)
     for note in notes:

@@ -4,6 +4,10 @@ Average pooling is linear, ``y = A x`` with a constant matrix ``A`` whose row
 for an output holds ``1/d`` at the inputs of its window (``d`` the divisor), so
 by Law 1 its backward is ``dx = Aᵀ g``: each ``g / d`` spread back over its window
 (summed where windows overlap).
+
+Precision: the window sums and means are accumulated in float32 for float16 and
+bfloat16 inputs (as PyTorch does) and cast back: a float16 average of 30000s is
+30000, not the ``inf`` of a float16 sum of four of them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from tinyfn.layers.conv import conv_output_size
 from tinyfn.layers.kernels.geometry import pool_args as _pool_args
 
 __all__ = ["avg_pool2d", "global_avg_pool2d", "AvgPool2D", "GlobalAvgPool2D"]
+
+
+def _wide(a):
+    """``a`` in its accumulation dtype: float32 for float16/bfloat16 (float64 stays float64)."""
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
 
 
 def _window_sum(x, window, stride, padding):
@@ -49,7 +58,9 @@ def _window_sum_transpose(g, window, stride, padding, hw):
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _avg_pool(x, window, stride, padding, count_include_pad):
-    return _window_sum(x, window, stride, padding) / _divisor(x.shape[2:], window, stride, padding, count_include_pad, x.dtype)
+    x32 = _wide(x)  # summed in float32 at least, cast back
+    d = _divisor(x.shape[2:], window, stride, padding, count_include_pad, x32.dtype)
+    return (_window_sum(x32, window, stride, padding) / d).astype(x.dtype)
 
 
 def _avg_pool_fwd(x, window, stride, padding, count_include_pad):
@@ -58,8 +69,9 @@ def _avg_pool_fwd(x, window, stride, padding, count_include_pad):
 
 def _avg_pool_bwd(window, stride, padding, count_include_pad, hw, g):
     # Law 1: y = A x with A = diag(1/d) S (S the window sum)  =>  dx = Aᵀ g = Sᵀ (g / d)
-    scaled = g / _divisor(hw, window, stride, padding, count_include_pad, g.dtype)
-    return (_window_sum_transpose(scaled, window, stride, padding, hw),)
+    g32 = _wide(g)  # summed in float32 at least, cast back
+    scaled = g32 / _divisor(hw, window, stride, padding, count_include_pad, g32.dtype)
+    return (_window_sum_transpose(scaled, window, stride, padding, hw).astype(g.dtype),)
 
 
 _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
@@ -94,7 +106,7 @@ def avg_pool2d(x, window=2, *, stride=None, padding=0, count_include_pad: bool =
 
 @jax.custom_vjp
 def _global_avg_pool(x):
-    return jnp.mean(x, axis=(2, 3))
+    return jnp.mean(_wide(x), axis=(2, 3)).astype(x.dtype)  # summed in float32 at least, cast back
 
 
 def _global_avg_pool_fwd(x):

@@ -15,6 +15,12 @@ the backward is the classic closed form (derived by the chain rule through
 the spatial positions); ``layer_norm`` over the trailing feature axes of each
 sample. In evaluation, batch norm is the per-channel affine map
 ``y = γ (x - m)/√(v + ε) + β`` with the running statistics ``m``, ``v``.
+
+Precision: the statistics, sums and products are computed in float32 for
+float16 and bfloat16 inputs (as PyTorch does) and the results cast back, so a
+float16 batch at standard deviation 300 (variance 9·10⁴, past float16's 65504)
+normalises to standard deviation 1. ``batch_norm_with_stats`` returns its
+statistics in that float32.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ from tinyfn.layers.base import Layer, _check_any_shape, stateful_apply_error
 __all__ = ["batch_norm", "batch_norm_with_stats", "batch_norm_inference", "layer_norm", "BatchNorm1D", "BatchNorm2D", "LayerNorm"]
 
 
+def _wide(a):
+    """``a`` in its accumulation dtype: float32 for float16/bfloat16 (float64 stays float64)."""
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
 def _bcast(v, x, axes):
     """A per-feature vector (over the axes not in ``axes``) broadcast against ``x``."""
     shape = [1 if a in axes else x.shape[a] for a in range(x.ndim)]
@@ -38,7 +49,8 @@ def _bcast(v, x, axes):
 
 
 def _standardize(x, axes, eps):
-    """``x̂``, ``1/σ`` and the mean and biased variance over ``axes`` (kept as size-1 axes)."""
+    """``x̂``, ``1/σ`` and the mean and biased variance over ``axes`` (kept as size-1 axes), float32 at least."""
+    x = _wide(x)
     mean = jnp.mean(x, axis=axes, keepdims=True)
     centered = x - mean
     var = jnp.mean(centered * centered, axis=axes, keepdims=True)
@@ -48,6 +60,7 @@ def _standardize(x, axes, eps):
 
 def _normalized_bwd(g_hat, x_hat, inv_sigma, axes):
     """``dx = (1/σ)(ĝ − mean(ĝ) − x̂ mean(ĝ x̂))`` for ``ĝ = dL/dx̂``: the closed form divided through by ``M``."""
+    g_hat = _wide(g_hat)
     mean_g = jnp.mean(g_hat, axis=axes, keepdims=True)
     mean_gx = jnp.mean(g_hat * x_hat, axis=axes, keepdims=True)
     return inv_sigma * (g_hat - mean_g - x_hat * mean_gx)
@@ -85,8 +98,8 @@ def _batch_norm(x, gamma, beta, eps):
 
 
 def _batch_norm_fwd(x, gamma, beta, eps):
-    x_hat, inv_sigma, mean, var = _standardize(_channels_first(x), 1, eps)
-    y = _channels_back(gamma[:, None] * x_hat + beta[:, None], x.shape)
+    x_hat, inv_sigma, mean, var = _standardize(_channels_first(x), 1, eps)  # float32 at least
+    y = _channels_back(_wide(gamma)[:, None] * x_hat + _wide(beta)[:, None], x.shape).astype(x.dtype)
     return (y, mean[:, 0], var[:, 0]), (x_hat, inv_sigma, gamma)
 
 
@@ -94,15 +107,15 @@ def _batch_norm_bwd(eps, res, cotangents):
     x_hat, inv_sigma, gamma = res
     g, g_mean, g_var = cotangents
     shape = g.shape
-    g2 = _channels_first(g)
+    g2 = _wide(_channels_first(g))  # the sums in float32 at least, the cotangents cast back
     dbeta = jnp.sum(g2, axis=1)  # Law 1 with A = [1 … 1] per channel
     dgamma = jnp.sum(g2 * x_hat, axis=1)  # Law 2 with C = diag(x̂) per channel
     # dx = (1/M) γ/σ (M g − Σg − x̂ Σ g x̂): the closed form of the module docstring, its sums being dβ and dγ
     m = x_hat.shape[1]
-    dx = (gamma[:, None] * inv_sigma) * (g2 - (dbeta[:, None] + x_hat * dgamma[:, None]) / m)
+    dx = (_wide(gamma)[:, None] * inv_sigma) * (g2 - (dbeta[:, None] + x_hat * dgamma[:, None]) / m)
     # the statistics as outputs (for the running estimates): ∂μ/∂xᵢ = 1/M, ∂σ²/∂xᵢ = 2 (xᵢ − μ)/M = 2 σ x̂ᵢ / M
-    dx = dx + (g_mean[:, None] + (2 * g_var[:, None] / inv_sigma) * x_hat) / m
-    return _channels_back(dx, shape), dgamma, dbeta
+    dx = dx + (_wide(g_mean)[:, None] + (2 * _wide(g_var)[:, None] / inv_sigma) * x_hat) / m
+    return _channels_back(dx, shape).astype(g.dtype), dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
@@ -147,7 +160,8 @@ def batch_norm(x, gamma=None, beta=None, *, eps: float = 1e-5):
 
 def batch_norm_with_stats(x, gamma=None, beta=None, *, eps: float = 1e-5):
     """``batch_norm``'s ``y`` and the batch statistics it used: ``(y, mean, var)``, ``mean`` and the
-    *biased* ``var`` of shape ``(C,)``, computed once for both (the layer's running estimates read them).
+    *biased* ``var`` of shape ``(C,)``, computed once for both (the layer's running estimates read them),
+    in float32 for a float16 or bfloat16 ``x`` (their accumulation dtype; float64 for float64).
 
     The handwritten backward covers all three outputs: ``dx`` gains ``(g_μ + 2 σ x̂ g_σ²)/M``.
     """
@@ -166,9 +180,10 @@ def batch_norm_with_stats(x, gamma=None, beta=None, *, eps: float = 1e-5):
 
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _bn_inference(x, mean, var, gamma, beta, eps):
-    axes = _bn_axes(x)
+    axes, dtype = _bn_axes(x), x.dtype
+    x, mean, var, gamma, beta = (_wide(a) for a in (x, mean, var, gamma, beta))  # computed in float32 at least
     scale = gamma * jax.lax.rsqrt(var + jnp.asarray(eps, var.dtype))
-    return _bcast(scale, x, axes) * (x - _bcast(mean, x, axes)) + _bcast(beta, x, axes)
+    return (_bcast(scale, x, axes) * (x - _bcast(mean, x, axes)) + _bcast(beta, x, axes)).astype(dtype)
 
 
 def _bn_inference_fwd(x, mean, var, gamma, beta, eps):
@@ -177,7 +192,8 @@ def _bn_inference_fwd(x, mean, var, gamma, beta, eps):
 
 def _bn_inference_bwd(eps, res, g):
     x, mean, var, gamma = res
-    axes = _bn_axes(x)
+    axes, dtypes = _bn_axes(x), (x.dtype, mean.dtype, var.dtype, gamma.dtype, gamma.dtype)
+    x, mean, var, gamma, g = (_wide(a) for a in (x, mean, var, gamma, g))  # the sums in float32 at least
     inv_sigma = jax.lax.rsqrt(var + jnp.asarray(eps, var.dtype))
     centered = x - _bcast(mean, x, axes)
     dx = _bcast(gamma * inv_sigma, g, axes) * g  # Law 1 with A = diag(γ/σ) per channel
@@ -185,7 +201,7 @@ def _bn_inference_bwd(eps, res, g):
     dgamma = jnp.sum(g * centered, axis=axes) * inv_sigma
     dmean = -gamma * inv_sigma * dbeta
     dvar = -0.5 * gamma * inv_sigma**3 * jnp.sum(g * centered, axis=axes)  # d(v + ε)^(-1/2)/dv = -½ σ⁻³
-    return dx, dmean, dvar, dgamma, dbeta
+    return tuple(a.astype(d) for a, d in zip((dx, dmean, dvar, dgamma, dbeta), dtypes))
 
 
 _bn_inference.defvjp(_bn_inference_fwd, _bn_inference_bwd)
@@ -211,8 +227,8 @@ def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, eps: float = 1e
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _layer_norm(x, gamma, beta, eps):
     axes = tuple(range(x.ndim - gamma.ndim, x.ndim))
-    x_hat = _standardize(x, axes, eps)[0]
-    return _lead(gamma, x) * x_hat + _lead(beta, x)
+    x_hat = _standardize(x, axes, eps)[0]  # float32 at least
+    return (_lead(_wide(gamma), x) * x_hat + _lead(_wide(beta), x)).astype(x.dtype)
 
 
 def _lead(v, x):
@@ -222,8 +238,8 @@ def _lead(v, x):
 
 def _layer_norm_fwd(x, gamma, beta, eps):
     axes = tuple(range(x.ndim - gamma.ndim, x.ndim))
-    x_hat, inv_sigma, _, _ = _standardize(x, axes, eps)
-    return _lead(gamma, x) * x_hat + _lead(beta, x), (x_hat, inv_sigma, gamma)
+    x_hat, inv_sigma, _, _ = _standardize(x, axes, eps)  # float32 at least
+    return (_lead(_wide(gamma), x) * x_hat + _lead(_wide(beta), x)).astype(x.dtype), (x_hat, inv_sigma, gamma)
 
 
 def _layer_norm_bwd(eps, res, g):
@@ -231,7 +247,9 @@ def _layer_norm_bwd(eps, res, g):
     lead = tuple(range(g.ndim - gamma.ndim))
     axes = tuple(range(g.ndim - gamma.ndim, g.ndim))
     # dx = (1/M)(1/σ)(M ĝ − Σĝ − x̂ Σ ĝ x̂) with ĝ = γ g, per sample; dγ, dβ sum over the samples
-    return _normalized_bwd(_lead(gamma, g) * g, x_hat, inv_sigma, axes), jnp.sum(g * x_hat, axis=lead), jnp.sum(g, axis=lead)
+    g32 = _wide(g)  # the sums in float32 at least, the cotangents cast back
+    dx = _normalized_bwd(_lead(_wide(gamma), g) * g32, x_hat, inv_sigma, axes).astype(g.dtype)
+    return dx, jnp.sum(g32 * x_hat, axis=lead).astype(gamma.dtype), jnp.sum(g32, axis=lead).astype(gamma.dtype)
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

@@ -28,6 +28,12 @@ schedule ``step -> lr`` evaluated at ``t - 1``) and weight decay ``λ``:
       u = -η_t (m̂ / (√ŝ + ε) + λ p)          (m, s from g alone)
 
 * ``clip_by_global_norm(c)``: ``u = g · min(1, c / ‖g‖₂)`` over the whole tree.
+
+Precision: the arithmetic does not depend on the params' dtype. Counts, bias
+corrections, moments and velocities are kept in float32 (float64 for float64
+params) and only the update is cast to the params' dtype, so bfloat16 and
+float16 params train as float32 ones would (in bfloat16, ``0.999`` rounds to
+``1.0`` and Adam's bias correction ``1 - β₂ᵗ`` would be 0).
 """
 
 from __future__ import annotations
@@ -117,7 +123,15 @@ def step_decay(learning_rate: float, step_size: int, gamma: float = 0.1) -> Call
 
 def cosine(learning_rate: float, total_steps: int, final_learning_rate: float = 0.0, warmup_steps: int = 0) -> Callable:
     """Linear warm-up over ``warmup_steps``, then a half cosine from ``learning_rate`` to ``final_learning_rate``
-    at ``total_steps`` (constant afterwards)."""
+    at ``total_steps`` (constant afterwards).
+
+    The warm-up is ``learning_rate · (step + 1) / warmup_steps``: the first step
+    already moves (``learning_rate / warmup_steps``) and step ``warmup_steps - 1``
+    reaches the peak. This is ``optax.warmup_cosine_decay_schedule(0, learning_rate,
+    warmup_steps, total_steps, final_learning_rate)`` one step ahead during the
+    warm-up (optax's step 0 has rate 0, a step that changes nothing) and equal to
+    it from ``warmup_steps`` on.
+    """
     if total_steps < 1 or not 0 <= warmup_steps < total_steps:
         raise ValueError(f"cosine: need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}")
 
@@ -146,6 +160,15 @@ def _tree_map(f, *trees):
     return jax.tree_util.tree_map(f, *trees)
 
 
+def _wide(a):
+    """``a`` in its accumulation dtype: float32, or float64 for float64 arrays (never narrower than float32)."""
+    return jnp.asarray(a).astype(jnp.promote_types(jnp.result_type(a), jnp.float32))
+
+
+def _wide_zeros(params):
+    return _tree_map(lambda p: jnp.zeros(jnp.shape(p), _wide(p).dtype), params)
+
+
 def _check_trees(op, grads, params):
     gs, ps = jax.tree_util.tree_structure(grads), jax.tree_util.tree_structure(params)
     if gs != ps:
@@ -155,13 +178,23 @@ def _check_trees(op, grads, params):
             raise ValueError(f"{op}: grads{jax.tree_util.keystr(path[0])} has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(p)}")
 
 
-def weights_only(params):
-    """The decay mask of the usual recipes: ``True`` for leaves of two or more dimensions (filters, weight matrices).
+_UNDECAYED = frozenset({"b", "bias", "gamma", "beta"})  # biases and the norms' scale and shift, by their role
 
-    Batch norm's ``gamma``/``beta`` and the biases (one dimension) are left undecayed:
-    ``adamw(lr, weight_decay=5e-2, mask=weights_only)``.
+
+def weights_only(params):
+    """The decay mask of the usual recipes: ``True`` for filters and weight matrices, by each leaf's name and role.
+
+    A leaf named ``b``/``bias`` (biases) or ``gamma``/``beta`` (batch and layer
+    norm's scale and shift, of any rank: ``LayerNorm(normalized_ndim=2)``'s are
+    2-D) is left undecayed; any other leaf is decayed when it has two or more
+    dimensions: ``adamw(lr, weight_decay=5e-2, mask=weights_only)``.
     """
-    return jax.tree_util.tree_map(lambda a: jnp.ndim(a) >= 2, params)
+
+    def decays(path, a):
+        name = path[-1].key if path and isinstance(path[-1], jax.tree_util.DictKey) else None
+        return name not in _UNDECAYED and jnp.ndim(a) >= 2
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def _decay_mask(op, mask, params):
@@ -220,7 +253,7 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_dec
         raise ValueError("sgd: nesterov=True needs momentum > 0")
 
     def init(params):
-        velocity = _tree_map(jnp.zeros_like, params) if momentum else None
+        velocity = _wide_zeros(params) if momentum else None
         return SGDState(jnp.zeros((), jnp.int32), velocity)
 
     def update(grads, state, params=None):
@@ -229,12 +262,14 @@ def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_dec
             _check_trees("sgd", grads, params)
         lr = schedule(state.count)
         decayed = _masked(_decay_mask("sgd", mask, params), params) if weight_decay else None
-        d = grads if not weight_decay else _tree_map(lambda g, p: g + weight_decay * p, grads, decayed)
+        d = _tree_map(_wide, grads)
+        if weight_decay:
+            d = _tree_map(lambda g, p: g + weight_decay * _wide(p), d, decayed)
         velocity = state.velocity
         if momentum:
             velocity = _tree_map(lambda v, g: momentum * v + g, velocity, d)
             d = _tree_map(lambda g, v: g + momentum * v, d, velocity) if nesterov else velocity
-        updates = _tree_map(lambda s: -(lr * s).astype(s.dtype), d)
+        updates = _tree_map(lambda g, s: -(lr * s).astype(jnp.result_type(g)), grads, d)
         return updates, SGDState(state.count + 1, velocity)
 
     return GradientTransformation(init, update)
@@ -249,8 +284,7 @@ def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled, mask):
     weight_decay = _check_number(op, "weight_decay", weight_decay, 0.0)
 
     def init(params):
-        zeros = lambda: _tree_map(jnp.zeros_like, params)  # noqa: E731
-        return AdamState(jnp.zeros((), jnp.int32), zeros(), zeros())
+        return AdamState(jnp.zeros((), jnp.int32), _wide_zeros(params), _wide_zeros(params))
 
     def update(grads, state, params=None):
         _needs_params(op, params, weight_decay)
@@ -259,18 +293,20 @@ def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled, mask):
         count = state.count + 1
         lr = schedule(state.count)
         decayed = _masked(_decay_mask(op, mask, params), params) if weight_decay else params
-        d = grads if decoupled or not weight_decay else _tree_map(lambda g, p: g + weight_decay * p, grads, decayed)
-        mu = _tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, d)
-        nu = _tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, d)
+        d = _tree_map(_wide, grads)
+        if weight_decay and not decoupled:
+            d = _tree_map(lambda g, p: g + weight_decay * _wide(p), d, decayed)
+        mu = _tree_map(lambda m, g: b1 * m + (1 - b1) * g.astype(m.dtype), state.mu, d)
+        nu = _tree_map(lambda v, g: b2 * v + (1 - b2) * (g * g).astype(v.dtype), state.nu, d)
 
-        def direction(m, v, p):
-            t = count.astype(m.dtype)
+        def direction(g, m, v, p):
+            t = count.astype(m.dtype)  # bias corrections in the moments' dtype (float32 at least), not the params'
             step = (m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
             if decoupled and weight_decay:
-                step = step + weight_decay * p
-            return -(lr * step).astype(m.dtype)
+                step = step + weight_decay * _wide(p).astype(m.dtype)
+            return -(lr * step).astype(jnp.result_type(g))
 
-        updates = _tree_map(direction, mu, nu, decayed if params is not None else mu)
+        updates = _tree_map(direction, grads, mu, nu, decayed if params is not None else mu)
         return updates, AdamState(count, mu, nu)
 
     return GradientTransformation(init, update)
