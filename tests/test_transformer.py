@@ -1,7 +1,8 @@
 """The transformer layers: MultiHeadAttention loads PyTorch's nn.MultiheadAttention weights and matches its outputs and
 gradients (plain, causal, key padding); PatchEmbedding matches a torch Conv2d + cat + add; the block's handwritten
 VJP equals autodiff of a block written from tinyfn.reference; params checks and spec round-trips; and causality:
-a future token never moves an earlier output, and a tiny causal model learns to emit the previous token."""
+a future token never moves an earlier output, and a tiny causal model learns to emit the previous token; attention maps
+match PyTorch's weights, rollout matches a hand computation, and saliency on a ViT is the gradient of a reference."""
 
 import json
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from tinyfn import reference as R
+from tinyfn import visualize as V
 from tinyfn.layers import (
     Embedding,
     Linear,
@@ -231,3 +233,60 @@ def test_a_causal_model_learns_the_previous_token(rng):
         losses.append(float(loss))
     assert losses[0] > 1.5  # about log 6 = 1.79: chance
     assert np.mean(losses[-20:]) < 0.2, f"the loss did not fall: first {losses[0]:.3f}, last {losses[-20:]}"
+
+
+# ---- seeing inside: attention maps, rollout, saliency on a ViT ----
+
+
+def test_attention_rollout_by_hand():
+    """Two layers, two heads, two tokens: the heads average to P1 = [[1, 0], [.5, .5]] and P2 = [[.2, .8], [0, 1]];
+    A1 = (P1 + I)/2 = [[1, 0], [.25, .75]], A2 = [[.6, .4], [0, 1]], R = A2 A1 = [[.7, .3], [.25, .75]]."""
+    p1 = jnp.asarray([[[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]]])
+    p2 = jnp.asarray([[[[0.4, 0.6], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]]])
+    np.testing.assert_allclose(V.attention_rollout([p1, p2]), [[[0.7, 0.3], [0.25, 0.75]]], rtol=1e-6)
+    np.testing.assert_allclose(V.attention_rollout([p1]), [[[1.0, 0.0], [0.25, 0.75]]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"maps\[1\] has 3 tokens"):
+        V.attention_rollout([p1, jnp.ones((1, 2, 3, 3)) / 3])
+
+
+def test_attention_maps_match_torch_weights(rng):
+    """A one-layer model's map, averaged over heads, is nn.MultiheadAttention's need_weights output."""
+    m = _torch_mha().float()
+    model = serial(MultiHeadAttention(E, H))
+    x = rng.standard_normal((N, T, E)).astype(np.float32)
+    (p,) = V.attention_maps(model, (params_from_torch(m.state_dict()),), jnp.asarray(x))
+    xt = torch.from_numpy(x)
+    want = m(xt, xt, xt, need_weights=True, average_attn_weights=True)[1].detach().numpy()
+    assert p.shape == (N, H, T, T)
+    np.testing.assert_allclose(p.mean(axis=1), want, rtol=1e-5, atol=1e-6)
+
+
+def _reference_vit(params, x, num_heads, patch):
+    """models.vit's forward from tinyfn.reference's ops."""
+    pe, *blocks, ln, _, head = params
+    n, e = x.shape[0], pe["w"].shape[0]
+    tokens = R.conv2d(x, pe["w"], pe["b"], stride=patch).reshape(n, e, -1).transpose(0, 2, 1)
+    tokens = jnp.concatenate([jnp.broadcast_to(pe["cls"], (n, 1, e)), tokens], axis=1) + pe["pos"]
+    for p in blocks:
+        tokens = _reference_block(p, tokens, num_heads)
+    return R.linear(R.layer_norm(tokens, ln["gamma"], ln["beta"])[:, 0], head["w"], head["b"])
+
+
+def test_vit_maps_rollout_and_saliency(x64, rng):
+    model = vit(num_classes=3, patch=4, embed_dim=8, depth=2, num_heads=2)
+    _, params = model.init(jax.random.key(5), (None, 1, 8, 8))
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.standard_normal(a.shape)) * 0.3, params)
+    x = jnp.asarray(rng.standard_normal((2, 1, 8, 8)))
+    maps = V.attention_maps(model, params, x)
+    assert [m.shape for m in maps] == [(2, 2, 5, 5)] * 2
+    rollout = V.attention_rollout(maps)
+    assert rollout.shape == (2, 5, 5)
+    np.testing.assert_allclose(rollout.sum(axis=-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(model.apply(params, x), _reference_vit(params, x, 2, 4), rtol=1e-10, atol=1e-12)
+
+    sal = V.saliency(model, params, x, 1)
+    want = jax.grad(lambda a: _reference_vit(params, a, 2, 4)[:, 1].sum())(x)
+    assert sal.shape == x.shape and bool(jnp.all(jnp.isfinite(sal)))
+    np.testing.assert_allclose(sal, want, rtol=1e-9, atol=1e-11)
+    with pytest.raises(ValueError, match="no attention layer"):
+        V.attention_maps(serial(Linear(2)), ({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)},), jnp.ones((1, 3)))
