@@ -206,6 +206,7 @@ def MultiHeadAttention(
 
     def apply(params, x, *, key=None, train=False):
         del key, train
+        _tokens_shape(op, jnp.shape(x), embed_dim)
         check_params(op, init, params, x)
         p = params
         return multi_head_attention(
@@ -358,6 +359,7 @@ def TransformerBlock(
         return inner.init(key, input_shape)
 
     def apply(params, x, *, key=None, train=False):
+        _tokens_shape(op, jnp.shape(x), embed_dim)  # x itself, named, before the children see it
         check_params(op, init, params, x)
         return inner.apply(params, x, key=key, train=train)
 
