@@ -169,6 +169,8 @@ def test_params_checks_name_the_wrong_entry():
     _, bp = block.init(jax.random.key(0), (None, T, E))
     with pytest.raises(ValueError, match="TransformerBlock"):
         block.apply(bp[:1], x)
+    with pytest.raises(ValueError, match=r"TransformerBlock: input_shape \(2, 5, 6\) has E = 6 .* embed_dim = 8"):
+        block.apply(bp, jnp.zeros((N, T, 6)))
     with pytest.raises(ValueError, match="index 5 is out of range for 5 tokens"):
         TakeToken(5).init(jax.random.key(0), (None, T, E))
 
@@ -290,3 +292,29 @@ def test_vit_maps_rollout_and_saliency(x64, rng):
     np.testing.assert_allclose(sal, want, rtol=1e-9, atol=1e-11)
     with pytest.raises(ValueError, match="no attention layer"):
         V.attention_maps(serial(Linear(2)), ({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)},), jnp.ones((1, 3)))
+
+
+@pytest.mark.slow
+def test_cli_trains_a_vit_with_its_recipe_and_the_run_reloads(tmp_path):
+    """``python -m tinyfn train --model vit`` on a small IDX set: the vit recipe, a checkpoint that rebuilds from its
+    spec (the transformer layers are registered), and attention maps of the reloaded model."""
+    import subprocess
+    import sys
+
+    from tinyfn.data import load_embedded, write_idx
+    from tinyfn.train import load_model
+
+    for prefix, split, n in (("train", "train", 256), ("t10k", "test", 64)):
+        ds = load_embedded(split)
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.asarray(ds.images[:n]).reshape(n, 28, 28))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.asarray(ds.labels[:n]).astype(np.uint8))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path), "--model", "vit", "--epochs", "1", "--batch-size", "64", "--quiet"]
+    proc = subprocess.run([sys.executable, "-m", "tinyfn", *args, "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
+    model, params, meta = load_model(out)
+    assert meta["recipe"]["optimizer"] == "adamw" and meta["recipe"]["model"] == "vit"
+    x = jnp.asarray(load_embedded("test").images[:2], jnp.float32)
+    assert model.apply(params, x).shape == (2, 10)
+    assert [m.shape for m in V.attention_maps(model, params, x)] == [(2, 4, 50, 50)] * 4
