@@ -310,7 +310,8 @@ def test_cli_trains_a_vit_with_its_recipe_and_the_run_reloads(tmp_path):
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.asarray(ds.labels[:n]).astype(np.uint8))
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path), "--model", "vit", "--epochs", "1", "--batch-size", "64", "--quiet"]
-    proc = subprocess.run([sys.executable, "-m", "tinyfn", *args, "--out", str(out)], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "tinyfn", *args, "--out", str(out)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
     model, params, meta = load_model(out)
