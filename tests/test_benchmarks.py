@@ -115,3 +115,11 @@ def test_resnet_variants_times_each_shape_and_prints_a_parsable_last_line():
     m = re.fullmatch(r"variants 4:2=(\d+\.\d+) 4:1,1,2=(\d+\.\d+)", lines[-1])
     assert m and all(float(v) > 0 for v in m.groups()), lines[-1]
     assert any(line.startswith("4:1,1,2") and "params" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_vit_step_runs_every_implementation_and_prints_a_parsable_last_line():
+    lines = _run("vit_step.py", "--quick")
+    m = re.fullmatch(r"vit " + STEP_LAST.pattern, lines[-1])
+    assert m and float(m.group(1)) > 0, lines[-1]
+    assert lines[0].startswith("first two losses, every implementation")  # the implementations agreed on two steps

@@ -7,8 +7,9 @@ import operator
 from tinyfn import _checks
 from tinyfn.layers import Conv2D, Dropout, Flatten, Float32, Linear, MaxPool2D, ReLU, serial
 from tinyfn.layers import BatchNorm2D, GlobalAvgPool2D, residual
+from tinyfn.layers import LayerNorm, PatchEmbedding, TakeToken, TransformerBlock
 
-__all__ = ["lenet5", "wide_cnn", "resnet", "basic_block", "MODELS", "get_model"]
+__all__ = ["lenet5", "wide_cnn", "resnet", "basic_block", "vit", "MODELS", "get_model"]
 
 
 def _in_float32(compute_dtype):
@@ -150,7 +151,25 @@ def _stage_count(i: int, count) -> int:
     return n
 
 
-MODELS = {"lenet5": lenet5, "wide_cnn": wide_cnn, "resnet": resnet}
+def vit(
+    num_classes: int = 10, patch: int = 4, embed_dim: int = 64, depth: int = 4, num_heads: int = 4,
+    mlp_ratio: float = 2, dropout: float = 0.0,
+):  # fmt: skip
+    """A small vision transformer (Dosovitskiy et al. 2021) for ``(N, C, H, W)`` images, ``H``, ``W`` multiples of ``patch``.
+
+    PatchEmbedding(patch, embed_dim) (a class token and learned positions) - ``depth`` pre-norm
+    TransformerBlocks (``num_heads`` heads, an MLP of ``mlp_ratio · embed_dim``) - LayerNorm -
+    TakeToken(0) (the class token) - Linear(num_classes). The defaults read 28×28 images as
+    49 patches of 4×4 plus the class token: 50 tokens of 64 features, 4 blocks of 4 heads,
+    139,018 params for 10 classes.
+    """
+    num_classes = _checks.positive_int("num_classes", num_classes, op="vit")
+    depth = _checks.positive_int("depth", depth, op="vit")
+    blocks = [TransformerBlock(embed_dim, num_heads, mlp_ratio, dropout) for _ in range(depth)]
+    return serial(PatchEmbedding(patch, embed_dim), *blocks, LayerNorm(), TakeToken(0), Linear(num_classes))
+
+
+MODELS = {"lenet5": lenet5, "wide_cnn": wide_cnn, "resnet": resnet, "vit": vit}
 
 
 def get_model(name: str, **kwargs):

@@ -25,6 +25,9 @@ RECIPES = {
     # matrices only), cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1, all 60,000 training
     # images (no validation split), flip views at test time: the recipe of benchmarks/resnet_recipe.py (RESNET_RECIPE);
     # its measured runs are in benchmarks/README.md ("ResNet").
+    # models.vit() (4x4 patches, 4 pre-norm blocks of 64 features and 4 heads), AdamW (decay on weight matrices only),
+    # cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1, all training images, flip views.
+    "vit": dict(model="vit", epochs=15, batch_size=128, optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=5e-2, schedule="cosine", augment=True, crop_padding=1, label_smoothing=0.1, tta="flip", decay="weights", val_fraction=0.0),
     "resnet": dict(model="resnet", epochs=15, batch_size=128, optimizer="adamw", lr=4e-3, momentum=0.9, weight_decay=5e-2, schedule="cosine", augment=True, crop_padding=1, label_smoothing=0.1, tta="flip", decay="weights", val_fraction=0.0),
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -26,6 +26,10 @@ from tinyfn.layers.avg_pool import AvgPool2D, GlobalAvgPool2D, avg_pool2d, globa
 from tinyfn.layers.pointwise import GELU, LeakyReLU, Sigmoid, SiLU, Tanh, gelu, leaky_relu, sigmoid, silu, tanh
 from tinyfn.layers.embedding import Embedding, embedding
 from tinyfn.layers.attention import ATTENTION_FORMULATIONS, dot_product_attention
+from tinyfn.layers.transformer import (
+    MultiHeadAttention, PatchEmbedding, PositionEmbedding, TakeToken, TransformerBlock, attention_probabilities,
+    multi_head_attention, take_token,
+)  # fmt: skip
 
 __all__ = [
     # combinators
@@ -115,4 +119,13 @@ __all__ = [
     "embedding",
     "dot_product_attention",
     "ATTENTION_FORMULATIONS",
+    # transformer layers
+    "MultiHeadAttention",
+    "PatchEmbedding",
+    "PositionEmbedding",
+    "TransformerBlock",
+    "TakeToken",
+    "multi_head_attention",
+    "attention_probabilities",
+    "take_token",
 ]

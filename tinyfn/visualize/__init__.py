@@ -4,11 +4,13 @@
 max-pool switches; ``deconvnet``, ``saliency`` and ``guided_backprop`` walk a
 chosen activation back down to pixels with tinyfn's own transposed maps
 (``max_unpool2d``, ``deconv2d``, ``relu``); ``top_activations`` finds the
-images of a dataset that excite each feature map most; ``plots`` draws them
+images of a dataset that excite each feature map most; ``attention_maps`` and
+``attention_rollout`` show what a transformer attends to; ``plots`` draws them
 (each returns a ``matplotlib.figure.Figure``). A library: it imports nothing
 from ``tinyfn.train``, prints nothing and leaves matplotlib's backend alone.
 """
 
+from tinyfn.visualize.attention import ATTENTION_LAYERS, attention_maps, attention_rollout
 from tinyfn.visualize.plots import minmax, plot_comparison, plot_deconv_grid, plot_feature_maps, plot_filters
 from tinyfn.visualize.project import (
     MODES,
@@ -50,4 +52,7 @@ __all__ = [
     "plot_filters",
     "plot_feature_maps",
     "plot_comparison",
+    "attention_maps",
+    "attention_rollout",
+    "ATTENTION_LAYERS",
 ]

@@ -16,7 +16,10 @@ rule                   ReLU backward                    reference
 =====================  ===============================  ============================
 
 With ``"saliency"`` the walk is exactly the gradient of the selected
-activations with respect to the input.
+activations with respect to the input; it also passes any other layer
+without state (a transformer block, layer norm...) by that layer's own
+backward (``jax.vjp`` of its ``apply``, the handwritten rules), so it works on
+a vision transformer. The other two rules need the transposed maps above.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tinyfn.layers import conv2d, deconv2d, deconv_output_size, linear, max_unpool2d, relu
+from tinyfn.layers import conv2d, deconv2d, deconv_output_size, has_state, linear, max_unpool2d, relu
 from tinyfn.visualize.record import LayerInfo, Recording, check_state, layer_table, record, resolve_layer
 
 if TYPE_CHECKING:
@@ -57,11 +60,14 @@ def _relu_back(rule, g, x):
 _WALKABLE = ("Conv2D", "Deconv2D", "MaxPool2D", "ReLU", "Linear", "Flatten", "Dropout")
 
 
-def check_walkable(model: Layer, layer: LayerRef, *, op: str = "make_projector"):
-    """Refuse, naming it, the first layer up to ``layer`` that the walk down cannot pass (batch norm, a residual block...)."""
+def check_walkable(model: Layer, layer: LayerRef, *, op: str = "make_projector", rule: str = "deconvnet"):
+    """Refuse, naming it, the first layer up to ``layer`` that the walk down cannot pass.
+
+    Batch norm, a residual block, layer norm...; with ``rule="saliency"`` only layers with state.
+    """
     info = resolve_layer(model, layer)
     for below in layer_table(model)[: info.index + 1]:
-        if below.layer.name not in _WALKABLE:
+        if below.layer.name not in _WALKABLE and not (rule == "saliency" and not has_state(below.layer)):
             raise ValueError(
                 f"{op}: cannot project through layer {below.name!r} ({below.layer.name}): only {', '.join(_WALKABLE)} have a "
                 f"transposed map here; choose a layer before it (feature maps and top activations work for every layer)"
@@ -90,6 +96,9 @@ def _step_down(info: LayerInfo, params, rec: Recording, g, rule: str):
         return g.reshape(x.shape)
     if kind == "Dropout":
         return g  # evaluation mode: the identity
+    if rule == "saliency" and not has_state(layer):  # the layer's own backward: the exact gradient through it
+        p = info.params(params)
+        return jax.vjp(lambda a: layer.apply(p, a), x)[1](g)[0]
     raise ValueError(
         f"cannot project through layer {info.name!r} ({kind}): only Conv2D, Deconv2D, MaxPool2D, ReLU, Linear, "
         "Flatten and Dropout have a transposed map here; choose a layer before it"
@@ -200,7 +209,7 @@ def make_projector(
     if mode not in MODES:
         raise ValueError(f"make_projector: mode must be one of {MODES}, got {mode!r}")
     values = rule == "deconvnet" if values is None else values
-    check_walkable(model, info.index)
+    check_walkable(model, info.index, rule=rule)
     counts: dict = {}
 
     @jax.jit
