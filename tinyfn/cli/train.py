@@ -46,7 +46,7 @@ def add_arguments(p):
     add("--data", default=None, help="'embedded' (default: 8,000/2,000 images shipped with tinyfn), 'fashion-mnist' "
         "(the Debian location) or an IDX directory")
     add("--model", default=None, help="a model of tinyfn.models.MODELS: lenet5, wide_cnn, resnet, vit (default: lenet5 on "
-        "embedded data, wide_cnn on full data; resnet brings its own recipe: AdamW, cosine with warm-up, augmentation)")
+        "embedded data, wide_cnn on full data; resnet and vit bring their own recipes: AdamW, cosine with warm-up, augmentation)")
     add("--optimizer", choices=OPTIMIZERS, default=None,
         help=f"sgd (Nesterov momentum), adam or adamw (decoupled weight decay); {recipe_s}")
     add("--augment", action=argparse.BooleanOptionalAction, default=None,
