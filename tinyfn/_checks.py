@@ -274,7 +274,7 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
     if isinstance(expected, dict):
         if not isinstance(params, Mapping):
             raise TypeError(f"{_pre(op)}{path}{note(path)} must be a dict with keys {sorted(expected)} (as init makes), got {_describe(params)}")
-        missing = [k for k in expected if k not in params]
+        missing = [k for k in sorted(expected) if k not in params]
         extra = [k for k in params if k not in expected]
         if missing or extra:
             parts = []

@@ -56,6 +56,7 @@ restores like params, so training resumes bit-identically.
 
 from __future__ import annotations
 
+import operator
 import re
 import weakref
 from types import MappingProxyType
@@ -102,8 +103,11 @@ def has_state(layer: Layer) -> bool:
 def init_with_state(layer: Layer, key, input_shape) -> tuple[tuple, Any, Any]:
     """``(output_shape, params, state)`` for any layer; a stateless layer's state is ``{}``."""
     if layer.init_with_state is not None:
-        return layer.init_with_state(key, input_shape)
+        out = layer.init_with_state(key, input_shape)
+        _seed(layer.init_with_state, input_shape, out[1:])
+        return out
     shape, params = layer.init(key, input_shape)
+    _seed(layer.init, input_shape, (params,))
     return shape, params, {}
 
 
@@ -120,16 +124,42 @@ def apply_with_state(layer: Layer, params, state, x, *, key=None, train=False):
 _EXPECTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+_TRACING = [0]  # > 0 while ``_expected`` traces an init: the children's results are recorded too (``_seed``)
+
+
 def _expected(init: Callable, input_shape) -> tuple | None:
     """What ``init`` makes for ``input_shape`` after the output shape, ``(params,)`` or ``(params, state)``,
     as ``ShapeDtypeStruct``s (nothing drawn); ``None`` if ``init`` refuses the shape. Cached per init and shape."""
     per_shape = _EXPECTED.setdefault(init, {})
     if input_shape not in per_shape:
+        _TRACING[0] += 1
         try:
             per_shape[input_shape] = jax.eval_shape(lambda: tuple(init(jax.random.key(0), input_shape)[1:]))
         except Exception:  # noqa: BLE001 - init refuses this input: the op's own checks will say why
             per_shape[input_shape] = None
+        finally:
+            _TRACING[0] -= 1
     return per_shape[input_shape]
+
+
+def _seed(init: Callable, input_shape, trees) -> None:
+    """While a combinator's init is traced for the check, record what each child's init made for its input
+    shape, so that the children's own checks find it cached (one trace of the model's init, not one per level)."""
+    if not _TRACING[0]:
+        return
+    try:
+        key = _shape_key(input_shape)
+        value = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tuple(trees))
+    except (TypeError, AttributeError):  # a batch entry of None, or a leaf that is no array: nothing to record
+        return
+    _EXPECTED.setdefault(init, {}).setdefault(key, value)
+
+
+def _shape_key(shape):
+    """``shape`` (or a tuple of shapes) as the nested tuple of ints ``_checks.shape_tree`` gives for an input."""
+    if isinstance(shape, (tuple, list)):
+        return tuple(_shape_key(d) for d in shape)
+    return operator.index(shape)
 
 
 def _check(name: str, init: Callable, x, where, **trees) -> None:
