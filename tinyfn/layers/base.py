@@ -66,16 +66,8 @@ import jax
 
 from tinyfn import _checks
 
-__all__ = [
-    "Layer",
-    "make_layer",
-    "make_combinator",
-    "serial",
-    "parameterless",
-    "has_state",
-    "init_with_state",
-    "apply_with_state",
-]
+__all__ = ["Layer", "make_layer", "make_combinator", "serial", "parameterless", "has_state", "init_with_state",
+           "apply_with_state", "split_keys"]  # fmt: skip
 
 
 class Layer(NamedTuple):
@@ -121,9 +113,7 @@ def apply_with_state(layer: Layer, params, state, x, *, key=None, train=False):
 # ----------------------------------------------------------------------------- the check
 
 
-_EXPECTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
+_EXPECTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # init -> {input shape: expected trees}
 _TRACING = [0]  # > 0 while ``_expected`` traces an init: the children's results are recorded too (``_seed``)
 
 
@@ -192,16 +182,10 @@ def _stateful_apply_error(name: str) -> Callable:
 
 
 def make_layer(
-    name: str,
-    init: Callable | None = None,
-    apply: Callable | None = None,
-    *,
-    config: Mapping[str, Any] | None = None,
-    init_with_state: Callable | None = None,
-    apply_with_state: Callable | None = None,
-    children: Sequence[Layer] = (),
+    name: str, init: Callable | None = None, apply: Callable | None = None, *, config: Mapping[str, Any] | None = None,
+    init_with_state: Callable | None = None, apply_with_state: Callable | None = None, children: Sequence[Layer] = (),
     where: Callable[[str], str] | None = None,
-) -> Layer:
+) -> Layer:  # fmt: skip
     """The one way to build a layer: the ``apply`` given is wrapped in the params (and state) check.
 
     A stateless layer: ``make_layer(name, init, apply, config=...)`` with
@@ -283,15 +267,10 @@ def split_keys(key, n: int) -> list:
 
 
 def make_combinator(
-    name: str,
-    layers: Sequence[Layer],
-    init_with_state: Callable,
-    apply_with_state: Callable,
-    *,
-    keys: tuple[str, ...] | None = None,
-    config: Mapping[str, Any] | None = None,
+    name: str, layers: Sequence[Layer], init_with_state: Callable, apply_with_state: Callable, *,
+    keys: tuple[str, ...] | None = None, config: Mapping[str, Any] | None = None,
     children: Sequence[Layer] | None = None,
-) -> Layer:
+) -> Layer:  # fmt: skip
     """A layer over ``layers``, written once in its stateful form; the stateless form is derived.
 
     ``init_with_state(key, input_shape) -> (output_shape, params_per_layer, states_per_layer)`` and
