@@ -228,6 +228,9 @@ def _build(name, init, apply, config, init_s, apply_s, children, where, precheck
             _OWNERS[checked_apply] = where
         return Layer(init, checked_apply, name, config, children)
 
+    if apply is not None:
+        raise TypeError(f"make_layer: {name}: a stateful layer's plain apply raises; give apply_with_state only")
+
     def checked_apply_with_state(params, state, x, *, key=None, train=False):
         if precheck is not None:
             precheck("params", params)

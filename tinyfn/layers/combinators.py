@@ -1,13 +1,14 @@
 """Combinators beyond ``serial``: branches, fan-in by sum or concatenation, residual blocks.
 
-In the spirit of stax's ``FanOut``/``parallel``/``FanInSum``/``FanInConcat``, and with its casing (layers
-CamelCase: ``Identity``, ``FanOut``, ``Add``, ``Concat``; combinators that take layers lowercase: ``branch``,
-``parallel``, ``residual``):
+In the spirit of stax's ``FanOut``/``parallel``/``FanInSum``/``FanInConcat``:
 a layer may produce or take a *tuple* of arrays, and its shape is then the
 tuple of their shapes. Params are plain pytrees (a tuple of the children's
 params, or ``{"body": ..., "shortcut": ...}`` for ``residual``); state, when a
 child has some, mirrors params (see ``tinyfn.layers.base``). Keys are split
-once per child, like ``serial``.
+once per child, like ``serial``. Each combinator is written once, in its
+stateful form (``make_combinator``). stax's casing: layers are CamelCase
+(``Identity``, ``FanOut``, ``Add``, ``Concat``), combinators that take layers
+lowercase (``branch``, ``parallel``, ``residual``).
 
 An Inception-style block::
 
