@@ -167,6 +167,17 @@ def test_every_layer_kind_names_a_wrong_params_or_state_entry_eagerly_and_under_
                     assert match["note"] and owner in match["note"], str(info.value)
 
 
+@pytest.mark.parametrize("kind", list(CASES))
+def test_every_layer_kind_refuses_an_input_shape_that_is_no_shape_naming_a_layer(kind):
+    for build, _, _ in CASES[kind]:
+        layer = build()
+        names = {kind} | {c.name for c in layer.children} | {"Identity"}  # a combinator's first child may refuse it
+        for bad in (None, (None, -1), "abc"):
+            with pytest.raises((ValueError, TypeError)) as info:
+                init_with_state(layer, jax.random.key(0), bad)
+            assert str(info.value).split(":")[0] in names, str(info.value)
+
+
 def test_norm_layers_refuse_misnamed_params_and_state_issue_25_item_3():
     x = _x(X4)
     bn = BatchNorm2D()

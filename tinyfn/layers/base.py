@@ -23,11 +23,10 @@ layer and the entry. What ``init`` makes is computed once per input shape
 (``jax.eval_shape``, nothing drawn) and cached, so eagerly the check is a
 lookup and a walk over the tree; under ``jit`` it runs once, at trace time. If
 ``init`` refuses the input's shape, nothing is checked here and the op reports
-the input. No layer can forget the check, and there is no other way to make one.
+the input. No layer can forget the check: ``Layer(...)`` is called here only.
 
-Besides the two functions a ``Layer`` carries its ``name``, its constructor
-arguments (``config``) and, for combinators, its ``children``, so tools such as
-checkpoints and visualisations can read a model's structure.
+A ``Layer`` also carries its ``name``, its constructor arguments (``config``) and a combinator's
+``children``, so checkpoints and visualisations can read a model's structure.
 
 State (batch norm's running statistics) is a second pytree, threaded beside
 params the way Haiku's ``transform_with_state`` does it. A stateful layer fills
@@ -253,12 +252,10 @@ def parameterless(name: str, fn: Callable, shape_fn: Callable | None = None, **c
     """A layer without parameters applying ``fn(x)``; ``shape_fn`` maps (checked) shapes, identity by default."""
 
     def init(key, input_shape):
-        del key
         shape = _checks.input_shape(input_shape, op=name)
         return (shape_fn(shape) if shape_fn else shape), {}
 
     def apply(params, x, *, key=None, train=False):
-        del params, key, train
         return fn(x)
 
     return make_layer(name, init, apply, config=config)
@@ -383,6 +380,8 @@ def serial(*layers: Layer) -> Layer:
     layers = _layers("serial", layers)
 
     def init(key, input_shape):
+        if not isinstance(input_shape, (tuple, list)):
+            raise TypeError(f"serial: input_shape must be a tuple of ints (or of shapes), got {input_shape!r}")
         shape, params, states = tuple(input_shape), [], []
         for layer, k in zip(layers, split_keys(key, len(layers))):
             shape, p, s = init_with_state(layer, k, shape)
