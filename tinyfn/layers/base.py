@@ -200,7 +200,7 @@ def make_layer(
     For example, a layer that scales its input by a learnt scalar::
 
         def Scale():
-            init = lambda key, shape: (_checks.input_shape(shape, op="Scale"), {"s": jnp.ones(())})
+            init = lambda key, input_shape: (tuple(input_shape), {"s": jnp.ones(())})
             return make_layer("Scale", init, lambda params, x, *, key=None, train=False: params["s"] * x)
     """
     return _build(name, init, apply, config, init_with_state, apply_with_state, tuple(children), where, None)
