@@ -7,16 +7,16 @@ import pytest
 
 from tinyfn import losses
 from tinyfn.layers import (
+    Add,
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
+    Concat,
     Conv2D,
     Dropout,
+    FanOut,
     Flatten,
     GlobalAvgPool2D,
-    Add,
-    Concat,
-    FanOut,
     Identity,
     Linear,
     ReLU,

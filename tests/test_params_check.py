@@ -134,7 +134,7 @@ def _mutations(what, tree):
         yield {"extra": jnp.ones(1)}, r" must be empty"
         return
     path, entries = found
-    k = sorted(entries)[0]
+    k = min(entries)
     typo = k[:-1] if len(k) > 1 else k * 2
     rest = {n: v for n, v in entries.items() if n != k}
     good = tuple(entries[k].shape)

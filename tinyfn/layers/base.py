@@ -74,7 +74,7 @@ class Layer(NamedTuple):
     apply: Callable[..., Any]
     name: str = "Layer"
     config: Mapping[str, Any] = MappingProxyType({})
-    children: tuple["Layer", ...] = ()
+    children: tuple[Layer, ...] = ()
     init_with_state: Callable[..., tuple[tuple, Any, Any]] | None = None  # stateful layers only
     apply_with_state: Callable[..., tuple[Any, Any]] | None = None  # stateful layers only
 
@@ -112,7 +112,7 @@ def apply_with_state(layer: Layer, params, state, x, *, key=None, train=False):
 # ----------------------------------------------------------------------------- the check
 
 
-_EXPECTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # init -> {input shape: expected trees}
+_EXPECTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # init -> {input shape: expected trees}
 _TRACING = [0]  # > 0 while ``_expected`` traces an init: the children's results are recorded too (``_seed``)
 
 
@@ -335,7 +335,7 @@ def _container_check(name: str, n: int, keys) -> Callable:
     return precheck
 
 
-_OWNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # a combinator's checked apply -> its where
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a combinator's checked apply -> its where
 
 
 def _owner(layers: tuple[Layer, ...], keys) -> Callable[[str], str]:
