@@ -7,21 +7,22 @@ import pytest
 
 from tinyfn import losses
 from tinyfn.layers import (
+    Add,
     AvgPool2D,
+    BatchNorm1D,
     BatchNorm2D,
+    Concat,
     Conv2D,
     Dropout,
+    FanOut,
     Flatten,
     GlobalAvgPool2D,
+    Identity,
     Linear,
     ReLU,
-    add,
     apply_with_state,
     branch,
-    concat,
-    fan_out,
     has_state,
-    identity,
     init_with_state,
     parallel,
     residual,
@@ -36,12 +37,12 @@ def _combinators():
     block = serial(Conv2D(2, 3, padding=1), ReLU(), Conv2D(2, 3, padding=1))
     return {
         "branch": branch(Conv2D(3, 1), AvgPool2D(3, 1, 1)),
-        "branch_concat": serial(branch(Conv2D(3, 1), serial(Conv2D(1, 1), ReLU(), Conv2D(4, 3, padding=1))), concat()),
-        "fan_out_parallel_add": serial(fan_out(2), parallel(Conv2D(2, 3, padding=1), identity()), add()),
+        "branch_concat": serial(branch(Conv2D(3, 1), serial(Conv2D(1, 1), ReLU(), Conv2D(4, 3, padding=1))), Concat()),
+        "fan_out_parallel_add": serial(FanOut(2), parallel(Conv2D(2, 3, padding=1), Identity()), Add()),
         "residual": residual(block),
         "residual_projection": residual(serial(Conv2D(4, 3, stride=2, padding=1), ReLU()), Conv2D(4, 1, stride=2)),
         "residual_bn": residual(serial(Conv2D(2, 3, padding=1), BatchNorm2D())),
-        "branch_bn": serial(branch(BatchNorm2D(), Conv2D(2, 1)), add(), GlobalAvgPool2D(), Linear(3)),
+        "branch_bn": serial(branch(BatchNorm2D(), Conv2D(2, 1)), Add(), GlobalAvgPool2D(), Linear(3)),
     }
 
 
@@ -74,7 +75,7 @@ def test_residual_is_the_body_plus_the_shortcut(key):
 
 def test_branch_and_concat_equal_running_the_layers_separately(key):
     a, b = Conv2D(3, 1), Conv2D(2, 3, padding=1)
-    model = serial(branch(a, b), concat())
+    model = serial(branch(a, b), Concat())
     _, (pb, _) = model.init(key, (None,) + X_SHAPE[1:])
     x = jax.random.normal(key, X_SHAPE)
     want = jnp.concatenate([a.apply(pb[0], x), b.apply(pb[1], x)], axis=1)
@@ -97,7 +98,7 @@ def test_repr_shows_the_tree():
 
 
 def test_stateless_combinators_keep_the_plain_contract():
-    model = serial(branch(Conv2D(2, 1), Conv2D(2, 1)), add(), Flatten(), Linear(3))
+    model = serial(branch(Conv2D(2, 1), Conv2D(2, 1)), Add(), Flatten(), Linear(3))
     assert not has_state(model) and model.init_with_state is None and model.apply_with_state is None
     _, params, state = init_with_state(model, jax.random.key(0), (None,) + X_SHAPE[1:])
     assert state == {}
@@ -105,6 +106,32 @@ def test_stateless_combinators_keep_the_plain_contract():
     y, same = apply_with_state(model, params, state, x)
     np.testing.assert_array_equal(y, model.apply(params, x))
     assert same == {}
+
+
+def _plain_and_stateful(name):
+    """The combinator over stateless children (Linear first), and over a stateful one (BatchNorm1D first)."""
+    build = {"serial": serial, "branch": branch, "parallel": parallel}.get(name)
+    if build is None:
+        return residual(Linear(3)), residual(BatchNorm1D())
+    return build(Linear(3), ReLU()), build(BatchNorm1D(), ReLU())
+
+
+@pytest.mark.parametrize("name", ["serial", "branch", "parallel", "residual"])
+def test_each_combinator_is_stateless_over_stateless_children_and_stateful_over_a_stateful_one(name):
+    """Written once in the stateful form; over stateless children the plain init/apply are derived from it."""
+    plain, stateful = _plain_and_stateful(name)
+    x = jax.random.normal(jax.random.key(1), (4, 3))
+    inputs, shape = ((x, x), ((None, 3), (None, 3))) if name == "parallel" else (x, (None, 3))
+    assert not has_state(plain) and plain.init_with_state is None and plain.apply_with_state is None
+    _, params = plain.init(jax.random.key(0), shape)
+    linear = params["body"] if name == "residual" else params[0]
+    first = x @ linear["w"] + linear["b"][None, :]
+    want = {"serial": jnp.maximum(first, 0), "branch": (first, jnp.maximum(x, 0)), "parallel": (first, jnp.maximum(x, 0)),
+            "residual": first + x}[name]  # fmt: skip
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), plain.apply(params, inputs), want)
+    assert has_state(stateful) and stateful.init_with_state is not None
+    with pytest.raises(TypeError, match=f"{name}: this layer carries state"):
+        stateful.apply(stateful.init(jax.random.key(0), shape)[1], inputs)
 
 
 def test_state_mirrors_params_and_is_threaded_through_every_combinator(key):
@@ -124,10 +151,10 @@ def test_errors_name_the_combinator():
         branch(ReLU(), lambda x: x)
     with pytest.raises(ValueError, match="residual: the body's output shape .* differs from the shortcut's"):
         residual(Conv2D(4, 3)).init(jax.random.key(0), (None, 2, 6, 6))
-    with pytest.raises(ValueError, match="add: branch 1 has shape"):
-        serial(branch(Conv2D(2, 1), Conv2D(3, 1)), add()).init(jax.random.key(0), (None, 2, 4, 4))
-    with pytest.raises(ValueError, match="concat: branch 1 has shape"):
-        serial(branch(Conv2D(2, 1), Conv2D(3, 3)), concat()).init(jax.random.key(0), (None, 2, 4, 4))
+    with pytest.raises(ValueError, match="Add: branch 1 has shape"):
+        serial(branch(Conv2D(2, 1), Conv2D(3, 1)), Add()).init(jax.random.key(0), (None, 2, 4, 4))
+    with pytest.raises(ValueError, match="Concat: branch 1 has shape"):
+        serial(branch(Conv2D(2, 1), Conv2D(3, 3)), Concat()).init(jax.random.key(0), (None, 2, 4, 4))
     with pytest.raises(ValueError, match="parallel: input_shape must be a tuple of 2"):
         parallel(ReLU(), ReLU()).init(jax.random.key(0), ((None, 2),))
 

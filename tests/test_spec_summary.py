@@ -12,17 +12,17 @@ from tinyfn import models
 from tinyfn.layers import (
     AvgPool2D,
     BatchNorm1D,
+    Concat,
     Conv2D,
     Flatten,
     Layer,
     LayerNorm,
     Linear,
     ReLU,
+    apply_with_state,
     branch,
-    concat,
     from_spec,
     init_with_state,
-    apply_with_state,
     register_layer,
     residual,
     serial,
@@ -33,7 +33,7 @@ from tinyfn.layers import (
 def _inception():
     return serial(
         branch(Conv2D(2, 1), serial(Conv2D(2, 1), ReLU(), Conv2D(3, 3, padding=1)), AvgPool2D(3, 1, 1, count_include_pad=False)),
-        concat(), residual(serial(Conv2D(6, 3, padding=1), ReLU())), Flatten(), Linear(8), BatchNorm1D(), LayerNorm(), Linear(3),
+        Concat(), residual(serial(Conv2D(6, 3, padding=1), ReLU())), Flatten(), Linear(8), BatchNorm1D(), LayerNorm(), Linear(3),
     )  # fmt: skip
 
 
@@ -48,6 +48,32 @@ def test_a_model_round_trips_through_json_and_computes_the_same(build, shape):
     jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
     x = jax.random.normal(jax.random.key(1), (2,) + shape[1:])
     np.testing.assert_array_equal(apply_with_state(model, p1, s1, x, train=True)[0], apply_with_state(rebuilt, p2, s2, x, train=True)[0])
+
+
+def _old_spec():
+    """A spec as tinyfn wrote it before the layers took stax's casing (``fan_out``, ``identity``, ``add``, ``concat``)."""
+    fan = {"name": "fan_out", "config": {"n": 2}}
+    identity, linear = {"name": "identity", "config": {}}, {"name": "Linear", "config": {"out_features": 3, "use_bias": True}}
+    pair = {"name": "parallel", "config": {}, "children": [identity, linear]}
+    body = [fan, pair, {"name": "add", "config": {}}, {"name": "branch", "config": {}, "children": [identity, identity]}]
+    return {"name": "serial", "config": {}, "children": [*body, {"name": "concat", "config": {"axis": 1}}]}
+
+
+def test_specs_saved_with_the_old_names_still_load(tmp_path):
+    from tinyfn.train import checkpoint
+
+    model = from_spec(json.dumps(_old_spec()))
+    assert [c.name for c in model.children] == ["FanOut", "parallel", "Add", "branch", "Concat"]
+    assert to_spec(model)["children"][0] == {"name": "FanOut", "config": {"n": 2}}
+    _, params = model.init(jax.random.key(0), (None, 3))
+    x = jax.random.normal(jax.random.key(1), (2, 3))
+    w, b = params[1][1]["w"], params[1][1]["b"]
+    np.testing.assert_allclose(model.apply(params, x), np.tile(x + x @ w + b[None, :], 2), rtol=1e-6)
+    # a checkpoint whose recorded model uses the old names loads through the same map
+    record = {"model": {"spec": _old_spec(), "input_shape": [3]}}
+    path = checkpoint.save_checkpoint(tmp_path / "old.safetensors", params, metadata=record)
+    loaded, loaded_params, _ = checkpoint.load_model(path)
+    np.testing.assert_array_equal(loaded.apply(loaded_params, x), model.apply(params, x))
 
 
 def test_tuples_in_configs_come_back_as_tuples():

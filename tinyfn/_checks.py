@@ -7,7 +7,6 @@ with a message that names the argument, the value it got and what it expected.
 from __future__ import annotations
 
 import operator
-import weakref
 from typing import Mapping
 
 import jax
@@ -179,6 +178,21 @@ def input_shape(value, *, ndim: int | None = None, layout: str = "", op: str | N
     return (batch if batch is None else int(batch), *(int(d) for d in rest))
 
 
+
+def input_shapes(
+    value, *, n: int | None = None, each: str = "one per branch", flat: bool = True, op: str | None = None
+) -> tuple:
+    """The ``input_shape`` of a layer that takes a tuple of arrays: a tuple of shapes (``n`` of them if given).
+
+    With ``flat`` every entry is checked as ``input_shape``; without, an entry may itself be a tuple of
+    shapes (a child that takes a tuple), which that child checks.
+    """
+    count = f"{n} shapes" if n is not None else "shapes"
+    ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(isinstance(s, (tuple, list)) for s in value)
+    if not ok or (n is not None and len(value) != n):
+        raise ValueError(f"{_pre(op)}input_shape must be a tuple of {count}, {each}, got {value!r}")
+    return tuple(input_shape(s, op=op) if flat else tuple(s) for s in value)
+
 _IMAGE_CHANNELS = (1, 2, 3, 4)  # grey, grey + alpha, RGB, RGBA
 
 
@@ -254,12 +268,13 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
 
     if not jax.tree_util.tree_leaves(expected):
         if jax.tree_util.tree_leaves(params):
-            raise ValueError(f"{_pre(op)}{path}{note(path)} must be empty (the layer has no params), got {_describe(params)}")
+            none = f"the layer has no {path.split('[')[0]}"
+            raise ValueError(f"{_pre(op)}{path}{note(path)} must be empty ({none}), got {_describe(params)}")
         return
     if isinstance(expected, dict):
         if not isinstance(params, Mapping):
             raise TypeError(f"{_pre(op)}{path}{note(path)} must be a dict with keys {sorted(expected)} (as init makes), got {_describe(params)}")
-        missing = [k for k in expected if k not in params]
+        missing = [k for k in sorted(expected) if k not in params]
         extra = [k for k in params if k not in expected]
         if missing or extra:
             parts = []
@@ -289,29 +304,15 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
         raise TypeError(f"{_pre(op)}{path}{note(path)} has dtype {dtype}, expected a {_kind(want_dtype)} dtype (init makes {want_dtype})")
 
 
-_EXPECTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def shape_tree(x) -> tuple:
+    """The shape of an array as a tuple of ints; of a tuple or list of arrays, the tuple of their shapes (nested).
 
-
-def expected_params(init, input_shape: tuple):
-    """What a layer's ``init`` makes for ``input_shape``, as ``ShapeDtypeStruct``s (nothing drawn), or ``None`` if init refuses it.
-
-    Cached per ``init`` and input shape: after the first call, a dict lookup.
+    It is the ``input_shape`` a layer's ``init`` takes for the input ``x``. Raises ``TypeError`` or
+    ``ValueError`` for anything that is no array.
     """
-    per_shape = _EXPECTED.setdefault(init, {})
-    if input_shape not in per_shape:
-        try:
-            per_shape[input_shape] = jax.eval_shape(lambda: init(jax.random.key(0), input_shape)[1])
-        except Exception:  # noqa: BLE001 - init refuses this input: the op's own checks will say why
-            per_shape[input_shape] = None
-    return per_shape[input_shape]
-
-
-def layer_params(init, params, x, *, op: str | None = None, where=None) -> None:
-    """``params_match(params, what init makes for x's shape)``; nothing if ``x`` is no array or init refuses its shape."""
-    try:
-        shape = tuple(int(d) for d in np.shape(x))
-    except Exception:  # noqa: BLE001 - not an array: the op reports it
-        return
-    expected = expected_params(init, shape)
-    if expected is not None:
-        params_match(params, expected, op=op, where=where)
+    if isinstance(x, (tuple, list)):
+        return tuple(shape_tree(v) for v in x)
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"not an array: {x!r}")
+    shape = getattr(x, "shape", None)
+    return tuple(int(d) for d in (np.shape(x) if shape is None else shape))

@@ -6,7 +6,7 @@ convolution and pooling rules, by one of ``FORMULATIONS``.
 """
 
 from tinyfn.layers.activation import LogSoftmax, ReLU, Softmax, log_softmax, relu, softmax
-from tinyfn.layers.base import Layer, parameterless, serial
+from tinyfn.layers.base import Layer, make_combinator, make_layer, parameterless, serial
 from tinyfn.layers.conv import Conv2D, Deconv2D, conv2d, conv_output_size, deconv2d, deconv_output_size
 from tinyfn.layers.conv_matrix import conv2d_matrix, deconv2d_matrix, unrolled_filter_matrix
 from tinyfn.layers.dropout import Dropout, dropout
@@ -16,9 +16,8 @@ from tinyfn.layers.pool import MaxPool2D, max_pool2d, max_pool2d_with_switches, 
 from tinyfn.layers.precision import Float32
 from tinyfn.layers.reshape import Flatten, flatten
 from tinyfn.layers.base import apply_with_state, has_state, init_with_state
-from tinyfn.layers.combinators import (
-    Add, Concat, Identity, add, add_arrays, branch, concat, concat_arrays, fan_out, identity, parallel, residual,
-)  # fmt: skip
+from tinyfn.layers.combinators import Add, Concat, FanOut, Identity, branch, parallel, residual
+from tinyfn.layers.combinators import add_arrays, concat_arrays
 from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm, batch_norm, batch_norm_inference, batch_norm_with_stats, layer_norm
 from tinyfn.layers.spec import LAYERS, from_spec, register_layer, to_spec
 from tinyfn.layers.tabulate import summary
@@ -34,6 +33,8 @@ from tinyfn.layers.transformer import (
 __all__ = [
     # combinators
     "Layer",
+    "make_layer",
+    "make_combinator",
     "serial",
     "parameterless",
     # layers
@@ -76,13 +77,10 @@ __all__ = [
     # more combinators
     "branch",
     "parallel",
-    "fan_out",
     "residual",
-    "add",
+    "FanOut",
     "Add",
-    "concat",
     "Concat",
-    "identity",
     "Identity",
     # normalisation and average pooling
     "BatchNorm1D",

@@ -13,14 +13,13 @@ bfloat16 inputs (as PyTorch does) and cast back: a float16 average of 30000s is
 from __future__ import annotations
 
 from functools import partial
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from tinyfn import _checks
-from tinyfn.layers.base import Layer, _check_shape
+from tinyfn.layers.base import Layer, make_layer
 from tinyfn.layers.conv import conv_output_size
 from tinyfn.layers.kernels.geometry import pool_args as _pool_args
 
@@ -134,7 +133,7 @@ def AvgPool2D(window=2, stride=None, padding=0, count_include_pad: bool = True) 
     count_include_pad = bool(count_include_pad)
 
     def init(key, input_shape):
-        n, c, h, w = _check_shape("AvgPool2D", input_shape, 4, "(N, C, H, W)")
+        n, c, h, w = _checks.input_shape(input_shape, ndim=4, layout="(N, C, H, W)", op="AvgPool2D")
         _check_fits("AvgPool2D", (h, w), window, padding)
         return (n, c, *conv_output_size((h, w), window, stride, padding)), {}
 
@@ -142,17 +141,17 @@ def AvgPool2D(window=2, stride=None, padding=0, count_include_pad: bool = True) 
         return avg_pool2d(x, window, stride=stride, padding=padding, count_include_pad=count_include_pad)
 
     config = {"window": window, "stride": stride, "padding": padding, "count_include_pad": count_include_pad}
-    return Layer(init, apply, "AvgPool2D", MappingProxyType(config))
+    return make_layer("AvgPool2D", init, apply, config=config)
 
 
 def GlobalAvgPool2D() -> Layer:
     """Global average pooling ``(N, C, H, W) -> (N, C)`` (no params). See ``global_avg_pool2d``."""
 
     def init(key, input_shape):
-        n, c, _, _ = _check_shape("GlobalAvgPool2D", input_shape, 4, "(N, C, H, W)")
+        n, c, _, _ = _checks.input_shape(input_shape, ndim=4, layout="(N, C, H, W)", op="GlobalAvgPool2D")
         return (n, c), {}
 
     def apply(params, x, *, key=None, train=False):
         return global_avg_pool2d(x)
 
-    return Layer(init, apply, "GlobalAvgPool2D", MappingProxyType({}))
+    return make_layer("GlobalAvgPool2D", init, apply)

@@ -5,11 +5,14 @@ a layer may produce or take a *tuple* of arrays, and its shape is then the
 tuple of their shapes. Params are plain pytrees (a tuple of the children's
 params, or ``{"body": ..., "shortcut": ...}`` for ``residual``); state, when a
 child has some, mirrors params (see ``tinyfn.layers.base``). Keys are split
-once per child, like ``serial``.
+once per child, like ``serial``. Each combinator is written once, in its
+stateful form (``make_combinator``). stax's casing: layers are CamelCase
+(``Identity``, ``FanOut``, ``Add``, ``Concat``), combinators that take layers
+lowercase (``branch``, ``parallel``, ``residual``).
 
 An Inception-style block::
 
-    serial(branch(Conv2D(8, 1), serial(Conv2D(8, 1), ReLU(), Conv2D(8, 3, padding=1))), concat())
+    serial(branch(Conv2D(8, 1), serial(Conv2D(8, 1), ReLU(), Conv2D(8, 3, padding=1))), Concat())
 
 A ResNet basic block::
 
@@ -19,22 +22,14 @@ A ResNet basic block::
 from __future__ import annotations
 
 from functools import partial
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks
-from tinyfn.layers.base import Layer, apply_with_state, has_state, init_with_state, stateful_apply_error
+from tinyfn.layers.base import Layer, apply_with_state, init_with_state, make_combinator, make_layer, split_keys
 
-__all__ = ["identity", "Identity", "branch", "parallel", "fan_out", "add", "Add", "concat", "Concat", "residual"]
-
-
-def _check_layers(op, layers):
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"{op}: argument {i} must be a Layer (an init/apply pair), got {type(layer).__name__}")
-    return tuple(layers)
+__all__ = ["Identity", "FanOut", "Add", "Concat", "branch", "parallel", "residual", "add_arrays", "concat_arrays"]
 
 
 def _check_tuple(op, what, value, n=None):
@@ -45,94 +40,73 @@ def _check_tuple(op, what, value, n=None):
     return tuple(value)
 
 
-def _keys(key, n):
-    return jax.random.split(key, n) if key is not None and n else [None] * n
+def _fan(layers, inputs_of, output_of):
+    """A combinator running layer ``i`` on ``inputs_of(x)[i]``, its output ``output_of(outputs)``.
 
-
-def _multi(op, layers, inputs_of, output_of, config=MappingProxyType({})):
-    """A combinator whose children run on ``inputs_of(x, n)`` and whose result is ``output_of(ys)``.
-
-    ``inputs_of`` maps the input (shape or array, the same code for both) to one input per child;
-    ``output_of`` maps the children's outputs (shapes or arrays) to the combinator's.
+    ``inputs_of`` and ``output_of`` take shapes at init (``shapes=True``) and arrays at apply: the same code.
     """
-    n = len(layers)
 
     def init(key, input_shape):
-        shapes, params = [], []
-        for layer, k, s in zip(layers, jax.random.split(key, n), inputs_of(input_shape, n, shapes=True)):
-            shape, p = layer.init(k, s)
-            shapes.append(shape)
-            params.append(p)
-        return output_of(tuple(shapes), shapes=True), tuple(params)
+        keys, inputs = split_keys(key, len(layers)), inputs_of(input_shape, True)
+        out = [init_with_state(c, k, s) for c, k, s in zip(layers, keys, inputs)]
+        return output_of(tuple(o[0] for o in out), True), [o[1] for o in out], [o[2] for o in out]
 
-    def apply(params, x, *, key=None, train=False):
-        params = _check_tuple(op, "params", params, n)
-        ys = [layer.apply(p, xi, key=k, train=train) for layer, p, xi, k in zip(layers, params, inputs_of(x, n), _keys(key, n))]
-        return output_of(tuple(ys))
+    def apply(params, state, x, *, key=None, train=False):
+        keys, inputs = split_keys(key, len(layers)), inputs_of(x)
+        out = [apply_with_state(*a, key=k, train=train) for *a, k in zip(layers, params, state, inputs, keys)]
+        return output_of(tuple(o[0] for o in out)), [o[1] for o in out]
 
-    if not any(has_state(layer) for layer in layers):
-        return Layer(init, apply, op, config, layers)
-
-    def init_stateful(key, input_shape):
-        out = [init_with_state(layer, k, s) for layer, k, s in zip(layers, jax.random.split(key, n), inputs_of(input_shape, n, shapes=True))]
-        return output_of(tuple(o[0] for o in out), shapes=True), tuple(o[1] for o in out), tuple(o[2] for o in out)
-
-    def apply_stateful(params, state, x, *, key=None, train=False):
-        params, state = _check_tuple(op, "params", params, n), _check_tuple(op, "state", state, n)
-        out = [
-            apply_with_state(layer, p, s, xi, key=k, train=train)
-            for layer, p, s, xi, k in zip(layers, params, state, inputs_of(x, n), _keys(key, n))
-        ]
-        return output_of(tuple(o[0] for o in out)), tuple(o[1] for o in out)
-
-    return Layer(init, stateful_apply_error(op), op, config, layers, init_stateful, apply_stateful)
+    return init, apply
 
 
 def branch(*layers: Layer) -> Layer:
     """Run every layer on the same input; the output is the tuple of their outputs (stax's ``FanOut`` + ``parallel``).
 
-    Follow it with ``add()`` or ``concat()`` to merge the branches.
+    Follow it with ``Add()`` or ``Concat()`` to merge the branches.
     """
-    layers = _check_layers("branch", layers)
-    return _multi("branch", layers, lambda x, n, shapes=False: (x,) * n, lambda ys, shapes=False: ys)
+    init, apply = _fan(layers, lambda x, shapes=False: (x,) * len(layers), lambda ys, shapes=False: ys)
+    return make_combinator("branch", layers, init, apply)
 
 
 def parallel(*layers: Layer) -> Layer:
     """Run layer ``i`` on input ``i`` of a tuple; the output is the tuple of the outputs (stax's ``parallel``)."""
-    layers = _check_layers("parallel", layers)
+    n = len(layers)
 
-    def inputs_of(x, n, shapes=False):
-        return _check_tuple("parallel", "input_shape" if shapes else "x", x, n)
+    def inputs_of(x, shapes=False):
+        if shapes:
+            return _checks.input_shapes(x, n=n, each="one per layer", flat=False, op="parallel")
+        if not isinstance(x, (tuple, list)) or len(x) != n:
+            got = f"a {type(x).__name__}" + (f" of length {len(x)}" if isinstance(x, (tuple, list)) else "")
+            raise ValueError(f"parallel: x must be a tuple of {n} arrays, one per layer, got {got}")
+        return tuple(x)
 
-    return _multi("parallel", layers, inputs_of, lambda ys, shapes=False: ys)
+    init, apply = _fan(layers, inputs_of, lambda ys, shapes=False: ys)
+    return make_combinator("parallel", layers, init, apply)
 
 
-def fan_out(n: int) -> Layer:
+def FanOut(n: int) -> Layer:
     """``x -> (x, ..., x)`` (``n`` copies; no params). Its gradient sums the copies' cotangents (JAX's fan-out)."""
-    n = _checks.positive_int("n", n, op="fan_out")
+    n = _checks.positive_int("n", n, op="FanOut")
 
     def init(key, input_shape):
-        return (tuple(input_shape),) * n, {}
+        return (_checks.input_shape(input_shape, op="FanOut"),) * n, {}
 
     def apply(params, x, *, key=None, train=False):
         return (x,) * n
 
-    return Layer(init, apply, "fan_out", MappingProxyType({"n": n}))
+    return make_layer("FanOut", init, apply, config={"n": n})
 
 
-def identity() -> Layer:
+def Identity() -> Layer:
     """``x -> x`` (no params)."""
 
     def init(key, input_shape):
-        return tuple(input_shape), {}
+        return _checks.input_shape(input_shape, op="Identity"), {}
 
     def apply(params, x, *, key=None, train=False):
         return x
 
-    return Layer(init, apply, "Identity", MappingProxyType({}))
-
-
-Identity = identity
+    return make_layer("Identity", init, apply)
 
 
 @jax.custom_vjp
@@ -171,30 +145,20 @@ def add_arrays(xs):
     return _sum(xs)
 
 
-def _check_shapes(op, shapes):
-    shapes = _check_tuple(op, "input_shape (a tuple of shapes)", shapes)
-    if not shapes or not all(isinstance(s, (tuple, list)) for s in shapes):
-        raise ValueError(f"{op}: input_shape must be a non-empty tuple of shapes (one per branch), got {shapes!r}")
-    return tuple(tuple(s) for s in shapes)
-
-
-def add() -> Layer:
+def Add() -> Layer:
     """Fan-in by sum: ``(x₁, …, xₙ) -> Σ xᵢ``, all of one shape (stax's ``FanInSum``; no params)."""
 
     def init(key, input_shape):
-        shapes = _check_shapes("add", input_shape)
+        shapes = _checks.input_shapes(input_shape, op="Add")
         for i, s in enumerate(shapes[1:], 1):
             if s[1:] != shapes[0][1:]:
-                raise ValueError(f"add: branch {i} has shape {s}, expected branch 0's {shapes[0]}")
+                raise ValueError(f"Add: branch {i} has shape {s}, expected branch 0's {shapes[0]}")
         return shapes[0], {}
 
     def apply(params, x, *, key=None, train=False):
         return add_arrays(x)
 
-    return Layer(init, apply, "add", MappingProxyType({}))
-
-
-Add = add
+    return make_layer("Add", init, apply)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -228,20 +192,22 @@ def concat_arrays(xs, axis: int = 1):
     return _concat(xs, axis)
 
 
-def concat(axis: int = 1) -> Layer:
+def Concat(axis: int = 1) -> Layer:
     """Fan-in by concatenation along ``axis`` (channels by default; stax's ``FanInConcat``; no params)."""
     if isinstance(axis, bool) or not isinstance(axis, int) or axis == 0:
-        raise ValueError(f"concat: axis must be a non-batch int axis, got {axis!r}")
+        raise ValueError(f"Concat: axis must be a non-batch int axis, got {axis!r}")
 
     def init(key, input_shape):
-        shapes = _check_shapes("concat", input_shape)
+        shapes = _checks.input_shapes(input_shape, op="Concat")
         ndim = len(shapes[0])
         if not -ndim < axis < ndim or any(len(s) != ndim for s in shapes):
-            raise ValueError(f"concat: axis {axis} does not fit the branch shapes {shapes}")
+            raise ValueError(f"Concat: axis {axis} does not fit the branch shapes {shapes}")
         a = axis % ndim
         for i, s in enumerate(shapes[1:], 1):
             if s[1:a] + s[a + 1 :] != shapes[0][1:a] + shapes[0][a + 1 :]:
-                raise ValueError(f"concat: branch {i} has shape {s}, which differs from branch 0's {shapes[0]} outside axis {a}")
+                raise ValueError(
+                    f"Concat: branch {i} has shape {s}, which differs from branch 0's {shapes[0]} outside axis {a}"
+                )
         out = list(shapes[0])
         out[a] = sum(s[a] for s in shapes)
         return tuple(out), {}
@@ -249,52 +215,20 @@ def concat(axis: int = 1) -> Layer:
     def apply(params, x, *, key=None, train=False):
         return concat_arrays(x, axis)
 
-    return Layer(init, apply, "concat", MappingProxyType({"axis": axis}))
-
-
-Concat = concat
+    return make_layer("Concat", init, apply, config={"axis": axis})
 
 
 def residual(body: Layer, projection: Layer | None = None) -> Layer:
     """``y = body(x) + shortcut(x)``, the shortcut being ``projection`` or the identity (He et al.'s residual block).
 
     Use a ``projection`` (e.g. ``serial(Conv2D(c, 1, stride=2), BatchNorm2D())``)
-    when ``body`` changes the shape. Params ``{"body": ..., "shortcut": ...}``;
+    when ``body`` changes the shape. Params (and state) ``{"body": ..., "shortcut": ...}``;
     the sum's backward sends ``g`` to both paths.
     """
-    shortcut = identity() if projection is None else projection
-    layers = _check_layers("residual", (body, shortcut))
-    inner = _multi("residual", layers, lambda x, n, shapes=False: (x, x), _residual_sum)
-    names = ("body", "shortcut")
-
-    def init(key, input_shape):
-        shape, (pb, ps) = inner.init(key, input_shape)
-        return shape, {"body": pb, "shortcut": ps}
-
-    def apply(params, x, *, key=None, train=False):
-        return inner.apply(_as_pair(params, "params"), x, key=key, train=train)
-
     children = (body,) if projection is None else (body, projection)
-    config = MappingProxyType({})
-    if not has_state(inner):
-        return Layer(init, apply, "residual", config, children)
-
-    def init_stateful(key, input_shape):
-        shape, (pb, ps), (sb, ss) = inner.init_with_state(key, input_shape)
-        return shape, dict(zip(names, (pb, ps))), dict(zip(names, (sb, ss)))
-
-    def apply_stateful(params, state, x, *, key=None, train=False):
-        y, (sb, ss) = inner.apply_with_state(_as_pair(params, "params"), _as_pair(state, "state"), x, key=key, train=train)
-        return y, {"body": sb, "shortcut": ss}
-
-    return Layer(init, stateful_apply_error("residual"), "residual", config, children, init_stateful, apply_stateful)
-
-
-def _as_pair(tree, what):
-    if not isinstance(tree, dict) or set(tree) != {"body", "shortcut"}:
-        got = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
-        raise ValueError(f"residual: {what} must be a dict with keys 'body' and 'shortcut', got {got}")
-    return tree["body"], tree["shortcut"]
+    layers = (body, Identity() if projection is None else projection)
+    init, apply = _fan(layers, lambda x, shapes=False: (x, x), _residual_sum)
+    return make_combinator("residual", layers, init, apply, keys=("body", "shortcut"), children=children)
 
 
 def _residual_sum(ys, shapes=False):

@@ -17,14 +17,13 @@ by ``formulation=``, by ``tinyfn.layers.formulation(...)``, or per backend.
 from __future__ import annotations
 
 from functools import partial
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks, initializers
 from tinyfn.layers import kernels, precision
-from tinyfn.layers.base import Layer, _check_shape
+from tinyfn.layers.base import Layer, make_layer
 from tinyfn.layers.kernels import conv_output_size, deconv_output_size
 
 __all__ = ["conv2d", "deconv2d", "Conv2D", "Deconv2D", "conv_output_size", "deconv_output_size"]
@@ -214,7 +213,7 @@ def Conv2D(
     w_init = initializers.get(w_init)
 
     def init(key, input_shape):
-        n, c, h, w_ = _check_shape("Conv2D", input_shape, 4, "(N, C, H, W)")
+        n, c, h, w_ = _checks.input_shape(input_shape, ndim=4, layout="(N, C, H, W)", op="Conv2D")
         _checks.not_channels_last((n, c, h, w_), kernel, op="Conv2D")
         _checks.window_geometry("Conv2D", (h, w_), kernel, stride, padding)
         fan_in, fan_out = c * kernel[0] * kernel[1], out_channels * kernel[0] * kernel[1]
@@ -224,11 +223,10 @@ def Conv2D(
         return (n, out_channels, *conv_output_size((h, w_), kernel, stride, padding)), params
 
     def apply(params, x, *, key=None, train=False):
-        _checks.layer_params(init, params, x, op="Conv2D")
         x, w, b = precision.cast(compute_dtype, x, params["w"], params.get("b"))
         return conv2d(x, w, b, stride=stride, padding=padding, formulation=formulation, chunk_bytes=chunk_bytes)
 
-    return Layer(init, apply, "Conv2D", MappingProxyType({**cfg, "use_bias": use_bias, **options}))
+    return make_layer("Conv2D", init, apply, config={**cfg, "use_bias": use_bias, **options})
 
 
 def Deconv2D(
@@ -248,7 +246,7 @@ def Deconv2D(
     w_init = initializers.get(w_init)
 
     def init(key, input_shape):
-        n, c, h, w_ = _check_shape("Deconv2D", input_shape, 4, "(N, C, H, W)")
+        n, c, h, w_ = _checks.input_shape(input_shape, ndim=4, layout="(N, C, H, W)", op="Deconv2D")
         _checks.window_geometry("Deconv2D", (h, w_), kernel, stride, padding, output_padding)
         taps = kernel[0] * kernel[1]
         fan_in = max(1, c * taps // (stride[0] * stride[1]))
@@ -258,9 +256,8 @@ def Deconv2D(
         return (n, out_channels, *deconv_output_size((h, w_), kernel, stride, padding, output_padding)), params
 
     def apply(params, x, *, key=None, train=False):
-        _checks.layer_params(init, params, x, op="Deconv2D")
         x, w, b = precision.cast(compute_dtype, x, params["w"], params.get("b"))
         kw = dict(stride=stride, padding=padding, output_padding=output_padding, formulation=formulation, chunk_bytes=chunk_bytes)
         return deconv2d(x, w, b, **kw)
 
-    return Layer(init, apply, "Deconv2D", MappingProxyType({**cfg, "use_bias": use_bias, **options}))
+    return make_layer("Deconv2D", init, apply, config={**cfg, "use_bias": use_bias, **options})

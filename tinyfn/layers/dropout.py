@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks
-from tinyfn.layers.base import Layer, check_params
+from tinyfn.layers.base import Layer, make_layer
 
 __all__ = ["dropout", "Dropout"]
 
@@ -66,7 +65,6 @@ def Dropout(rate: float) -> Layer:
         return _checks.input_shape(input_shape, op="Dropout"), {}
 
     def apply(params, x, *, key=None, train=False):
-        check_params("Dropout", init, params, x)
         return dropout(key, x, rate, train=train)
 
-    return Layer(init, apply, "Dropout", MappingProxyType({"rate": rate}))
+    return make_layer("Dropout", init, apply, config={"rate": rate})

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks, initializers
 from tinyfn.layers import precision
-from tinyfn.layers.base import Layer, check_params
+from tinyfn.layers.base import Layer, make_layer
 
 __all__ = ["linear", "Linear"]
 
@@ -98,8 +97,9 @@ def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", dtyp
         return (*shape[:-1], out_features), params
 
     def apply(params, x, *, key=None, train=False):
-        check_params("Linear", init, params, x)
         return linear(*precision.cast(compute_dtype, x, params["w"], params.get("b")))
 
     config = {"out_features": out_features, "use_bias": use_bias}
-    return Layer(init, apply, "Linear", MappingProxyType(config if compute_dtype is None else {**config, "compute_dtype": compute_dtype}))
+    if compute_dtype is not None:
+        config["compute_dtype"] = compute_dtype
+    return make_layer("Linear", init, apply, config=config)

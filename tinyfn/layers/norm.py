@@ -26,13 +26,12 @@ statistics in that float32.
 from __future__ import annotations
 
 from functools import partial
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks
-from tinyfn.layers.base import Layer, _check_any_shape, stateful_apply_error
+from tinyfn.layers.base import Layer, make_layer
 
 __all__ = ["batch_norm", "batch_norm_with_stats", "batch_norm_inference", "layer_norm", "BatchNorm1D", "BatchNorm2D", "LayerNorm"]
 
@@ -277,32 +276,23 @@ def _batch_norm_layer(name, ndims, layout, momentum, eps, affine):
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{name}: momentum must be in [0, 1] (PyTorch's: weight of the new batch), got {momentum!r}")
     eps = _check_eps(name, eps)
-    config = MappingProxyType({"momentum": momentum, "eps": eps, "affine": affine})
 
-    def shape_of(input_shape):
-        shape = _check_any_shape(name, input_shape)
+    def init_with_state(key, input_shape):
+        shape = _checks.input_shape(input_shape, op=name)
         if len(shape) not in ndims:
             raise ValueError(f"{name}: input_shape must be {layout}, got {shape}")
-        return shape
-
-    def init(key, input_shape):
-        shape = shape_of(input_shape)
         c = shape[1]
         params = {"gamma": jnp.ones((c,), jnp.float32), "beta": jnp.zeros((c,), jnp.float32)} if affine else {}
-        return shape, params
-
-    def init_stateful(key, input_shape):
-        shape, params = init(key, input_shape)
-        c = shape[1]
         return shape, params, {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
 
-    def apply_stateful(params, state, x, *, key=None, train=False):
+    def apply_with_state(params, state, x, *, key=None, train=False):
         x = _checks.float_array("x", x, op=name)
         if x.ndim not in ndims:
             raise ValueError(f"{name}: x must have shape {layout}, got {tuple(x.shape)}")
-        gamma, beta = (None if v is None else v.astype(x.dtype) for v in (params.get("gamma"), params.get("beta")))
+        gamma, beta = (params[k].astype(x.dtype) if affine else None for k in ("gamma", "beta"))
         if not train:
-            return batch_norm_inference(x, state["mean"].astype(x.dtype), state["var"].astype(x.dtype), gamma, beta, eps=eps), state
+            mean, var = state["mean"].astype(x.dtype), state["var"].astype(x.dtype)
+            return batch_norm_inference(x, mean, var, gamma, beta, eps=eps), state
         y, mean, var = batch_norm_with_stats(x, gamma, beta, eps=eps)
         mean, var = jax.lax.stop_gradient((mean, var))  # the running statistics are buffers, not differentiated
         m = x.size // x.shape[1]
@@ -313,7 +303,8 @@ def _batch_norm_layer(name, ndims, layout, momentum, eps, affine):
         }
         return y, new_state
 
-    return Layer(init, stateful_apply_error(name), name, config, (), init_stateful, apply_stateful)
+    config = {"momentum": momentum, "eps": eps, "affine": affine}
+    return make_layer(name, config=config, init_with_state=init_with_state, apply_with_state=apply_with_state)
 
 
 def BatchNorm2D(momentum: float = 0.1, eps: float = 1e-5, affine: bool = True) -> Layer:
@@ -343,7 +334,7 @@ def LayerNorm(normalized_ndim: int = 1, eps: float = 1e-5, affine: bool = True) 
     eps = _check_eps("LayerNorm", eps)
 
     def init(key, input_shape):
-        shape = _check_any_shape("LayerNorm", input_shape)
+        shape = _checks.input_shape(input_shape, op="LayerNorm")
         if len(shape) <= normalized_ndim:
             raise ValueError(f"LayerNorm: input_shape must have a batch entry and {normalized_ndim} normalised axes, got {shape}")
         trailing = shape[len(shape) - normalized_ndim :]
@@ -352,7 +343,8 @@ def LayerNorm(normalized_ndim: int = 1, eps: float = 1e-5, affine: bool = True) 
 
     def apply(params, x, *, key=None, train=False):
         x = _checks.float_array("x", x, op="LayerNorm")
-        gamma, beta = (None if v is None else v.astype(x.dtype) for v in (params.get("gamma"), params.get("beta")))
+        gamma, beta = (params[k].astype(x.dtype) if affine else None for k in ("gamma", "beta"))
         return layer_norm(x, gamma, beta, normalized_ndim=normalized_ndim, eps=eps)
 
-    return Layer(init, apply, "LayerNorm", MappingProxyType({"normalized_ndim": normalized_ndim, "eps": eps, "affine": affine}))
+    config = {"normalized_ndim": normalized_ndim, "eps": eps, "affine": affine}
+    return make_layer("LayerNorm", init, apply, config=config)

@@ -18,7 +18,6 @@ the first.
 from __future__ import annotations
 
 from functools import partial
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ from jax import lax
 
 from tinyfn import _checks
 from tinyfn.layers import kernels
-from tinyfn.layers.base import Layer, _check_shape
+from tinyfn.layers.base import Layer, make_layer
 from tinyfn.layers.kernels import conv_output_size
 
 __all__ = ["max_pool2d", "max_pool2d_with_switches", "max_unpool2d", "MaxPool2D"]
@@ -179,14 +178,15 @@ def MaxPool2D(window=2, stride=None, padding=0, *, formulation=None) -> Layer:
     kernels.check_options("MaxPool2D", formulation, None)
 
     def init(key, input_shape):
-        n, c, h, w = _check_shape("MaxPool2D", input_shape, 4, "(N, C, H, W)")
+        n, c, h, w = _checks.input_shape(input_shape, ndim=4, layout="(N, C, H, W)", op="MaxPool2D")
         _checks.not_channels_last((n, c, h, w), window, op="MaxPool2D")
         _checks.window_geometry("MaxPool2D", (h, w), window, stride, padding, name="window")
         return (n, c, *conv_output_size((h, w), window, stride, padding)), {}
 
     def apply(params, x, *, key=None, train=False):
-        _checks.layer_params(init, params, x, op="MaxPool2D")
         return max_pool2d(x, window, stride=stride, padding=padding, formulation=formulation)
 
     config = {"window": window, "stride": stride, "padding": padding}
-    return Layer(init, apply, "MaxPool2D", MappingProxyType(config if formulation is None else {**config, "formulation": formulation}))
+    if formulation is not None:
+        config["formulation"] = formulation
+    return make_layer("MaxPool2D", init, apply, config=config)

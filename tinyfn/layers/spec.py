@@ -7,7 +7,8 @@ A spec is the layer tree read from each layer's ``name``, ``config`` and
 
 Tuples in configs become JSON lists and come back as tuples. ``from_spec``
 rebuilds with the constructors in a registry holding every built-in layer and
-combinator; ``register_layer`` adds your own. A layer the registry does not know
+combinator; ``register_layer`` adds your own. Names a layer had before (``RENAMED``:
+``add`` is now ``Add``) still load. A layer the registry does not know
 is named in the error, with where it sits in the tree.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 from tinyfn.layers.activation import LogSoftmax, ReLU, Softmax
 from tinyfn.layers.avg_pool import AvgPool2D, GlobalAvgPool2D
 from tinyfn.layers.base import Layer, serial
-from tinyfn.layers.combinators import add, branch, concat, fan_out, identity, parallel, residual
+from tinyfn.layers.combinators import Add, Concat, FanOut, Identity, branch, parallel, residual
 from tinyfn.layers.conv import Conv2D, Deconv2D
 from tinyfn.layers.dropout import Dropout
 from tinyfn.layers.linear import Linear
@@ -49,15 +50,18 @@ LAYERS: dict[str, tuple[Callable[..., Layer], bool]] = {
     "BatchNorm1D": (BatchNorm1D, False),
     "BatchNorm2D": (BatchNorm2D, False),
     "LayerNorm": (LayerNorm, False),
-    "Identity": (identity, False),
-    "fan_out": (fan_out, False),
-    "add": (add, False),
-    "concat": (concat, False),
+    "Identity": (Identity, False),
+    "FanOut": (FanOut, False),
+    "Add": (Add, False),
+    "Concat": (Concat, False),
     "serial": (serial, True),
     "branch": (branch, True),
     "parallel": (parallel, True),
     "residual": (residual, True),
 }
+
+# Names saved by tinyfn before the layers took stax's casing: a spec (or checkpoint) holding them still loads.
+RENAMED = {"add": "Add", "concat": "Concat", "identity": "Identity", "fan_out": "FanOut"}
 
 
 def register_layer(name: str, constructor: Callable[..., Layer], *, takes_children: bool = False) -> None:
@@ -115,6 +119,8 @@ def from_spec(spec, *, _where: str = "spec") -> Layer:
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"from_spec: {_where} must be a dict with a 'name', got {spec!r}")
     name = spec["name"]
+    if name not in LAYERS and name in RENAMED:
+        name = RENAMED[name]
     if name not in LAYERS:
         raise ValueError(
             f"from_spec: unknown layer {name!r} at {_where}; known layers: {sorted(LAYERS)} "
