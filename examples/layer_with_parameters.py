@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tinyfn import gradcheck, layers as L, losses, train
-from tinyfn.layers.base import Layer, check_params
+from tinyfn.layers import Layer, make_layer
 
 STEPS = 20 if os.environ.get("TINYFN_EXAMPLE_QUICK") == "1" else 200
 
@@ -51,10 +51,9 @@ def ChannelAffine() -> Layer:
         return input_shape, {"gamma": jnp.ones(channels), "beta": jnp.zeros(channels)}
 
     def apply(params, x, *, key=None, train=False):
-        check_params("ChannelAffine", init, params, x)  # tinyfn's error messages for wrong params
         return channel_affine(x, params["gamma"], params["beta"])
 
-    return Layer(init, apply, name="ChannelAffine")
+    return make_layer("ChannelAffine", init, apply)  # wraps apply in the params check: wrong params are named
 
 
 def main():

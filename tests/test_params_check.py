@@ -23,17 +23,28 @@ from tinyfn.layers import (
     Conv2D,
     Deconv2D,
     Dropout,
+    Embedding,
     FanOut,
     Flatten,
     Float32,
+    GELU,
     GlobalAvgPool2D,
     Identity,
     LayerNorm,
+    LeakyReLU,
     Linear,
     LogSoftmax,
     MaxPool2D,
+    MultiHeadAttention,
+    PatchEmbedding,
+    PositionEmbedding,
     ReLU,
+    Sigmoid,
+    SiLU,
     Softmax,
+    TakeToken,
+    Tanh,
+    TransformerBlock,
     apply_with_state,
     branch,
     has_state,
@@ -47,6 +58,12 @@ from tinyfn.models import lenet5
 
 X4 = (2, 3, 6, 6)
 V = (4, 5)  # (N, features)
+T3 = (2, 5, 8)  # (N, tokens, features)
+
+
+class Ids(tuple):
+    """An input shape whose input is integer ids (``Embedding``), not floats."""
+
 
 # kind -> [(build, input shape, the owner note a combinator adds, or None)]; combinators once over stateless
 # children and once over a stateful one (BatchNorm1D: params and state), so the derived stateless form and the
@@ -62,6 +79,17 @@ CASES = {
     "Softmax": [(Softmax, V, None)],
     "LogSoftmax": [(LogSoftmax, V, None)],
     "Flatten": [(Flatten, X4, None)],
+    "LeakyReLU": [(LeakyReLU, V, None)],
+    "Sigmoid": [(Sigmoid, V, None)],
+    "Tanh": [(Tanh, V, None)],
+    "SiLU": [(SiLU, V, None)],
+    "GELU": [(GELU, V, None)],
+    "Embedding": [(lambda: Embedding(7, 4), Ids((2, 5)), None)],
+    "MultiHeadAttention": [(lambda: MultiHeadAttention(8, 2), T3, None)],
+    "PatchEmbedding": [(lambda: PatchEmbedding(3, 8), X4, None)],
+    "PositionEmbedding": [(PositionEmbedding, T3, None)],
+    "TakeToken": [(TakeToken, T3, None)],
+    "TransformerBlock": [(lambda: TransformerBlock(8, 2, mlp_ratio=2), T3, None)],
     "Dropout": [(lambda: Dropout(0.5), X4, None)],
     "Float32": [(Float32, X4, None)],
     "BatchNorm1D": [(BatchNorm1D, V, None)],
@@ -92,6 +120,8 @@ def test_every_registered_layer_kind_is_in_the_table():
 def _x(shape):
     if isinstance(shape[0], tuple):
         return tuple(_x(s) for s in shape)
+    if isinstance(shape, Ids):
+        return jax.random.randint(jax.random.key(1), shape, 0, 7)
     return jax.random.normal(jax.random.key(1), shape) + 2
 
 

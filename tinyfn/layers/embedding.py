@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tinyfn import _checks
-from tinyfn.layers.base import Layer, check_params
+from tinyfn.layers.base import Layer, make_layer
 from tinyfn.layers.spec import register_layer
 
 __all__ = ["embedding", "Embedding"]
@@ -101,10 +100,9 @@ def Embedding(num_embeddings: int, features: int, *, dtype=jnp.float32) -> Layer
 
     def apply(params, ids, *, key=None, train=False):
         del key, train
-        check_params("Embedding", init, params, ids)
         return embedding(ids, params["table"])
 
-    return Layer(init, apply, "Embedding", MappingProxyType({"num_embeddings": num_embeddings, "features": features}))
+    return make_layer("Embedding", init, apply, config={"num_embeddings": num_embeddings, "features": features})
 
 
 register_layer("Embedding", Embedding)

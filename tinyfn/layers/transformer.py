@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
 
 from tinyfn import _checks, initializers
 from tinyfn.layers.attention import ATTENTION_FORMULATIONS, dot_product_attention
-from tinyfn.layers.base import Layer, check_params, serial
+from tinyfn.layers.base import Layer, make_layer, serial
 from tinyfn.layers.combinators import concat_arrays, residual
 from tinyfn.layers.conv import conv2d
 from tinyfn.layers.dropout import Dropout
@@ -207,7 +206,6 @@ def MultiHeadAttention(
     def apply(params, x, *, key=None, train=False):
         del key, train
         _tokens_shape(op, jnp.shape(x), embed_dim)
-        check_params(op, init, params, x)
         p = params
         return multi_head_attention(
             x, p["in_proj_weight"], p.get("in_proj_bias"), p["out_proj_weight"], p.get("out_proj_bias"),
@@ -221,7 +219,7 @@ def MultiHeadAttention(
         "causal": causal,
         "formulation": formulation,
     }
-    return Layer(init, apply, op, MappingProxyType(config))
+    return make_layer(op, init, apply, config=config)
 
 
 def PatchEmbedding(patch: int, embed_dim: int, *, cls_token: bool = True) -> Layer:
@@ -257,7 +255,6 @@ def PatchEmbedding(patch: int, embed_dim: int, *, cls_token: bool = True) -> Lay
 
     def apply(params, x, *, key=None, train=False):
         del key, train
-        check_params(op, init, params, x)
         y = conv2d(x, params["w"].astype(x.dtype), params["b"].astype(x.dtype), stride=patch)  # (N, E, h, w)
         n = y.shape[0]
         tokens = y.reshape(n, embed_dim, -1).transpose(0, 2, 1)  # (N, h·w, E)
@@ -266,7 +263,7 @@ def PatchEmbedding(patch: int, embed_dim: int, *, cls_token: bool = True) -> Lay
             tokens = concat_arrays((cls, tokens), axis=1)
         return tokens + params["pos"].astype(x.dtype)
 
-    return Layer(init, apply, op, MappingProxyType({"patch": patch, "embed_dim": embed_dim, "cls_token": cls_token}))
+    return make_layer(op, init, apply, config={"patch": patch, "embed_dim": embed_dim, "cls_token": cls_token})
 
 
 def PositionEmbedding() -> Layer:
@@ -280,10 +277,9 @@ def PositionEmbedding() -> Layer:
         return (n, t, e), {"pos": 0.02 * jax.random.normal(key, (1, t, e), jnp.float32)}
 
     def apply(params, x, *, key=None, train=False):
-        check_params("PositionEmbedding", init, params, x)
         return x + params["pos"].astype(x.dtype)
 
-    return Layer(init, apply, "PositionEmbedding", MappingProxyType({}))
+    return make_layer("PositionEmbedding", init, apply, config={})
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -325,10 +321,9 @@ def TakeToken(index: int = 0) -> Layer:
         return (n, e), {}
 
     def apply(params, x, *, key=None, train=False):
-        check_params("TakeToken", init, params, x)
         return take_token(x, index)
 
-    return Layer(init, apply, "TakeToken", MappingProxyType({"index": index}))
+    return make_layer("TakeToken", init, apply, config={"index": index})
 
 
 def TransformerBlock(
@@ -360,7 +355,6 @@ def TransformerBlock(
 
     def apply(params, x, *, key=None, train=False):
         _tokens_shape(op, jnp.shape(x), embed_dim)  # x itself, named, before the children see it
-        check_params(op, init, params, x)
         return inner.apply(params, x, key=key, train=train)
 
     config = {
@@ -371,7 +365,7 @@ def TransformerBlock(
         "causal": causal,
         "formulation": formulation,
     }
-    return Layer(init, apply, op, MappingProxyType(config))
+    return make_layer(op, init, apply, config=config)
 
 
 def block_attention_probabilities(layer: Layer, params, x):
