@@ -60,7 +60,7 @@ def _old_spec():
 
 
 def test_specs_saved_with_the_old_names_still_load(tmp_path):
-    from tinyfn.train import checkpoint
+    from tinyfn.train import checkpoint, model_io
 
     model = from_spec(json.dumps(_old_spec()))
     assert [c.name for c in model.children] == ["FanOut", "parallel", "Add", "branch", "Concat"]
@@ -72,7 +72,7 @@ def test_specs_saved_with_the_old_names_still_load(tmp_path):
     # a checkpoint whose recorded model uses the old names loads through the same map
     record = {"model": {"spec": _old_spec(), "input_shape": [3]}}
     path = checkpoint.save_checkpoint(tmp_path / "old.safetensors", params, metadata=record)
-    loaded, loaded_params, _ = checkpoint.load_model(path)
+    loaded, loaded_params, _ = model_io.load_model(path)
     np.testing.assert_array_equal(loaded.apply(loaded_params, x), model.apply(params, x))
 
 
