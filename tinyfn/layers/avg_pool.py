@@ -46,13 +46,17 @@ def _window_sum_transpose(g, window, stride, padding, hw):
     return full[:, :, ph : ph + h, pw : pw + w]
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _avg_pool(x, window, stride, padding, count_include_pad):
+def _plain_avg_pool(x, window, stride, padding, count_include_pad):
     return _window_sum(x, window, stride, padding) / _divisor(x.shape[2:], window, stride, padding, count_include_pad, x.dtype)
 
 
-def _avg_pool_fwd(x, window, stride, padding, count_include_pad):
-    return _avg_pool(x, window, stride, padding, count_include_pad), x.shape[2:]
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _avg_pool(x, window, stride, padding, count_include_pad):
+    return _plain_avg_pool(x, window, stride, padding, count_include_pad)
+
+
+def _avg_pool_fwd(x, window, stride, padding, count_include_pad):  # the plain forward, so that forward mode runs through it
+    return _plain_avg_pool(x, window, stride, padding, count_include_pad), x.shape[2:]
 
 
 def _avg_pool_bwd(window, stride, padding, count_include_pad, hw, g):
@@ -100,13 +104,17 @@ def avg_pool2d(x, window=2, *, stride=None, padding=0, count_include_pad: bool =
     return _avg_pool(x, window, stride, padding, bool(count_include_pad))
 
 
-@jax.custom_vjp
-def _global_avg_pool(x):
+def _plain_global_avg_pool(x):
     return jnp.mean(x, axis=(2, 3))
 
 
-def _global_avg_pool_fwd(x):
-    return _global_avg_pool(x), x.shape
+@jax.custom_vjp
+def _global_avg_pool(x):
+    return _plain_global_avg_pool(x)
+
+
+def _global_avg_pool_fwd(x):  # the plain forward, so that forward mode runs through it
+    return _plain_global_avg_pool(x), x.shape
 
 
 def _global_avg_pool_bwd(shape, g):
