@@ -24,7 +24,9 @@ __all__ = ["avg_pool2d", "global_avg_pool2d", "AvgPool2D", "GlobalAvgPool2D"]
 
 def _window_sum(x, window, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = window, stride, padding
-    return lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    # a Python 0.0 init (concrete under jit): lax takes its windowed-sum primitive, whose batching rule
+    # forward-over-reverse under jit needs (with a traced zero it takes the generic reduce_window, which fails there)
+    return lax.reduce_window(x, 0.0, lax.add, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
 def _divisor(hw, window, stride, padding, count_include_pad, dtype):
@@ -42,7 +44,7 @@ def _window_sum_transpose(g, window, stride, padding, hw):
     extra_h, extra_w = h + 2 * ph - ((ho - 1) * sh + kh), w + 2 * pw - ((wo - 1) * sw + kw)  # rows no window reaches
     zero = jnp.zeros((), g.dtype)
     gd = lax.pad(g, zero, ((0, 0, 0), (0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1)))
-    full = lax.reduce_window(gd, zero, lax.add, (1, 1, kh, kw), (1, 1, 1, 1), "VALID")
+    full = lax.reduce_window(gd, 0.0, lax.add, (1, 1, kh, kw), (1, 1, 1, 1), "VALID")  # 0.0: as in _window_sum
     return full[:, :, ph : ph + h, pw : pw + w]
 
 
