@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinyfn import layers as L
-from tinyfn import losses, reference as R
+from tinyfn import losses
+from tinyfn import reference as R
 from tinyfn.models import lenet5
+
 
 def _small_resnet_loss(ops, sce, x, params, labels):
     """A residual block (conv, batch norm, relu, conv, batch norm, sum, relu), a concat with its average pool,
@@ -28,7 +30,7 @@ def _small_resnet_loss(ops, sce, x, params, labels):
 
 
 def _small_resnet_params(rng):
-    n = lambda *shape: jnp.asarray(rng.standard_normal(shape))  # noqa: E731
+    n = lambda *shape: jnp.asarray(rng.standard_normal(shape))
     return {
         "stem": n(2, 1, 3, 3), "g0": n(2), "b0": n(2), "c1": n(2, 2, 3, 3) * 0.5, "g1": n(2), "b1": n(2),
         "c2": n(2, 2, 3, 3) * 0.5, "g2": n(2), "b2": n(2), "mean": n(4), "var": jnp.asarray(rng.uniform(0.5, 2, 4)),

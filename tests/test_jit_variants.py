@@ -19,7 +19,18 @@ KEY = jax.random.key(7)
 LAYERS = [
     # (layer, input shape): the layer of every registered op that has one, and a whole model
     *((spec.layer(), spec.input_shape) for spec in registry.OPS if spec.layer is not None),
-    (L.serial(L.Conv2D(2, 3, padding=1), L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dropout(0.25), L.Linear(3), L.LogSoftmax()), (2, 2, 5, 5)),
+    (
+        L.serial(
+            L.Conv2D(2, 3, padding=1),
+            L.ReLU(),
+            L.MaxPool2D(2),
+            L.Flatten(),
+            L.Dropout(0.25),
+            L.Linear(3),
+            L.LogSoftmax(),
+        ),
+        (2, 2, 5, 5),
+    ),
 ]
 
 

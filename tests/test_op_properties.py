@@ -40,7 +40,9 @@ def test_hessian_and_jacfwd_of_grad_equal_the_reference_in_float64(spec):
     testing.check_hessian(spec)
 
 
-@pytest.mark.parametrize("spec", [s for s in registry.OPS if s.torch is not None], ids=[s.name for s in registry.OPS if s.torch is not None])
+@pytest.mark.parametrize(
+    "spec", [s for s in registry.OPS if s.torch is not None], ids=[s.name for s in registry.OPS if s.torch is not None]
+)
 def test_forward_and_vjp_equal_pytorch(spec):
     pytest.importorskip("torch")
     testing.check_torch(spec)

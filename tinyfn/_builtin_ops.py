@@ -53,7 +53,9 @@ def _conv_sample(rng, dtype, x_shape, w_shape, kw, **op_kwargs):
     args = (normal(rng, x_shape, dtype), normal(rng, w_shape, dtype), normal(rng, (k,), dtype))
     tag = f"[{op_kwargs.get('formulation') or 'default'}]" + (" chunk_bytes=1000" if "chunk_bytes" in op_kwargs else "")
     cfg = f"x{x_shape} w{w_shape} " + " ".join(f"{key}{v}" for key, v in kw.items()) + f" {tag}"
-    return Sample(args, kw, op_kwargs, cfg.replace("stride", "s").replace("output_padding", "op").replace("padding", "p"))
+    return Sample(
+        args, kw, op_kwargs, cfg.replace("stride", "s").replace("output_padding", "op").replace("padding", "p")
+    )
 
 
 def _conv2d(rng, dtype=_F32):
@@ -272,7 +274,7 @@ def _concat(rng, dtype=_F32):
 
 # ---- the table ----
 
-X = ("x",)
+X, XGB = ("x",), ("x", "gamma", "beta")
 _IMAGE_LAYER = (2, 3, 6, 6)
 for _spec in (
     OpSpec("linear", L.linear, R.linear, _linear, ("x", "w", "b"), (0, 1, 2), torch=T.linear,
@@ -295,16 +297,17 @@ for _spec in (
            layer=lambda: L.LogSoftmax(axis=0), input_shape=(4, 5)),
     OpSpec("flatten", L.flatten, R.flatten, _image, X, (0,), torch=T.flatten, checks_args=False,
            layer=L.Flatten, input_shape=_IMAGE_LAYER, doc="a reshape: JAX's own rule (no custom_vjp)"),
-    OpSpec("dropout", L.dropout, R.dropout, _dropout, ("key", "x"), (1,), layer=lambda: L.Dropout(0.5), input_shape=(4, 5)),
+    OpSpec("dropout", L.dropout, R.dropout, _dropout, ("key", "x"), (1,),
+           layer=lambda: L.Dropout(0.5), input_shape=(4, 5)),
     OpSpec("softmax_cross_entropy", losses.softmax_cross_entropy, R.softmax_cross_entropy, _sce, ("logits", "labels"),
            (0,), torch=T.softmax_cross_entropy),
     OpSpec("mse", losses.mse, R.mse, _mse, ("pred", "target"), (0, 1), torch=T.mse),
-    OpSpec("batch_norm", L.batch_norm, R.batch_norm, _batch_norm, ("x", "gamma", "beta"), (0, 1, 2), torch=T.batch_norm),
-    OpSpec("batch_norm_with_stats", L.batch_norm_with_stats, R.batch_norm_with_stats, _batch_norm, ("x", "gamma", "beta"),
-           (0, 1, 2), torch=T.batch_norm_with_stats, error_name="batch_norm"),
+    OpSpec("batch_norm", L.batch_norm, R.batch_norm, _batch_norm, XGB, (0, 1, 2), torch=T.batch_norm),
+    OpSpec("batch_norm_with_stats", L.batch_norm_with_stats, R.batch_norm_with_stats, _batch_norm, XGB, (0, 1, 2),
+           torch=T.batch_norm_with_stats, error_name="batch_norm"),
     OpSpec("batch_norm_inference", L.batch_norm_inference, R.batch_norm_inference, _bn_inference,
            ("x", "mean", "var", "gamma", "beta"), (0, 1, 2, 3, 4), torch=T.batch_norm_inference),
-    OpSpec("layer_norm", L.layer_norm, R.layer_norm, _layer_norm, ("x", "gamma", "beta"), (0, 1, 2), torch=T.layer_norm),
+    OpSpec("layer_norm", L.layer_norm, R.layer_norm, _layer_norm, XGB, (0, 1, 2), torch=T.layer_norm),
     OpSpec("avg_pool2d", L.avg_pool2d, R.avg_pool2d, _avg_pool2d, X, (0,), torch=T.avg_pool2d,
            layer=lambda: L.AvgPool2D(2), input_shape=_IMAGE_LAYER),
     OpSpec("global_avg_pool2d", L.global_avg_pool2d, R.global_avg_pool2d, _image, X, (0,), torch=T.global_avg_pool2d,

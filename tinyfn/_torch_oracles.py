@@ -71,7 +71,7 @@ def batch_norm_with_stats(x, gamma=None, beta=None, *, eps=1e-5):
 
 
 def batch_norm_inference(x, mean, var, gamma=None, beta=None, *, eps=1e-5):
-    # F.batch_norm treats the running statistics as buffers (no gradient): the same map, written out, differentiated by torch
+    # F.batch_norm treats the running statistics as buffers (no gradient): the same map written out, torch's autograd
     shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     y = (x - mean.reshape(shape)) / _torch().sqrt(var.reshape(shape) + eps)
     y = y if gamma is None else y * gamma.reshape(shape)

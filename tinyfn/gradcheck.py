@@ -56,7 +56,8 @@ def _is_float(a) -> bool:
 
 
 def _to64(a):
-    return np.asarray(a, np.float64) if _is_float(a) else a  # numpy: a jitted call takes it as it is, no transfer kernel to compile
+    # numpy: a jitted call takes it as it is, no transfer kernel to compile
+    return np.asarray(a, np.float64) if _is_float(a) else a
 
 
 def numerical_grad(f: Callable, x, eps: float = 1e-6, *, indices=None, chunk: int = 256):
@@ -92,7 +93,9 @@ def _vdot(y, v) -> jax.Array:
     return sum(jnp.vdot(a, b) for a, b in zip(leaves_y, leaves_v) if _is_float(a))
 
 
-def numerical_vjp(f: Callable, args: Sequence, cotangent, *, argnums=None, eps: float = 1e-6, max_elements: int | None = None, seed: int = 0):
+def numerical_vjp(
+    f: Callable, args: Sequence, cotangent, *, argnums=None, eps: float = 1e-6, max_elements: int | None = None, seed=0
+):
     """Finite-difference VJP ``vᵀ ∂f/∂args[i]`` for each ``i`` in ``argnums`` (float args by default), float64.
 
     All checked arguments are perturbed one coordinate at a time through a
@@ -139,7 +142,8 @@ class _Comparison:
 
 
 def _compare(a, b, rtol, atol, *, noise=None) -> _Comparison:
-    """Normwise ``max|a - b| <= atol + rtol·max|b|`` and element-wise ``|a - b| <= atol + noise + rtol·|b|`` (NaNs in ``b`` skipped).
+    """Normwise ``max|a - b| <= atol + rtol·max|b|`` and element-wise ``|a - b| <= atol + noise + rtol·|b|``
+    (NaNs in ``b`` skipped).
 
     The normwise criterion alone lets a rule be wholly wrong on entries much
     smaller than the largest; the element-wise one (as ``torch.autograd.gradcheck``)
@@ -164,7 +168,8 @@ def _compare(a, b, rtol, atol, *, noise=None) -> _Comparison:
     worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.size else None
     worst_ratio = float(ratio[worst]) if worst is not None else 0.0
     normwise = bool(np.isfinite(err) and err <= atol + rtol * scale)
-    return _Comparison(err, rel, normwise and worst_ratio <= 1.0, tuple(int(i) for i in worst) if worst is not None else None, worst_ratio)
+    worst = tuple(int(i) for i in worst) if worst is not None else None
+    return _Comparison(err, rel, normwise and worst_ratio <= 1.0, worst, worst_ratio)
 
 
 def _random_cotangent(y, rng):
@@ -256,13 +261,12 @@ def check_vjp(
     """
     args = tuple(args)
     if not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in args):
-        return _check_vjp_pytree(f, args, reference, argnums, argnames, cotangent=cotangent, seed=seed, rtol=rtol, atol=atol,
-                                 finite_differences=finite_differences, eps=eps, fd_rtol=fd_rtol, fd_atol=fd_atol,
-                                 max_elements=max_elements, raise_on_failure=raise_on_failure)  # fmt: skip
+        options = dict(cotangent=cotangent, seed=seed, rtol=rtol, atol=atol, eps=eps, fd_rtol=fd_rtol, fd_atol=fd_atol)
+        options.update(finite_differences=finite_differences, max_elements=max_elements)
+        return _check_vjp_pytree(f, args, reference, argnums, argnames, raise_on_failure=raise_on_failure, **options)
     argnums, names = _checked_argnums(args, argnums, argnames)
     v = _cotangent(f, reference, args, cotangent, np.random.default_rng(seed))
-    fs = (f,) if reference is None else (f, reference)  # the rule under test and the reference's autodiff, compiled together
-    (y, ours), *referenced = _value_and_vjp(fs, args, v, argnums)
+    (y, ours), *referenced = _value_and_vjp((f,) if reference is None else (f, reference), args, v, argnums)
     reports = [ArgReport(names[i], tuple(args[i].shape)) for i in argnums]
     ref_tol, forward = None, (None,) * 4
     if reference is not None:
@@ -282,7 +286,8 @@ def _checked_argnums(args, argnums, argnames):
     argnums = _float_argnums(args) if argnums is None else tuple(argnums)
     for i in argnums:
         if not 0 <= i < len(args) or not _is_float(args[i]):
-            raise ValueError(f"check_vjp: argnums entry {i} must index a floating-point argument of args (len {len(args)})")
+            msg = f"check_vjp: argnums entry {i} must index a floating-point argument of args (len {len(args)})"
+            raise ValueError(msg)
     names = list(argnames) if argnames is not None else [f"args[{i}]" for i in range(len(args))]
     if len(names) != len(args):
         raise ValueError(f"check_vjp: argnames has {len(names)} names for {len(args)} args")
@@ -299,7 +304,7 @@ def _cotangent(f, reference, args, cotangent, rng):
 
 
 def _reference_tolerance(args, argnums, rtol, atol):
-    """``(rtol, atol)`` of the reference comparison: ``default_tolerance`` of the checked arguments' dtype unless given."""
+    """``(rtol, atol)`` of the reference comparison; ``default_tolerance`` of the arguments' dtype where ``None``."""
     r0, a0 = default_tolerance(args[argnums[0]].dtype if argnums else jnp.float32)
     return (r0 if rtol is None else rtol, a0 if atol is None else atol)
 
@@ -333,7 +338,8 @@ def _raise(report, ref_tol, fd_tol):
     """``AssertionError`` naming the forward value or the first argument whose gradient is wrong, and by how much."""
     if report.forward_ok is False:
         raise AssertionError(
-            f"forward value differs from the reference: max abs error {report.forward_abs:.3e}, rel {report.forward_rel:.3e}, "
+            f"forward value differs from the reference: max abs error {report.forward_abs:.3e}, "
+            f"rel {report.forward_rel:.3e}, "
             f"worst at {report.forward_worst} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})\n{report}"
         )
     bad = next(a for a in report.args if not a.passed)
@@ -357,11 +363,12 @@ def _noise(b, dtype) -> float:
 
 def _vdot_abs(y, v):
     leaves = zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(v))
-    return sum(float(np.sum(np.abs(np.asarray(a, np.float64)) * np.abs(np.asarray(b, np.float64)))) for a, b in leaves if _is_float(a))
+    pairs = ((np.asarray(a, np.float64), np.asarray(b, np.float64)) for a, b in leaves if _is_float(a))
+    return sum(float(np.abs(a * b).sum()) for a, b in pairs)
 
 
 def _compare_outputs(y, y_ref, rtol, atol, *, dtype):
-    """``(abs, rel, ok, worst)`` over the float leaves of two outputs (integer leaves, such as switches, must be equal)."""
+    """``(abs, rel, ok, worst)`` over the float leaves of two outputs (integer leaves, as switches, must be equal)."""
     worst_abs, worst_rel, ok, where = 0.0, 0.0, True, None
     paths = jax.tree_util.tree_flatten_with_path(y)[0]
     for (path, a), b in zip(paths, jax.tree_util.tree_leaves(y_ref)):
@@ -388,4 +395,5 @@ def _check_vjp_pytree(f, args, reference, argnums, argnames, **kwargs):
     if argnums is not None:
         chosen = [i for i, (p, leaf) in enumerate(leaves_with_paths) if p[0].idx in set(argnums) and _is_float(leaf)]
     unflat = lambda fn: (lambda *ls: fn(*jax.tree_util.tree_unflatten(treedef, ls)))
-    return check_vjp(unflat(f), leaves, reference=None if reference is None else unflat(reference), argnums=chosen, argnames=names, **kwargs)
+    reference = None if reference is None else unflat(reference)
+    return check_vjp(unflat(f), leaves, reference=reference, argnums=chosen, argnames=names, **kwargs)

@@ -13,7 +13,7 @@ bfloat16) take any ``OpSpec``; the test suite runs them over every entry of ``OP
 ``python -m tinyfn gradcheck`` prints the VJP check of each. Register an op of your own
 to put it under all of them:
 
->>> import jax, jax.numpy as jnp
+>>> import jax, numpy as np
 >>> from tinyfn import registry, testing
 >>> @jax.custom_vjp
 ... def cube(x):
@@ -199,7 +199,9 @@ def _public_ops(module) -> list[str]:
     return names
 
 
-def unregistered(table: Sequence[OpSpec] | None = None, modules=None, skipped: Mapping[str, str] | None = None) -> list[str]:
+def unregistered(
+    table: Sequence[OpSpec] | None = None, modules=None, skipped: Mapping[str, str] | None = None
+) -> list[str]:
     """Public ops of ``modules`` (``tinyfn.layers`` and ``tinyfn.losses``) neither in ``table`` nor in ``skipped``."""
     if modules is None:
         from tinyfn import layers, losses

@@ -171,7 +171,9 @@ def check_hessian(spec: OpSpec, seed: int = 0, coordinates: int = 24) -> None:
             loss = _sin_loss(fn, rebuild)
             return lambda sub: loss(*unravel(flat.at[idx].set(sub)))
 
-        every = jax.jit(lambda at: (jax.hessian(scalar(f))(at), jax.jacfwd(jax.grad(scalar(f)))(at), jax.hessian(scalar(ref))(at)))
+        every = jax.jit(
+            lambda at: (jax.hessian(scalar(f))(at), jax.jacfwd(jax.grad(scalar(f)))(at), jax.hessian(scalar(ref))(at))
+        )
         hessian, jacfwd_grad, expected = every(flat[idx])  # one compilation for the three
     _close(spec, sample, "jax.hessian vs the reference's", hessian, expected, 1e-8, 1e-10)
     _close(spec, sample, "jax.jacfwd(jax.grad) vs the reference's", jacfwd_grad, expected, 1e-8, 1e-10)
@@ -196,13 +198,18 @@ def check_torch(spec: OpSpec, seed: int = 0, rtol: float = 1e-10, atol: float = 
         y, pullback = jax.vjp(lambda *d: f(*rebuild(d)), *diff)
         rng = np.random.default_rng(seed + 1)
         cot = jax.tree_util.tree_map(
-            lambda o: jnp.asarray(rng.standard_normal(o.shape)) if _is_float(o) else np.zeros(o.shape, jax.dtypes.float0), y
+            lambda o: (
+                jnp.asarray(rng.standard_normal(o.shape)) if _is_float(o) else np.zeros(o.shape, jax.dtypes.float0)
+            ),
+            y,
         )
         ours = pullback(cot)
     targs = jax.tree_util.tree_map(lambda a: _to_torch(a, torch), sample.args)
     ty = spec.torch(*targs, **sample.kwargs)
     _close(spec, sample, "forward vs PyTorch", y, jax.tree_util.tree_map(lambda t: t.detach().numpy(), ty), rtol, atol)
-    outs = [(t, c) for t, c in zip(jax.tree_util.tree_leaves(ty), jax.tree_util.tree_leaves(cot)) if t.is_floating_point()]
+    outs = [
+        (t, c) for t, c in zip(jax.tree_util.tree_leaves(ty), jax.tree_util.tree_leaves(cot)) if t.is_floating_point()
+    ]
     torch.autograd.backward([t for t, _ in outs], [torch.tensor(np.asarray(c)) for _, c in outs])
     theirs = [jax.tree_util.tree_map(lambda t: t.grad.numpy(), targs[i]) for i in spec.diff_argnums]
     _close(spec, sample, "VJP vs PyTorch", ours, tuple(theirs), rtol, atol)
@@ -221,20 +228,23 @@ def _first_float(args, argnums):
 
 
 def check_rejects_integer_input(spec: OpSpec, sample: Sample) -> None:
-    """An integer array where the op expects floats raises ``TypeError``/``ValueError`` naming the op and the dtype."""
+    """An integer array where the op expects floats raises ``TypeError``/``ValueError`` naming the op and the dtype,
+    eagerly and while tracing under ``jax.jit``."""
     if not spec.checks_args:
         return
     f, _ = spec.bind(sample)
     leaf, replace = _first_float(sample.args, spec.diff_argnums)
+    bad = replace(jnp.asarray(np.asarray(leaf) * 3, jnp.int32))
     prefix = f"{spec.error_name or spec.name}: "
-    try:
-        f(*replace(jnp.asarray(np.asarray(leaf) * 3, jnp.int32)))
-    except (TypeError, ValueError) as exc:
-        if not str(exc).startswith(prefix) or "int32" not in str(exc):
-            _fail(spec, sample, f"an int32 argument was refused, but the message does not start with {prefix!r} "
-                                f"and name the dtype: {exc}")  # fmt: skip
-        return
-    _fail(spec, sample, "an int32 array where a float array was expected was accepted")
+    for variant, call in (("eagerly", lambda: f(*bad)), ("under jit", lambda: jax.jit(f).lower(*bad))):
+        try:
+            call()
+        except (TypeError, ValueError) as exc:
+            if not str(exc).startswith(prefix) or "int32" not in str(exc):
+                _fail(spec, sample, f"an int32 argument was refused {variant}, but the message does not start with "
+                                    f"{prefix!r} and name the dtype: {exc}")  # fmt: skip
+            continue
+        _fail(spec, sample, f"an int32 array where a float array was expected was accepted {variant}")
 
 
 def check_non_finite_input(spec: OpSpec, sample: Sample) -> None:
@@ -251,7 +261,9 @@ def check_non_finite_input(spec: OpSpec, sample: Sample) -> None:
     same = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape and a.dtype == b.dtype, y, clean)
     if not all(jax.tree_util.tree_leaves(same)):
         _fail(spec, sample, "non-finite input changed the output's shape or dtype")
-    cot = jax.tree_util.tree_map(lambda o: jnp.ones_like(o) if _is_float(o) else np.zeros(o.shape, jax.dtypes.float0), y)
+    cot = jax.tree_util.tree_map(
+        lambda o: jnp.ones_like(o) if _is_float(o) else np.zeros(o.shape, jax.dtypes.float0), y
+    )
     grads = pullback(cot)
     if jax.tree_util.tree_structure(grads) != jax.tree_util.tree_structure(bad):
         _fail(spec, sample, "the VJP at non-finite input has another structure than the arguments")
@@ -286,7 +298,12 @@ def check_dtype(spec: OpSpec, sample: Sample, dtype: str, seed: int = 0) -> None
         rng = np.random.default_rng(seed)
         y0 = jax.eval_shape(lambda *d: f(*rebuild(d)), *diff)
         cot = jax.tree_util.tree_map(
-            lambda o: jnp.asarray(rng.standard_normal(o.shape), o.dtype) if _is_float(o) else np.zeros(o.shape, jax.dtypes.float0), y0
+            lambda o: (
+                jnp.asarray(rng.standard_normal(o.shape), o.dtype)
+                if _is_float(o)
+                else np.zeros(o.shape, jax.dtypes.float0)
+            ),
+            y0,
         )
         y, ours = _value_and_vjp(f, rebuild, lambda y: cot)(*diff)
         if any(leaf.dtype != jnp.dtype(dtype) for leaf in _float_leaves((y, ours))):
@@ -299,7 +316,9 @@ def check_dtype(spec: OpSpec, sample: Sample, dtype: str, seed: int = 0) -> None
     for what, a, b in (("forward", y, y_ref), ("VJP", ours, theirs)):
         for i, (x, z) in enumerate(zip(_float_leaves(a), _float_leaves(b))):
             x64, z64 = np.asarray(x, np.float64), np.asarray(z, np.float64)
-            c = _compare(x64, z64, rtol, atol, noise=16 * float(jnp.finfo(dtype).eps) * float(np.max(np.abs(z64), initial=0)))
+            c = _compare(
+                x64, z64, rtol, atol, noise=16 * float(jnp.finfo(dtype).eps) * float(np.max(np.abs(z64), initial=0))
+            )
             if not c.ok:
-                _fail(spec, sample, f"{what} in {dtype}: leaf {i} max abs error {c.abs:.3e} (rel {c.rel:.3e}) at {c.worst}, "
-                                    f"tolerance {DTYPE_TOLERANCE[dtype]}")  # fmt: skip
+                error = f"leaf {i} max abs error {c.abs:.3e} (rel {c.rel:.3e}) at {c.worst}"
+                _fail(spec, sample, f"{what} in {dtype}: {error}, tolerance {DTYPE_TOLERANCE[dtype]}")

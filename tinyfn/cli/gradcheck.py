@@ -26,8 +26,13 @@ def run(args) -> int:
     for case in all_cases:
         try:
             rep = gradcheck.check_vjp(
-                case.f, case.args, reference=case.reference, argnums=case.argnums, argnames=case.argnames,
-                seed=args.seed, raise_on_failure=False,
+                case.f,
+                case.args,
+                reference=case.reference,
+                argnums=case.argnums,
+                argnames=case.argnames,
+                seed=args.seed,
+                raise_on_failure=False,
             )
             ok, ref, fd = rep.passed, f"{rep.max_ref_rel:.1e}", f"{rep.max_fd_rel:.1e}"
         except Exception as exc:  # a crash is a failure of that op, not of the table
