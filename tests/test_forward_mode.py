@@ -1,6 +1,6 @@
 """Forward-over-reverse (``jax.hessian``) runs through whole models' handwritten rules and equals the reference's.
 
-Each op on its own: ``tests/test_op_properties.py::test_hessian_and_jacfwd_of_grad_equal_the_reference_in_float64``.
+Each op on its own: ``tests/test_op_hessians.py`` (over ``tinyfn.registry.OPS``).
 """
 
 from functools import partial
