@@ -32,7 +32,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -194,7 +193,7 @@ def _public_ops(module) -> list[str]:
     names = []
     for name in getattr(module, "__all__", ()):
         obj = getattr(module, name)
-        if name[:1].islower() and (inspect.isfunction(obj) or callable(obj)) and not isinstance(obj, type):
+        if name[:1].islower() and callable(obj) and not isinstance(obj, type):
             names.append(name)
     return names
 
