@@ -70,7 +70,9 @@ def _cube_op(rule_factor):
 def _toy_spec(rule_factor):
     sample = lambda rng, dtype: registry.Sample((registry.normal(rng, (2, 3), dtype),), config="x(2, 3)")
     torch_cube = lambda x: x**3
-    return registry.OpSpec("cube", _cube_op(rule_factor), _plain_cube, sample, ("x",), (0,), torch=torch_cube)
+    return registry.OpSpec(
+        "cube", _cube_op(rule_factor), _plain_cube, sample, ("x",), (0,), torch=torch_cube, batch_argnums=(0,)
+    )
 
 
 def _every_check(spec):
@@ -83,6 +85,7 @@ def _every_check(spec):
         "hessian": partial(testing.check_hessian, spec),
         "integer input": partial(testing.check_rejects_integer_input, spec, sample),
         "non-finite input": partial(testing.check_non_finite_input, spec, sample),
+        "empty batch": partial(testing.check_empty_batch, spec, sample),
         **{dtype: partial(testing.check_dtype, spec, sample, dtype) for dtype in ("float16", "bfloat16")},
     }
     try:

@@ -9,6 +9,7 @@ with a remainder, overlapping, gapped, padded), with and without exact ties.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -276,6 +277,12 @@ def _concat(rng, dtype=_F32):
 
 X, XGB = ("x",), ("x", "gamma", "beta")
 _IMAGE_LAYER = (2, 3, 6, 6)
+_BATCH = {  # the arguments whose leading axis is the batch (softmax's sampled axis may be 0: not listed)
+    "linear": (0,), "conv2d": (0,), "deconv2d": (0,), "max_pool2d": (0,), "max_pool2d_with_switches": (0,),
+    "max_unpool2d": (0, 1), "relu": (0,), "flatten": (0,), "dropout": (1,), "softmax_cross_entropy": (0, 1),
+    "mse": (0, 1), "batch_norm": (0,), "batch_norm_with_stats": (0,), "batch_norm_inference": (0,), "layer_norm": (0,),
+    "avg_pool2d": (0,), "global_avg_pool2d": (0,), "add_arrays": (0,), "concat_arrays": (0,),
+}  # fmt: skip
 for _spec in (
     OpSpec("linear", L.linear, R.linear, _linear, ("x", "w", "b"), (0, 1, 2), torch=T.linear,
            layer=lambda: L.Linear(3), input_shape=(4, 5)),
@@ -316,4 +323,4 @@ for _spec in (
     OpSpec("concat_arrays", L.concat_arrays, R.concat_arrays, _concat, ("xs",), (0,), torch=T.concat_arrays,
            error_name="concat"),
 ):  # fmt: skip
-    register_op(_spec)
+    register_op(dataclasses.replace(_spec, batch_argnums=_BATCH.get(_spec.name, ())))

@@ -92,6 +92,8 @@ class OpSpec:
         ``checks_args=False`` for an op that does not validate its arguments.
       checks_args: whether the op refuses an integer array where it expects floats (with a message
         naming the op); ``False`` for ops that accept any array (``flatten``).
+      batch_argnums: the arguments whose leading axis is the batch: with that axis emptied, the op returns
+        empty-batch outputs or refuses with a message naming the op (a loss: the mean over no examples).
       doc: one line: what the entry checks.
     """
 
@@ -108,6 +110,7 @@ class OpSpec:
     fixed: Callable[[np.random.Generator], Iterable[Sample]] | None = None
     error_name: str | None = None
     checks_args: bool = True
+    batch_argnums: tuple[int, ...] = ()
     doc: str = ""
 
     def __post_init__(self):

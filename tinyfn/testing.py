@@ -11,7 +11,7 @@ nothing when the property holds; the test suite runs every check over every entr
 - ``check_hessian``: ``jax.hessian`` and ``jax.jacfwd(jax.grad(...))`` (forward over the
   handwritten reverse rule) equal the reference's, in float64;
 - ``check_torch``: forward and VJP equal PyTorch's, in float64 (where the spec has an oracle);
-- ``check_rejects_integer_input`` and ``check_non_finite_input``: adversarial arguments;
+- ``check_rejects_integer_input``, ``check_non_finite_input``, ``check_empty_batch``: adversarial arguments;
 - ``check_dtype``: the op run in float16, bfloat16, float32 or float64, forward and VJP against the
   reference in float64 on the same (rounded) inputs, within ``DTYPE_TOLERANCE[dtype]``.
 """
@@ -34,6 +34,7 @@ __all__ = [
     "check_hessian",
     "check_jit",
     "check_non_finite_input",
+    "check_empty_batch",
     "check_rejects_integer_input",
     "check_torch",
     "check_vjp",
@@ -267,6 +268,27 @@ def check_non_finite_input(spec: OpSpec, sample: Sample) -> None:
     grads = pullback(cot)
     if jax.tree_util.tree_structure(grads) != jax.tree_util.tree_structure(bad):
         _fail(spec, sample, "the VJP at non-finite input has another structure than the arguments")
+
+
+def check_empty_batch(spec: OpSpec, sample: Sample) -> None:
+    """With the batch axis of ``spec.batch_argnums`` emptied, the op returns outputs with an empty batch axis, or
+    refuses with ``ValueError``/``TypeError`` naming the op; nothing else (an XLA error, an ``IndexError``)."""
+    if not spec.batch_argnums:
+        return
+    f, _ = spec.bind(sample)
+    args = list(sample.args)
+    for i in spec.batch_argnums:
+        args[i] = jax.tree_util.tree_map(lambda a: a[:0], args[i])
+    prefix = f"{spec.error_name or spec.name}: "
+    try:
+        out = f(*args)
+    except (TypeError, ValueError) as exc:
+        if not str(exc).startswith(prefix):
+            _fail(spec, sample, f"an empty batch was refused, but the message does not start with {prefix!r}: {exc}")
+        return
+    shapes = [tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(out)]
+    if not all(s and s[0] == 0 for s in shapes):
+        _fail(spec, sample, f"an empty batch gave outputs of shapes {shapes}, expected an empty leading axis")
 
 
 def cast_sample(sample: Sample, dtype) -> Sample:
