@@ -188,12 +188,15 @@ def _to_torch(a, torch):
     return a
 
 
-def check_torch(spec: OpSpec, seed: int = 0, rtol: float = 1e-10, atol: float = 1e-10) -> None:
-    """The op's forward values and VJP equal PyTorch's (autograd of ``spec.torch``), in float64."""
+def check_torch(spec: OpSpec, seed: int = 0, rtol: float = 1e-10, atol: float = 1e-10, *, sample=None) -> None:
+    """The op's forward values and VJP equal PyTorch's (autograd of ``spec.torch``), in float64: at a float64
+    sample drawn with ``seed``, or at ``sample`` (a fixed one, say) cast to float64."""
     import torch
 
     with jax.enable_x64(True):
-        sample = spec.sample(np.random.default_rng(seed), np.float64)
+        if sample is None:
+            sample = spec.sample(np.random.default_rng(seed), np.float64)
+        sample = cast_sample(sample, jnp.float64)
         f, _ = spec.bind(sample)
         diff, rebuild = _split(spec, sample.args)
         y, pullback = jax.vjp(lambda *d: f(*rebuild(d)), *diff)
