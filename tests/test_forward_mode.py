@@ -1,43 +1,59 @@
-"""Forward-over-reverse (``jax.hessian``) runs through every op's handwritten rule and equals the reference's."""
+"""Forward-over-reverse (``jax.hessian``) runs through whole models' handwritten rules and equals the reference's.
+
+Each op on its own: ``tests/test_op_hessians.py`` (over ``tinyfn.registry.OPS``).
+"""
 
 from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from tinyfn import losses, reference as R
-from tinyfn.layers import conv2d, deconv2d, dropout, linear, log_softmax, max_pool2d, relu, softmax
+from tinyfn import layers as L
+from tinyfn import losses
+from tinyfn import reference as R
 from tinyfn.models import lenet5
 
-KEY = jax.random.key(3)
+
+def _small_resnet_loss(ops, sce, x, params, labels):
+    """A residual block (conv, batch norm, relu, conv, batch norm, sum, relu), a concat with its average pool,
+    batch norm with given statistics, global average pooling, linear, cross-entropy: written once for both
+    ``tinyfn``'s ops and ``tinyfn.reference``'s."""
+    p = params
+    h = ops.relu(ops.batch_norm(ops.conv2d(x, p["stem"], padding=1), p["g0"], p["b0"]))
+    r = ops.relu(ops.batch_norm(ops.conv2d(h, p["c1"], padding=1), p["g1"], p["b1"]))
+    r = ops.batch_norm(ops.conv2d(r, p["c2"], padding=1), p["g2"], p["b2"])
+    h = ops.relu(ops.add_arrays((h, r)))
+    h = ops.concat_arrays((h, ops.avg_pool2d(h, 3, stride=1, padding=1, count_include_pad=False)))
+    h = ops.batch_norm_inference(h, p["mean"], p["var"], p["g3"], p["b3"])
+    return sce(ops.linear(ops.global_avg_pool2d(h), p["w"], p["b"]), labels)
 
 
-def _normal(rng, shape):
-    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+def _small_resnet_params(rng):
+    n = lambda *shape: jnp.asarray(rng.standard_normal(shape))
+    return {
+        "stem": n(2, 1, 3, 3), "g0": n(2), "b0": n(2), "c1": n(2, 2, 3, 3) * 0.5, "g1": n(2), "b1": n(2),
+        "c2": n(2, 2, 3, 3) * 0.5, "g2": n(2), "b2": n(2), "mean": n(4), "var": jnp.asarray(rng.uniform(0.5, 2, 4)),
+        "g3": n(4), "b3": n(4), "w": n(4, 3), "b": n(3),
+    }  # fmt: skip
 
 
-CASES = {
-    # name: (f(ours), f(reference), argument shape); each f maps one array to a scalar
-    "linear": (lambda x: jnp.sum(jnp.tanh(linear(x, x.T[:, :2] + 1.0))), lambda x: jnp.sum(jnp.tanh(R.linear(x, x.T[:, :2] + 1.0))), (2, 3)),
-    "relu": (lambda x: jnp.sum(relu(x) ** 3), lambda x: jnp.sum(R.relu(x) ** 3), (2, 3)),
-    "softmax": (lambda x: jnp.sum(softmax(x) ** 2), lambda x: jnp.sum(R.softmax(x) ** 2), (2, 3)),
-    "log_softmax": (lambda x: jnp.sum(log_softmax(x, axis=0) * jnp.arange(3.0)[None, :]), lambda x: jnp.sum(R.log_softmax(x, axis=0) * jnp.arange(3.0)[None, :]), (2, 3)),
-    "softmax_cross_entropy": (lambda x: losses.softmax_cross_entropy(x, jnp.array([2, 0])), lambda x: R.softmax_cross_entropy(x, jnp.array([2, 0])), (2, 3)),
-    "mse": (lambda x: losses.mse(x**2, jnp.ones_like(x)), lambda x: R.mse(x**2, jnp.ones_like(x)), (2, 3)),
-    "dropout": (lambda x: jnp.sum(dropout(KEY, x, 0.5, train=True) ** 3), lambda x: jnp.sum(R.dropout(KEY, x, 0.5, train=True) ** 3), (2, 3)),
-    "conv2d": (lambda x: jnp.sum(conv2d(x, x[:, :, :2, :2] * 0.5) ** 2), lambda x: jnp.sum(R.conv2d(x, x[:, :, :2, :2] * 0.5) ** 2), (1, 1, 3, 3)),
-    "deconv2d": (lambda x: jnp.sum(deconv2d(x, x[:, :, :2, :2] * 0.5, stride=2) ** 2), lambda x: jnp.sum(R.deconv2d(x, x[:, :, :2, :2] * 0.5, stride=2) ** 2), (1, 1, 2, 2)),
-    "max_pool2d": (lambda x: jnp.sum(max_pool2d(x * x, 2) ** 2), lambda x: jnp.sum(R.max_pool2d(x * x, 2) ** 2), (1, 1, 2, 4)),
-}
+def test_hessian_of_a_small_resnet_loss_equals_the_reference_in_float64():
+    """Forward over reverse through every rule of a ResNet (and the five rules whose fwd once called themselves)."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x, params, labels = jnp.asarray(rng.standard_normal((2, 1, 4, 4))), _small_resnet_params(rng), jnp.array([2, 0])
 
+        def loss_of(ops, sce):
+            return lambda x_part: _small_resnet_loss(ops, sce, x.at[0, 0, 1].set(x_part), params, labels)
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_hessian_through_the_handwritten_rule_equals_the_reference(name):
-    ours, ref, shape = CASES[name]
-    x = _normal(np.random.default_rng(0), shape) + 0.3  # random values: away from ReLU's kink and pooling ties
-    np.testing.assert_allclose(jax.hessian(ours)(x), jax.hessian(ref)(x), rtol=2e-4, atol=2e-5)
+        ours, theirs = loss_of(L, losses.softmax_cross_entropy), loss_of(R, R.softmax_cross_entropy)
+        x_part = x[0, 0, 1]  # one image row: a (4, 4) hessian
+        hessian = jax.jit(lambda v: (jax.hessian(ours)(v), jax.jacfwd(jax.grad(ours))(v), jax.hessian(theirs)(v)))
+        h_ours, h_jacfwd, h_ref = hessian(x_part)
+    assert h_ref.shape == (4, 4) and np.abs(np.asarray(h_ref)).max() > 1e-3
+    np.testing.assert_allclose(h_ours, h_ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(h_jacfwd, h_ref, rtol=1e-9, atol=1e-12)
 
 
 def _reference_lenet(params, x):

@@ -8,6 +8,11 @@ vector-Jacobian product ``vᵀ ∂f/∂args`` is the gradient of the scalar
 2. ``jax.vjp(reference)``: JAX's autodiff of an independent implementation, same dtype;
 3. two-sided finite differences ``(φ(x + ε e_i) - φ(x - ε e_i)) / 2ε``, in float64.
 
+Every comparison (forward values and gradients alike) must pass two criteria: normwise,
+``max|a - b| <= atol + rtol · max|b|``, and element-wise (as ``torch.autograd.gradcheck``),
+``|a - b| <= atol + rtol · |b|`` for every entry, which catches a rule wrong only on entries
+much smaller than the largest.
+
 Finite differences are only meaningful away from kinks (ReLU at 0, max-pool
 ties): build inputs that keep a margin larger than ``eps`` from them.
 
@@ -24,14 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
-
-import numpy as np
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["numerical_grad", "numerical_vjp", "check_vjp", "GradcheckReport", "ArgReport", "default_tolerance"]
+from tinyfn._gradcheck_report import ArgReport, GradcheckReport
+
+__all__ = ["ArgReport", "GradcheckReport", "check_vjp", "default_tolerance", "numerical_grad", "numerical_vjp"]
 
 _TOL = {  # (rtol, atol) for comparing two gradients computed in the same dtype
     np.dtype("float64"): (1e-10, 1e-12),
@@ -50,7 +56,8 @@ def _is_float(a) -> bool:
 
 
 def _to64(a):
-    return np.asarray(a, np.float64) if _is_float(a) else a  # numpy: a jitted call takes it as it is, no transfer kernel to compile
+    # numpy: a jitted call takes it as it is, no transfer kernel to compile
+    return np.asarray(a, np.float64) if _is_float(a) else a
 
 
 def numerical_grad(f: Callable, x, eps: float = 1e-6, *, indices=None, chunk: int = 256):
@@ -86,7 +93,9 @@ def _vdot(y, v) -> jax.Array:
     return sum(jnp.vdot(a, b) for a, b in zip(leaves_y, leaves_v) if _is_float(a))
 
 
-def numerical_vjp(f: Callable, args: Sequence, cotangent, *, argnums=None, eps: float = 1e-6, max_elements: int | None = None, seed: int = 0):
+def numerical_vjp(
+    f: Callable, args: Sequence, cotangent, *, argnums=None, eps: float = 1e-6, max_elements: int | None = None, seed=0
+):
     """Finite-difference VJP ``vᵀ ∂f/∂args[i]`` for each ``i`` in ``argnums`` (float args by default), float64.
 
     All checked arguments are perturbed one coordinate at a time through a
@@ -124,69 +133,6 @@ def _float_argnums(args) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass
-class ArgReport:
-    """Errors of one argument's gradient: largest absolute and (normwise) relative."""
-
-    name: str
-    shape: tuple
-    ref_abs: float | None = None
-    ref_rel: float | None = None
-    ref_ok: bool | None = None
-    fd_abs: float | None = None
-    fd_rel: float | None = None
-    fd_ok: bool | None = None
-    fd_checked: int = 0
-    ref_worst: tuple | None = None  # the entry farthest outside the element-wise bound, vs the reference
-    fd_worst: tuple | None = None  # likewise vs finite differences
-
-    @property
-    def passed(self) -> bool:
-        return self.ref_ok is not False and self.fd_ok is not False
-
-
-@dataclasses.dataclass
-class GradcheckReport:
-    """Result of ``check_vjp``: one ``ArgReport`` per checked argument."""
-
-    args: list[ArgReport]
-    ref_tolerance: tuple[float, float] | None
-    fd_tolerance: tuple[float, float] | None
-    forward_abs: float | None = None  # max |f(args) - reference(args)| over the float outputs
-    forward_rel: float | None = None
-    forward_ok: bool | None = None  # None without a reference
-    forward_worst: str | None = None  # the output leaf and index farthest outside the element-wise bound
-
-    @property
-    def passed(self) -> bool:
-        return self.forward_ok is not False and all(a.passed for a in self.args)
-
-    @property
-    def max_ref_rel(self) -> float | None:
-        vals = [a.ref_rel for a in self.args if a.ref_rel is not None]
-        return max(vals) if vals else None
-
-    @property
-    def max_fd_rel(self) -> float | None:
-        vals = [a.fd_rel for a in self.args if a.fd_rel is not None]
-        return max(vals) if vals else None
-
-    def __str__(self) -> str:
-        fmt = lambda v: "-" if v is None else f"{v:.1e}"  # noqa: E731
-        lines = [f"{'arg':<10} {'shape':<18} {'vs autodiff abs/rel':<22} {'vs finite diff abs/rel':<24} ok"]
-        for a in self.args:
-            lines.append(
-                f"{a.name:<10} {str(a.shape):<18} {fmt(a.ref_abs) + ' / ' + fmt(a.ref_rel):<22} "
-                f"{fmt(a.fd_abs) + ' / ' + fmt(a.fd_rel):<24} {'yes' if a.passed else 'NO'}"
-            )
-        if self.forward_ok is not None:
-            lines.append(
-                f"{'forward':<10} {'':<18} {fmt(self.forward_abs) + ' / ' + fmt(self.forward_rel):<22} {'-':<24} "
-                f"{'yes' if self.forward_ok else 'NO'}"
-            )
-        return "\n".join(lines)
-
-
-@dataclasses.dataclass
 class _Comparison:
     abs: float  # max |a - b|
     rel: float  # max |a - b| / max |b| (normwise)
@@ -196,7 +142,8 @@ class _Comparison:
 
 
 def _compare(a, b, rtol, atol, *, noise=None) -> _Comparison:
-    """Normwise ``max|a - b| <= atol + rtol·max|b|`` and element-wise ``|a - b| <= atol + noise + rtol·|b|`` (NaNs in ``b`` skipped).
+    """Normwise ``max|a - b| <= atol + rtol·max|b|`` and element-wise ``|a - b| <= atol + noise + rtol·|b|``
+    (NaNs in ``b`` skipped).
 
     The normwise criterion alone lets a rule be wholly wrong on entries much
     smaller than the largest; the element-wise one (as ``torch.autograd.gradcheck``)
@@ -221,7 +168,8 @@ def _compare(a, b, rtol, atol, *, noise=None) -> _Comparison:
     worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if ratio.size else None
     worst_ratio = float(ratio[worst]) if worst is not None else 0.0
     normwise = bool(np.isfinite(err) and err <= atol + rtol * scale)
-    return _Comparison(err, rel, normwise and worst_ratio <= 1.0, tuple(int(i) for i in worst) if worst is not None else None, worst_ratio)
+    worst = tuple(int(i) for i in worst) if worst is not None else None
+    return _Comparison(err, rel, normwise and worst_ratio <= 1.0, worst, worst_ratio)
 
 
 def _random_cotangent(y, rng):
@@ -299,12 +247,8 @@ def check_vjp(
         are checked (or those in ``argnums``); others (integer labels, switches) are passed through.
       reference: an independent implementation differentiated by JAX, compared in
         the arguments' own dtype with ``rtol``/``atol`` (``default_tolerance`` of the
-        dtype when ``None``). Its forward values are compared with ``f``'s too (a rule
-        whose forward is off passes every gradient comparison), then the VJPs. Two
-        criteria must both hold, for forward values and gradients alike: normwise,
-        ``max|a - b| <= atol + rtol · max|b|``, and element-wise (as
-        ``torch.autograd.gradcheck``), ``|a - b| <= atol + rtol · |b|`` for every entry,
-        which catches a rule wrong only on entries much smaller than the largest.
+        dtype when ``None``): its forward values (a rule whose forward is off passes
+        every gradient comparison), then the VJPs, by the two criteria of the module docstring.
       cotangent: the ``v`` of ``vᵀ J``; standard normal (seeded) by default.
       finite_differences: also compare ``f``'s VJP, recomputed in float64, with
         central differences (``eps``, ``fd_rtol``, ``fd_atol``, both criteria); arguments with more
@@ -317,74 +261,100 @@ def check_vjp(
     """
     args = tuple(args)
     if not all(hasattr(a, "shape") and hasattr(a, "dtype") for a in args):
-        return _check_vjp_pytree(f, args, reference, argnums, argnames, cotangent=cotangent, seed=seed, rtol=rtol, atol=atol,
-                                 finite_differences=finite_differences, eps=eps, fd_rtol=fd_rtol, fd_atol=fd_atol,
-                                 max_elements=max_elements, raise_on_failure=raise_on_failure)  # fmt: skip
+        options = dict(cotangent=cotangent, seed=seed, rtol=rtol, atol=atol, eps=eps, fd_rtol=fd_rtol, fd_atol=fd_atol)
+        options.update(finite_differences=finite_differences, max_elements=max_elements)
+        return _check_vjp_pytree(f, args, reference, argnums, argnames, raise_on_failure=raise_on_failure, **options)
+    argnums, names = _checked_argnums(args, argnums, argnames)
+    v = _cotangent(f, reference, args, cotangent, np.random.default_rng(seed))
+    (y, ours), *referenced = _value_and_vjp((f,) if reference is None else (f, reference), args, v, argnums)
+    reports = [ArgReport(names[i], tuple(args[i].shape)) for i in argnums]
+    ref_tol, forward = None, (None,) * 4
+    if reference is not None:
+        ref_tol = _reference_tolerance(args, argnums, rtol, atol)
+        forward = _against_reference(reports, argnums, y, ours, referenced[0], ref_tol)
+    fd_tol = (fd_rtol, fd_atol) if finite_differences else None
+    if finite_differences:
+        _against_finite_differences(reports, f, args, v, argnums, fd_tol, eps=eps, max_elements=max_elements, seed=seed)
+    report = GradcheckReport(reports, ref_tol, fd_tol, *forward)
+    if raise_on_failure and not report.passed:
+        _raise(report, ref_tol, fd_tol)
+    return report
+
+
+def _checked_argnums(args, argnums, argnames):
+    """The checked ``argnums`` (float args by default) and one name per argument."""
     argnums = _float_argnums(args) if argnums is None else tuple(argnums)
     for i in argnums:
         if not 0 <= i < len(args) or not _is_float(args[i]):
-            raise ValueError(f"check_vjp: argnums entry {i} must index a floating-point argument of args (len {len(args)})")
+            msg = f"check_vjp: argnums entry {i} must index a floating-point argument of args (len {len(args)})"
+            raise ValueError(msg)
     names = list(argnames) if argnames is not None else [f"args[{i}]" for i in range(len(args))]
     if len(names) != len(args):
         raise ValueError(f"check_vjp: argnames has {len(names)} names for {len(args)} args")
-    rng = np.random.default_rng(seed)
+    return argnums, names
 
+
+def _cotangent(f, reference, args, cotangent, rng):
+    """The ``v`` of ``vᵀ J`` (random unless given), after checking that ``reference`` returns ``f``'s structure."""
     v = _random_cotangent(jax.eval_shape(f, *args), rng) if cotangent is None else cotangent
-    if reference is not None and jax.tree_util.tree_structure(jax.eval_shape(reference, *args)) != jax.tree_util.tree_structure(v):
+    tree = jax.tree_util.tree_structure
+    if reference is not None and tree(jax.eval_shape(reference, *args)) != tree(v):
         raise ValueError("check_vjp: reference returns a different output structure than f")
-    # the rule under test and the reference's autodiff, compiled together (each is its own subgraph)
-    (y, ours), *referenced = _value_and_vjp((f,) if reference is None else (f, reference), args, v, argnums)
-    reports = [ArgReport(names[i], tuple(args[i].shape)) for i in argnums]
+    return v
 
-    ref_tol, forward = None, None
-    if reference is not None:
-        dtype = args[argnums[0]].dtype if argnums else jnp.float32
-        r0, a0 = default_tolerance(dtype)
-        ref_tol = (r0 if rtol is None else rtol, a0 if atol is None else atol)
-        ((y_ref, theirs),) = referenced
-        for rep, i in zip(reports, argnums):
-            c = _compare(ours[i], theirs[i], *ref_tol, noise=_noise(theirs[i], dtype))
-            rep.ref_abs, rep.ref_rel, rep.ref_ok, rep.ref_worst = c.abs, c.rel, c.ok, c.worst if not c.ok else None
-        forward = _compare_outputs(y, y_ref, *ref_tol, dtype=dtype)
 
-    fd_tol = None
-    if finite_differences:
-        fd_tol = (fd_rtol, fd_atol)
-        numeric = numerical_vjp(f, args, v, argnums=argnums, eps=eps, max_elements=max_elements, seed=seed)
-        with jax.enable_x64(True):
-            args64 = tuple(_to64(a) for a in args)
-            v64 = jax.tree_util.tree_map(lambda c: _to64(c) if _is_float(c) else c, v)
-            ((y64, ours64),) = _value_and_vjp((f,), args64, v64, argnums)
-            # central differences of phi = <f, v> lose about eps64 · Σ|f·v| to rounding in each evaluation, divided by 2 eps
-            fd_noise = 4 * float(np.finfo(np.float64).eps) * float(_vdot_abs(y64, v64)) / eps
-            for rep, i, num in zip(reports, argnums, numeric):
-                c = _compare(ours64[i], num, *fd_tol, noise=fd_noise)
-                rep.fd_abs, rep.fd_rel, rep.fd_ok, rep.fd_worst = c.abs, c.rel, c.ok, c.worst if not c.ok else None
-                rep.fd_checked = int(np.sum(~np.isnan(num)))
+def _reference_tolerance(args, argnums, rtol, atol):
+    """``(rtol, atol)`` of the reference comparison; ``default_tolerance`` of the arguments' dtype where ``None``."""
+    r0, a0 = default_tolerance(args[argnums[0]].dtype if argnums else jnp.float32)
+    return (r0 if rtol is None else rtol, a0 if atol is None else atol)
 
-    report = GradcheckReport(reports, ref_tol, fd_tol)
-    if forward is not None:
-        report.forward_abs, report.forward_rel, report.forward_ok, report.forward_worst = forward
-    if raise_on_failure and not report.passed:
-        if report.forward_ok is False:
-            raise AssertionError(
-                f"forward value differs from the reference: max abs error {report.forward_abs:.3e}, rel {report.forward_rel:.3e}, "
-                f"worst at {report.forward_worst} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})\n{report}"
-            )
-        bad = next(a for a in reports if not a.passed)
-        parts = []
-        if bad.ref_ok is False:
-            parts.append(
-                f"vs autodiff of the reference: max abs error {bad.ref_abs:.3e}, rel {bad.ref_rel:.3e}, "
-                f"worst entry {bad.ref_worst} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})"
-            )
-        if bad.fd_ok is False:
-            parts.append(
-                f"vs finite differences: max abs error {bad.fd_abs:.3e}, rel {bad.fd_rel:.3e}, "
-                f"worst entry {bad.fd_worst} (rtol {fd_rtol:g}, atol {fd_atol:g})"
-            )
-        raise AssertionError(f"gradient of {bad.name} {bad.shape} is wrong: " + "; ".join(parts) + f"\n{report}")
-    return report
+
+def _against_reference(reports, argnums, y, ours, referenced, ref_tol):
+    """Fill each report's comparison with the reference's VJP; return the forward comparison."""
+    y_ref, theirs = referenced
+    dtype = next((ours[i].dtype for i in argnums), jnp.float32)
+    for rep, i in zip(reports, argnums):
+        c = _compare(ours[i], theirs[i], *ref_tol, noise=_noise(theirs[i], dtype))
+        rep.ref_abs, rep.ref_rel, rep.ref_ok, rep.ref_worst = c.abs, c.rel, c.ok, c.worst if not c.ok else None
+    return _compare_outputs(y, y_ref, *ref_tol, dtype=dtype)
+
+
+def _against_finite_differences(reports, f, args, v, argnums, fd_tol, *, eps, max_elements, seed):
+    """Fill each report's comparison of ``f``'s VJP, recomputed in float64, with central differences."""
+    numeric = numerical_vjp(f, args, v, argnums=argnums, eps=eps, max_elements=max_elements, seed=seed)
+    with jax.enable_x64(True):
+        args64 = tuple(_to64(a) for a in args)
+        v64 = jax.tree_util.tree_map(lambda c: _to64(c) if _is_float(c) else c, v)
+        ((y64, ours64),) = _value_and_vjp((f,), args64, v64, argnums)
+        # central differences of phi = <f, v> lose about eps64 · Σ|f·v| to rounding in each evaluation, divided by 2 eps
+        fd_noise = 4 * float(np.finfo(np.float64).eps) * float(_vdot_abs(y64, v64)) / eps
+        for rep, i, num in zip(reports, argnums, numeric):
+            c = _compare(ours64[i], num, *fd_tol, noise=fd_noise)
+            rep.fd_abs, rep.fd_rel, rep.fd_ok, rep.fd_worst = c.abs, c.rel, c.ok, c.worst if not c.ok else None
+            rep.fd_checked = int(np.sum(~np.isnan(num)))
+
+
+def _raise(report, ref_tol, fd_tol):
+    """``AssertionError`` naming the forward value or the first argument whose gradient is wrong, and by how much."""
+    if report.forward_ok is False:
+        raise AssertionError(
+            f"forward value differs from the reference: max abs error {report.forward_abs:.3e}, "
+            f"rel {report.forward_rel:.3e}, "
+            f"worst at {report.forward_worst} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})\n{report}"
+        )
+    bad = next(a for a in report.args if not a.passed)
+    parts = []
+    if bad.ref_ok is False:
+        parts.append(
+            f"vs autodiff of the reference: max abs error {bad.ref_abs:.3e}, rel {bad.ref_rel:.3e}, "
+            f"worst entry {bad.ref_worst} (rtol {ref_tol[0]:g}, atol {ref_tol[1]:g})"
+        )
+    if bad.fd_ok is False:
+        parts.append(
+            f"vs finite differences: max abs error {bad.fd_abs:.3e}, rel {bad.fd_rel:.3e}, "
+            f"worst entry {bad.fd_worst} (rtol {fd_tol[0]:g}, atol {fd_tol[1]:g})"
+        )
+    raise AssertionError(f"gradient of {bad.name} {bad.shape} is wrong: " + "; ".join(parts) + f"\n{report}")
 
 
 def _noise(b, dtype) -> float:
@@ -393,11 +363,12 @@ def _noise(b, dtype) -> float:
 
 def _vdot_abs(y, v):
     leaves = zip(jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(v))
-    return sum(float(np.sum(np.abs(np.asarray(a, np.float64)) * np.abs(np.asarray(b, np.float64)))) for a, b in leaves if _is_float(a))
+    pairs = ((np.asarray(a, np.float64), np.asarray(b, np.float64)) for a, b in leaves if _is_float(a))
+    return sum(float(np.abs(a * b).sum()) for a, b in pairs)
 
 
 def _compare_outputs(y, y_ref, rtol, atol, *, dtype):
-    """``(abs, rel, ok, worst)`` over the float leaves of two outputs (integer leaves, such as switches, must be equal)."""
+    """``(abs, rel, ok, worst)`` over the float leaves of two outputs (integer leaves, as switches, must be equal)."""
     worst_abs, worst_rel, ok, where = 0.0, 0.0, True, None
     paths = jax.tree_util.tree_flatten_with_path(y)[0]
     for (path, a), b in zip(paths, jax.tree_util.tree_leaves(y_ref)):
@@ -423,5 +394,6 @@ def _check_vjp_pytree(f, args, reference, argnums, argnames, **kwargs):
     chosen = None
     if argnums is not None:
         chosen = [i for i, (p, leaf) in enumerate(leaves_with_paths) if p[0].idx in set(argnums) and _is_float(leaf)]
-    unflat = lambda fn: (lambda *ls: fn(*jax.tree_util.tree_unflatten(treedef, ls)))  # noqa: E731
-    return check_vjp(unflat(f), leaves, reference=None if reference is None else unflat(reference), argnums=chosen, argnames=names, **kwargs)
+    unflat = lambda fn: (lambda *ls: fn(*jax.tree_util.tree_unflatten(treedef, ls)))
+    reference = None if reference is None else unflat(reference)
+    return check_vjp(unflat(f), leaves, reference=reference, argnums=chosen, argnames=names, **kwargs)

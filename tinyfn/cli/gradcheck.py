@@ -1,4 +1,7 @@
-"""``python -m tinyfn gradcheck``: every built-in op's handwritten gradient against autodiff and finite differences."""
+"""``python -m tinyfn gradcheck``: every registered op's handwritten gradient against autodiff and finite differences.
+
+The ops are those of ``tinyfn.registry.OPS`` (the cases: ``tinyfn.cli.gradcheck_cases``).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,15 @@ def run(args) -> int:
     all_cases = list(cases(seed=args.seed, repeats=args.repeats))
     for case in all_cases:
         try:
-            rep = gradcheck.check_vjp(case.f, case.args, reference=case.reference, argnames=case.argnames, seed=args.seed, raise_on_failure=False)
+            rep = gradcheck.check_vjp(
+                case.f,
+                case.args,
+                reference=case.reference,
+                argnums=case.argnums,
+                argnames=case.argnames,
+                seed=args.seed,
+                raise_on_failure=False,
+            )
             ok, ref, fd = rep.passed, f"{rep.max_ref_rel:.1e}", f"{rep.max_fd_rel:.1e}"
         except Exception as exc:  # a crash is a failure of that op, not of the table
             ok, ref, fd = False, "error", type(exc).__name__

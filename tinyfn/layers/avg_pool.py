@@ -33,7 +33,9 @@ def _wide(a):
 
 def _window_sum(x, window, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = window, stride, padding
-    return lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    # a Python 0.0 init (concrete under jit): lax takes its windowed-sum primitive, whose batching rule
+    # forward-over-reverse under jit needs (with a traced zero it takes the generic reduce_window, which fails there)
+    return lax.reduce_window(x, 0.0, lax.add, (1, 1, kh, kw), (1, 1, sh, sw), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
 def _divisor(hw, window, stride, padding, count_include_pad, dtype):
@@ -51,19 +53,23 @@ def _window_sum_transpose(g, window, stride, padding, hw):
     extra_h, extra_w = h + 2 * ph - ((ho - 1) * sh + kh), w + 2 * pw - ((wo - 1) * sw + kw)  # rows no window reaches
     zero = jnp.zeros((), g.dtype)
     gd = lax.pad(g, zero, ((0, 0, 0), (0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1)))
-    full = lax.reduce_window(gd, zero, lax.add, (1, 1, kh, kw), (1, 1, 1, 1), "VALID")
+    full = lax.reduce_window(gd, 0.0, lax.add, (1, 1, kh, kw), (1, 1, 1, 1), "VALID")  # 0.0: as in _window_sum
     return full[:, :, ph : ph + h, pw : pw + w]
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _avg_pool(x, window, stride, padding, count_include_pad):
+def _plain_avg_pool(x, window, stride, padding, count_include_pad):
     x32 = _wide(x)  # summed in float32 at least, cast back
     d = _divisor(x.shape[2:], window, stride, padding, count_include_pad, x32.dtype)
     return (_window_sum(x32, window, stride, padding) / d).astype(x.dtype)
 
 
-def _avg_pool_fwd(x, window, stride, padding, count_include_pad):
-    return _avg_pool(x, window, stride, padding, count_include_pad), x.shape[2:]
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _avg_pool(x, window, stride, padding, count_include_pad):
+    return _plain_avg_pool(x, window, stride, padding, count_include_pad)
+
+
+def _avg_pool_fwd(x, window, stride, padding, count_include_pad):  # the plain forward, so that forward mode runs through it
+    return _plain_avg_pool(x, window, stride, padding, count_include_pad), x.shape[2:]
 
 
 def _avg_pool_bwd(window, stride, padding, count_include_pad, hw, g):
@@ -103,13 +109,17 @@ def avg_pool2d(x, window=2, *, stride=None, padding=0, count_include_pad: bool =
     return _avg_pool(x, window, stride, padding, bool(count_include_pad))
 
 
-@jax.custom_vjp
-def _global_avg_pool(x):
+def _plain_global_avg_pool(x):
     return jnp.mean(_wide(x), axis=(2, 3)).astype(x.dtype)  # summed in float32 at least, cast back
 
 
-def _global_avg_pool_fwd(x):
-    return _global_avg_pool(x), x.shape
+@jax.custom_vjp
+def _global_avg_pool(x):
+    return _plain_global_avg_pool(x)
+
+
+def _global_avg_pool_fwd(x):  # the plain forward, so that forward mode runs through it
+    return _plain_global_avg_pool(x), x.shape
 
 
 def _global_avg_pool_bwd(shape, g):

@@ -109,16 +109,20 @@ def Identity() -> Layer:
     return make_layer("Identity", init, apply)
 
 
-@jax.custom_vjp
-def _sum(xs):
+def _plain_sum(xs):
     out = xs[0]
     for x in xs[1:]:
         out = out + x
     return out
 
 
-def _sum_fwd(xs):
-    return _sum(xs), len(xs)
+@jax.custom_vjp
+def _sum(xs):
+    return _plain_sum(xs)
+
+
+def _sum_fwd(xs):  # the plain forward, so that forward mode runs through it
+    return _plain_sum(xs), len(xs)
 
 
 def _sum_bwd(n, g):
@@ -166,8 +170,8 @@ def _concat(xs, axis):
     return jnp.concatenate(xs, axis=axis)
 
 
-def _concat_fwd(xs, axis):
-    return _concat(xs, axis), tuple(x.shape[axis] for x in xs)
+def _concat_fwd(xs, axis):  # the plain forward, so that forward mode runs through it
+    return jnp.concatenate(xs, axis=axis), tuple(x.shape[axis] for x in xs)
 
 
 def _concat_bwd(axis, sizes, g):

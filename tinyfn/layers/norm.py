@@ -177,16 +177,20 @@ def batch_norm_with_stats(x, gamma=None, beta=None, *, eps: float = 1e-5):
 # ---- batch norm, evaluation mode (running statistics): a per-channel affine map --------
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _bn_inference(x, mean, var, gamma, beta, eps):
+def _plain_bn_inference(x, mean, var, gamma, beta, eps):
     axes, dtype = _bn_axes(x), x.dtype
     x, mean, var, gamma, beta = (_wide(a) for a in (x, mean, var, gamma, beta))  # computed in float32 at least
     scale = gamma * jax.lax.rsqrt(var + jnp.asarray(eps, var.dtype))
     return (_bcast(scale, x, axes) * (x - _bcast(mean, x, axes)) + _bcast(beta, x, axes)).astype(dtype)
 
 
-def _bn_inference_fwd(x, mean, var, gamma, beta, eps):
-    return _bn_inference(x, mean, var, gamma, beta, eps), (x, mean, var, gamma)
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _bn_inference(x, mean, var, gamma, beta, eps):
+    return _plain_bn_inference(x, mean, var, gamma, beta, eps)
+
+
+def _bn_inference_fwd(x, mean, var, gamma, beta, eps):  # the plain forward, so that forward mode runs through it
+    return _plain_bn_inference(x, mean, var, gamma, beta, eps), (x, mean, var, gamma)
 
 
 def _bn_inference_bwd(eps, res, g):
