@@ -10,48 +10,32 @@ training processes want is an explicit call, ``tinyfn.tune_allocator()``, and
 plots return ``matplotlib.figure.Figure`` objects without touching the backend.
 """
 
-from tinyfn import gradcheck, initializers, layers, losses, models, reference
-from tinyfn._malloc import tune_allocator
-from tinyfn._version import __version__
-from tinyfn.layers import (
-    conv2d,
-    deconv2d,
-    dropout,
-    flatten,
-    linear,
-    log_softmax,
-    max_pool2d,
-    max_pool2d_with_switches,
-    max_unpool2d,
-    relu,
-    serial,
-    softmax,
+from tinyfn import (
+    gradcheck as gradcheck,
+    initializers as initializers,
+    layers as layers,
+    losses as losses,
+    models as models,
+    reference as reference,
 )
-from tinyfn.losses import mse, softmax_cross_entropy
-from tinyfn.layers import summary
+from tinyfn._malloc import tune_allocator as tune_allocator
+from tinyfn._version import __version__ as __version__
+from tinyfn.layers import (
+    conv2d as conv2d,
+    deconv2d as deconv2d,
+    dropout as dropout,
+    flatten as flatten,
+    linear as linear,
+    log_softmax as log_softmax,
+    max_pool2d as max_pool2d,
+    max_pool2d_with_switches as max_pool2d_with_switches,
+    max_unpool2d as max_unpool2d,
+    relu as relu,
+    serial as serial,
+    softmax as softmax,
+)
+from tinyfn.losses import mse as mse, softmax_cross_entropy as softmax_cross_entropy
+from tinyfn.layers import summary as summary
+from tinyfn import registry as registry, testing as testing
+from tinyfn import _builtin_ops, _builtin_ops_transformer  # noqa: F401  (they register the built-in ops in registry.OPS)
 
-__all__ = [
-    "gradcheck",
-    "initializers",
-    "layers",
-    "losses",
-    "models",
-    "reference",
-    "serial",
-    "linear",
-    "conv2d",
-    "deconv2d",
-    "max_pool2d",
-    "max_pool2d_with_switches",
-    "max_unpool2d",
-    "relu",
-    "softmax",
-    "log_softmax",
-    "flatten",
-    "dropout",
-    "softmax_cross_entropy",
-    "mse",
-    "tune_allocator",
-    "__version__",
-    "summary",
-]

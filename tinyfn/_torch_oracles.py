@@ -99,3 +99,39 @@ def add_arrays(xs):
 
 def concat_arrays(xs, axis=1):
     return _torch().cat(list(xs), dim=axis)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return _f().leaky_relu(x, negative_slope)
+
+
+def sigmoid(x):
+    return _torch().sigmoid(x)
+
+
+def tanh(x):
+    return _torch().tanh(x)
+
+
+def silu(x):
+    return _f().silu(x)
+
+
+def gelu(x, approximate=False):
+    return _f().gelu(x, approximate="tanh" if approximate else "none")
+
+
+def binary_cross_entropy_with_logits(logits, targets, pos_weight=None):
+    return _f().binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+
+
+def embedding(ids, table):
+    return _f().embedding(ids.long(), table)
+
+
+def dot_product_attention(q, k, v, mask=None, causal=False, scale=None):
+    return _f().scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale)
+
+
+def take_token(x, index=0):
+    return x[:, index]

@@ -32,6 +32,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple
@@ -179,11 +180,12 @@ SKIPPED = {
     "apply_with_state": "applies a layer with its state",
     "branch": "a combinator of layers",
     "parallel": "a combinator of layers",
-    "fan_out": "a combinator of layers",
     "residual": "a combinator of layers (its sum is add_arrays)",
-    "add": "a layer constructor (its op is add_arrays)",
-    "concat": "a layer constructor (its op is concat_arrays)",
-    "identity": "a layer constructor (no op)",
+    "make_layer": "builds a layer around an init/apply pair",
+    "make_combinator": "builds a combinator of layers",
+    "multi_head_attention": "linear and dot_product_attention composed (both registered); against nn.MultiheadAttention "
+    "in tests/test_transformer.py",
+    "attention_probabilities": "the attention weights, for looking at (JAX's autodiff, no rule of its own)",
     "summary": "prints a model's table",
     "to_spec": "architecture as data",
     "from_spec": "architecture as data",
@@ -192,11 +194,16 @@ SKIPPED = {
 
 
 def _public_ops(module) -> list[str]:
-    """Lower-case functions in ``module.__all__``: candidate ops (CamelCase names are layers, constants are upper)."""
+    """Lower-case public functions of ``module``: candidate ops (CamelCase names are layers, constants are upper).
+
+    The public names are ``__all__`` where the module has one, else the names it binds without a leading
+    underscore (a package face re-exports each name once, ``from .conv import conv2d as conv2d``).
+    """
     names = []
-    for name in getattr(module, "__all__", ()):
+    public = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+    for name in public:
         obj = getattr(module, name)
-        if name[:1].islower() and callable(obj) and not isinstance(obj, type):
+        if name[:1].islower() and callable(obj) and not isinstance(obj, (type, types.ModuleType)):
             names.append(name)
     return names
 
@@ -241,5 +248,3 @@ def off_kink(rng, shape, margin=0.1, dtype=np.float32):
     z = rng.standard_normal(shape)
     return jnp.asarray(np.sign(z) * (margin + np.abs(z)), dtype)
 
-
-from tinyfn import _builtin_ops  # noqa: F401  (registers the built-in ops into OPS)

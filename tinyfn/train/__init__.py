@@ -5,63 +5,59 @@ callbacks (``StepInfo`` per step, ``EpochSummary`` per epoch; ``ConsoleLog`` is
 the default epoch line), and the plots return ``matplotlib`` figures.
 """
 
-from tinyfn.train.checkpoint import CHECKPOINT_NAME, Checkpoint, CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
-from tinyfn.train.model_io import LoadedModel, load_model, model_record
-from tinyfn.train.loop import EvalResult, FitResult, Interrupted, evaluate, fit
-from tinyfn.train.parallel import data_mesh, is_writer
-from tinyfn.train.optim import Optimizer, constant, cosine, sgd, step_decay
+from tinyfn.train.checkpoint import (
+    CHECKPOINT_NAME as CHECKPOINT_NAME,
+    Checkpoint as Checkpoint,
+    CheckpointError as CheckpointError,
+    checkpoint_path as checkpoint_path,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+)
+from tinyfn.train.model_io import LoadedModel as LoadedModel, load_model as load_model, model_record as model_record
+from tinyfn.train.loop import (
+    EvalResult as EvalResult,
+    FitResult as FitResult,
+    Interrupted as Interrupted,
+    evaluate as evaluate,
+    fit as fit,
+)
+from tinyfn.train.parallel import data_mesh as data_mesh, is_writer as is_writer
 from tinyfn.train.optim import (
-    AdamState, EmptyState, GradientTransformation, SGDState, adam, adamw, apply_updates, as_gradient_transformation,
-    chain, clip_by_global_norm, weights_only,
-)  # fmt: skip
-from tinyfn.train.plots import confusion_matrix, plot_confusion, plot_history
-from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, format_epoch
-from tinyfn.train.step import accuracy, make_eval_step, make_train_step
-from tinyfn.train import augment
+    Optimizer as Optimizer,
+    constant as constant,
+    cosine as cosine,
+    sgd as sgd,
+    step_decay as step_decay,
+)
+from tinyfn.train.optim import (
+    AdamState as AdamState,
+    EmptyState as EmptyState,
+    GradientTransformation as GradientTransformation,
+    SGDState as SGDState,
+    adam as adam,
+    adamw as adamw,
+    apply_updates as apply_updates,
+    as_gradient_transformation as as_gradient_transformation,
+    chain as chain,
+    clip_by_global_norm as clip_by_global_norm,
+    weights_only as weights_only,
+)
+from tinyfn.train.plots import (
+    confusion_matrix as confusion_matrix,
+    plot_confusion as plot_confusion,
+    plot_history as plot_history,
+)
+from tinyfn.train.progress import (
+    ConsoleLog as ConsoleLog,
+    EpochSummary as EpochSummary,
+    StepInfo as StepInfo,
+    format_epoch as format_epoch,
+)
+from tinyfn.train.step import (
+    accuracy as accuracy,
+    make_eval_step as make_eval_step,
+    make_train_step as make_train_step,
+)
+from tinyfn.train import augment as augment
 
-__all__ = [
-    "sgd",
-    "adam",
-    "adamw",
-    "weights_only",
-    "clip_by_global_norm",
-    "chain",
-    "apply_updates",
-    "as_gradient_transformation",
-    "GradientTransformation",
-    "SGDState",
-    "AdamState",
-    "EmptyState",
-    "Optimizer",
-    "constant",
-    "step_decay",
-    "cosine",
-    "make_train_step",
-    "augment",
-    "make_eval_step",
-    "accuracy",
-    "fit",
-    "FitResult",
-    "evaluate",
-    "EvalResult",
-    "StepInfo",
-    "EpochSummary",
-    "ConsoleLog",
-    "format_epoch",
-    "Interrupted",
-    "save_checkpoint",
-    "load_checkpoint",
-    "load_model",
-    "LoadedModel",
-    "model_record",
-    "checkpoint_path",
-    "Checkpoint",
-    "CheckpointError",
-    "CHECKPOINT_NAME",
-    "data_mesh",
-    "is_writer",
-    "plot_history",
-    "plot_confusion",
-    "confusion_matrix",
-]
 

@@ -10,49 +10,37 @@ images of a dataset that excite each feature map most; ``attention_maps`` and
 from ``tinyfn.train``, prints nothing and leaves matplotlib's backend alone.
 """
 
-from tinyfn.visualize.attention import ATTENTION_LAYERS, attention_maps, attention_rollout
-from tinyfn.visualize.plots import minmax, plot_comparison, plot_deconv_grid, plot_feature_maps, plot_filters
-from tinyfn.visualize.project import (
-    MODES,
-    RULES,
-    check_channel,
-    check_walkable,
-    deconvnet,
-    guided_backprop,
-    make_projector,
-    project_down,
-    receptive_field,
-    saliency,
-    select,
+from tinyfn.visualize.attention import (
+    ATTENTION_LAYERS as ATTENTION_LAYERS,
+    attention_maps as attention_maps,
+    attention_rollout as attention_rollout,
 )
-from tinyfn.visualize.record import LayerInfo, Recording, layer_table, record, resolve_layer
-from tinyfn.visualize.top import TopActivations, top_activations
+from tinyfn.visualize.plots import (
+    minmax as minmax,
+    plot_comparison as plot_comparison,
+    plot_deconv_grid as plot_deconv_grid,
+    plot_feature_maps as plot_feature_maps,
+    plot_filters as plot_filters,
+)
+from tinyfn.visualize.project import (
+    MODES as MODES,
+    RULES as RULES,
+    check_channel as check_channel,
+    check_walkable as check_walkable,
+    deconvnet as deconvnet,
+    guided_backprop as guided_backprop,
+    make_projector as make_projector,
+    project_down as project_down,
+    receptive_field as receptive_field,
+    saliency as saliency,
+    select as select,
+)
+from tinyfn.visualize.record import (
+    LayerInfo as LayerInfo,
+    Recording as Recording,
+    layer_table as layer_table,
+    record as record,
+    resolve_layer as resolve_layer,
+)
+from tinyfn.visualize.top import TopActivations as TopActivations, top_activations as top_activations
 
-__all__ = [
-    "record",
-    "Recording",
-    "LayerInfo",
-    "layer_table",
-    "resolve_layer",
-    "select",
-    "check_channel",
-    "project_down",
-    "make_projector",
-    "deconvnet",
-    "saliency",
-    "guided_backprop",
-    "receptive_field",
-    "RULES",
-    "check_walkable",
-    "MODES",
-    "top_activations",
-    "TopActivations",
-    "minmax",
-    "plot_deconv_grid",
-    "plot_filters",
-    "plot_feature_maps",
-    "plot_comparison",
-    "attention_maps",
-    "attention_rollout",
-    "ATTENTION_LAYERS",
-]
