@@ -44,12 +44,30 @@ import traceback
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import peers
+
 from tinyfn import data, layers, losses, models, train
 
-GPU = dict(models=("lenet5", "wide"), batch_sizes=(128, 1024), rounds=7, round_s=0.25, max_steps=50, correctness_batch=128, epoch_images=None, budget=330.0)
-CPU = dict(models=("lenet5",), batch_sizes=(8,), rounds=2, round_s=0.0, max_steps=2, correctness_batch=8, epoch_images=256, budget=float("inf"))
+GPU = dict(
+    models=("lenet5", "wide"),
+    batch_sizes=(128, 1024),
+    rounds=7,
+    round_s=0.25,
+    max_steps=50,
+    correctness_batch=128,
+    epoch_images=None,
+    budget=330.0,
+)
+CPU = dict(
+    models=("lenet5",),
+    batch_sizes=(8,),
+    rounds=2,
+    round_s=0.0,
+    max_steps=2,
+    correctness_batch=8,
+    epoch_images=256,
+    budget=float("inf"),
+)
 CORRECTNESS_STEPS = 10
 CORRECTNESS_RTOL = 1e-4  # float32 after 10 steps: summation order and kernel choice only
 
@@ -62,8 +80,14 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, help="interleaved rounds per table (default 7 gpu, 2 cpu)")
     ap.add_argument("--round-s", type=float, help="seconds of steps per implementation per round (default 0.25 gpu)")
     ap.add_argument("--max-steps", type=int, help="at most this many steps per implementation per round")
-    ap.add_argument("--epoch-images", type=int, help="limit the fit epoch to this many images (default: all on gpu, 256 on cpu)")
-    ap.add_argument("--budget", type=float, help="seconds after which the remaining sections are skipped (default 330 on gpu, none on cpu)")
+    ap.add_argument(
+        "--epoch-images", type=int, help="limit the fit epoch to this many images (default: all on gpu, 256 on cpu)"
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        help="seconds after which the remaining sections are skipped (default 330 on gpu, none on cpu)",
+    )
     ap.add_argument("--lr", type=float, default=0.01)
     args = ap.parse_args(argv)
     for name, value in (GPU if args.device == "gpu" else CPU).items():
@@ -84,7 +108,11 @@ def say(*parts):
 def formulations(platform_name):
     """``(names to measure, the platform's default, a note)`` from ``tinyfn.layers``' formulation API."""
     if getattr(layers, "formulation", None) is None:
-        return ("default",), "default", "tinyfn.layers.formulation is absent in this tinyfn: only its default evaluation is measured"
+        return (
+            ("default",),
+            "default",
+            "tinyfn.layers.formulation is absent in this tinyfn: only its default evaluation is measured",
+        )
     names = tuple(getattr(layers, "FORMULATIONS", ()))
     default = layers.default_formulation(platform_name) if hasattr(layers, "default_formulation") else names[0]
     return names, default, f"formulations {', '.join(names)}; default on {platform_name}: {default}"
@@ -161,8 +189,12 @@ def batch(batch_size, seed=0):
 def step_table(args, device, forms, default_form, deadline):
     """Section 1: ``{(model, batch): {key: Timed}}`` with keys ``tinyfn[f]``, ``jax_autodiff``, ``torch_eager``;
     the tables share the time left until ``deadline`` equally (fewer rounds where it runs short)."""
-    say(f"\n## Training step, float32, {device.platform} ({device.device_kind}): ms/step, median of {args.rounds} interleaved rounds")
-    say("| model | batch | implementation | ms/step median | min | images/s | x JAX autodiff | first step s | compile s |")
+    say(
+        f"\n## Training step, float32, {device.platform} ({device.device_kind}): ms/step, median of {args.rounds} interleaved rounds"
+    )
+    say(
+        "| model | batch | implementation | ms/step median | min | images/s | x JAX autodiff | first step s | compile s |"
+    )
     say("|---|---|---|---|---|---|---|---|---|")
     results, notes = {}, []
     groups = [(m, b) for m in args.models for b in args.batch_sizes]
@@ -174,12 +206,19 @@ def step_table(args, device, forms, default_form, deadline):
         timed = {}
         for f in forms:
             label = f"tinyfn [{f}{' = default' if f == default_form and f != 'default' else ''}]"
-            timed[f"tinyfn[{f}]"] = Timed(label, lambda f=f: tinyfn_step(f, lambda: peers.tinyfn(model, params, x, y, args.lr, device)))
-        timed["jax_autodiff"] = Timed("JAX lax.conv + grad, jit", lambda: peers.jax_autodiff(model, params, x, y, args.lr, device, specs))
+            timed[f"tinyfn[{f}]"] = Timed(
+                label, lambda f=f: tinyfn_step(f, lambda: peers.tinyfn(model, params, x, y, args.lr, device))
+            )
+        timed["jax_autodiff"] = Timed(
+            "JAX lax.conv + grad, jit", lambda: peers.jax_autodiff(model, params, x, y, args.lr, device, specs)
+        )
         if peers.torch_version() is None:
             notes.append("PyTorch skipped: torch is not installed")
         else:
-            timed["torch_eager"] = Timed("PyTorch eager" + (" (CUDA)" if device.platform == "gpu" else ""), lambda: _torch(model, params, x, y, args.lr, device, specs))
+            timed["torch_eager"] = Timed(
+                "PyTorch eager" + (" (CUDA)" if device.platform == "gpu" else ""),
+                lambda: _torch(model, params, x, y, args.lr, device, specs),
+            )
         share = (deadline - time.perf_counter()) / (len(groups) - index)
         rounds = interleave(timed.values(), args, time.perf_counter() + share)
         if rounds < args.rounds:
@@ -191,8 +230,10 @@ def step_table(args, device, forms, default_form, deadline):
                 notes.append(f"{model_name}, batch {batch_size}, {t.label}: {t.error}")
                 continue
             med = t.median_ms()
-            say(f"| {model_name} | {batch_size} | {t.label} | {med:.3f} | {min(t.times) * 1e3:.3f} | {batch_size / med * 1e3:,.0f} | "
-                f"{med / base:.2f} | {t.first:.2f} | {max(t.first - med / 1e3, 0.0):.2f} |")  # fmt: skip
+            say(
+                f"| {model_name} | {batch_size} | {t.label} | {med:.3f} | {min(t.times) * 1e3:.3f} | {batch_size / med * 1e3:,.0f} | "
+                f"{med / base:.2f} | {t.first:.2f} | {max(t.first - med / 1e3, 0.0):.2f} |"
+            )
         for t in timed.values():
             t.run = None  # release the device buffers before the next table
         results[(model_name, batch_size)] = timed
@@ -220,7 +261,9 @@ def _torch(model, params, x, y, lr, device, specs):
 def precision_table(args, device, default_form):
     """Section 2: the default formulation with float32 against bfloat16 products, at the largest batch."""
     batch_size = max(args.batch_sizes)
-    say(f"\n## Mixed precision at batch {batch_size}: float32 vs bfloat16 products (params float32), tinyfn [{default_form}]")
+    say(
+        f"\n## Mixed precision at batch {batch_size}: float32 vs bfloat16 products (params float32), tinyfn [{default_form}]"
+    )
     if not peers.supports_compute_dtype():
         say("# skipped: this tinyfn's Conv2D/Linear take no compute_dtype")
         return
@@ -231,7 +274,9 @@ def precision_table(args, device, default_form):
         timed = {}
         for dtype_name, dtype in (("float32", None), ("bfloat16", jnp.bfloat16)):
             model = peers.MODELS[model_name](compute_dtype=dtype)
-            _, params = peers.MODELS[model_name]().init(jax.random.key(0), (None, 1, 28, 28))  # float32 params either way
+            _, params = peers.MODELS[model_name]().init(
+                jax.random.key(0), (None, 1, 28, 28)
+            )  # float32 params either way
             make = lambda model=model, params=params: peers.tinyfn(model, params, x, y, args.lr, device)  # noqa: E731
             timed[dtype_name] = Timed(dtype_name, lambda make=make: tinyfn_step(default_form, make))
         interleave(timed.values(), args)
@@ -242,7 +287,9 @@ def precision_table(args, device, default_form):
                 say(f"# {model_name} {name}: {t.error}")
                 continue
             med = t.median_ms()
-            say(f"| {model_name} | {name} | {med:.3f} | {batch_size / med * 1e3:,.0f} | {med / f32:.2f} | {t.first:.2f} |")
+            say(
+                f"| {model_name} | {name} | {med:.3f} | {batch_size / med * 1e3:,.0f} | {med / f32:.2f} | {t.first:.2f} |"
+            )
 
 
 # ----------------------------------------------------------------------------- correctness
@@ -257,7 +304,13 @@ def ten_steps(model, params, batches, device, form):
         state = optimizer.init(p)
         out = []
         for i, (x, y) in enumerate(batches):
-            p, state, metrics = step(p, state, jax.device_put(x, device), jax.device_put(y, device), jax.device_put(jax.random.key(i), device))
+            p, state, metrics = step(
+                p,
+                state,
+                jax.device_put(x, device),
+                jax.device_put(y, device),
+                jax.device_put(jax.random.key(i), device),
+            )
             out.append(float(metrics["loss"]))
     return np.array(out), [np.asarray(a) for a in jax.tree.leaves(p)]
 
@@ -272,22 +325,30 @@ def correctness(args, device, forms):
     batches = [(x[i * n : (i + 1) * n], labels[i * n : (i + 1) * n]) for i in range(CORRECTNESS_STEPS)]
     model = models.lenet5()
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
-    say(f"\n## Correctness: {CORRECTNESS_STEPS} SGD steps of LeNet-5 (batch {n}, embedded data) on {device.platform} against the CPU's default, float32 at full precision")
+    say(
+        f"\n## Correctness: {CORRECTNESS_STEPS} SGD steps of LeNet-5 (batch {n}, embedded data) on {device.platform} against the CPU's default, float32 at full precision"
+    )
     ref_loss, ref_params = ten_steps(model, params, batches, cpu, "default")
     all_ok = True
     for f in forms:
         try:
             loss, got = ten_steps(model, params, batches, device, f)
         except Exception as e:  # noqa: BLE001
-            say(f"correctness {device.platform}[{f}] vs cpu[default]: could not run: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+            say(
+                f"correctness {device.platform}[{f}] vs cpu[default]: could not run: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+            )
             all_ok = False
             continue
         dloss = float(np.max(np.abs(loss - ref_loss)) / np.max(np.abs(ref_loss)))
-        dparam = max(float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)) for a, b in zip(got, ref_params, strict=True))
+        dparam = max(
+            float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)) for a, b in zip(got, ref_params, strict=True)
+        )
         ok = dloss <= CORRECTNESS_RTOL and dparam <= CORRECTNESS_RTOL and np.all(np.isfinite(loss))
         all_ok &= bool(ok)
-        say(f"correctness {device.platform}[{f}] vs cpu[default]: max |Δloss|/|loss| = {dloss:.2e}, max |Δparam|/max|param| = {dparam:.2e} "
-            f"(tolerance {CORRECTNESS_RTOL:.0e}, final loss {loss[-1]:.4f}): {'ok' if ok else 'FAIL'}")  # fmt: skip
+        say(
+            f"correctness {device.platform}[{f}] vs cpu[default]: max |Δloss|/|loss| = {dloss:.2e}, max |Δparam|/max|param| = {dparam:.2e} "
+            f"(tolerance {CORRECTNESS_RTOL:.0e}, final loss {loss[-1]:.4f}): {'ok' if ok else 'FAIL'}"
+        )
     return all_ok
 
 
@@ -311,10 +372,21 @@ def fit_epoch(args, device):
     on_device = getattr(jax, "default_device", None)
     with on_device(device) if on_device is not None else contextlib.nullcontext():
         t = time.perf_counter()
-        _, history = train.fit(model, params, (x, labels), epochs=1, batch_size=batch_size, optimizer=train.sgd(0.05, momentum=0.9), key=jax.random.key(1), quiet=True)
+        _, history = train.fit(
+            model,
+            params,
+            (x, labels),
+            epochs=1,
+            batch_size=batch_size,
+            optimizer=train.sgd(0.05, momentum=0.9),
+            key=jax.random.key(1),
+            quiet=True,
+        )
         wall = time.perf_counter() - t
     steps = len(labels) // batch_size
-    say(f"epoch wall {wall:.2f} s (compilation included), {steps * batch_size / wall:,.0f} images/s; train loss {history['train_loss'][-1]:.4f}")
+    say(
+        f"epoch wall {wall:.2f} s (compilation included), {steps * batch_size / wall:,.0f} images/s; train loss {history['train_loss'][-1]:.4f}"
+    )
 
 
 # ----------------------------------------------------------------------------- main
@@ -330,10 +402,16 @@ def header(args, device, note):
             tv += f" (CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}; TF32 conv {torch.backends.cudnn.allow_tf32}, matmul {torch.backends.cuda.matmul.allow_tf32})"
     except ImportError:
         tv = "-"
-    say(f"# {device.platform}: {device.device_kind}; python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, torch {tv}")
-    say(f"# jax default matmul precision: {getattr(jax.config, 'jax_default_matmul_precision', None) or 'backend default'}; {os.cpu_count()} CPUs")
+    say(
+        f"# {device.platform}: {device.device_kind}; python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, torch {tv}"
+    )
+    say(
+        f"# jax default matmul precision: {getattr(jax.config, 'jax_default_matmul_precision', None) or 'backend default'}; {os.cpu_count()} CPUs"
+    )
     say(f"# {note}")
-    say(f"# time budget {args.budget:.0f} s: the step tables take up to 60% of it (fewer rounds if short), later sections are skipped past it")
+    say(
+        f"# time budget {args.budget:.0f} s: the step tables take up to 60% of it (fewer rounds if short), later sections are skipped past it"
+    )
 
 
 def main(argv=None):
@@ -342,7 +420,9 @@ def main(argv=None):
     try:
         device = jax.devices(args.device)[0]
     except RuntimeError as e:
-        sys.exit(f"accelerator.py: --device {args.device}: no such device visible to jax ({e}); on a machine without a GPU use --device cpu")
+        sys.exit(
+            f"accelerator.py: --device {args.device}: no such device visible to jax ({e}); on a machine without a GPU use --device cpu"
+        )
     forms, default_form, note = formulations(device.platform)
     header(args, device, note)
 
@@ -350,9 +430,11 @@ def main(argv=None):
     for n in dict.fromkeys(notes):
         say(f"# {n}")
     left = lambda: args.budget - (time.perf_counter() - start)  # noqa: E731
-    for section, run in (("mixed precision", lambda: precision_table(args, device, default_form)),
-                         ("correctness", lambda: correctness(args, device, forms)),
-                         ("fit epoch", lambda: fit_epoch(args, device))):  # fmt: skip
+    for section, run in (
+        ("mixed precision", lambda: precision_table(args, device, default_form)),
+        ("correctness", lambda: correctness(args, device, forms)),
+        ("fit epoch", lambda: fit_epoch(args, device)),
+    ):
         if left() <= 0:
             say(f"\n# {section} skipped: past the {args.budget:.0f} s budget")
             continue

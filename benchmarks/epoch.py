@@ -20,16 +20,13 @@ t_fit`` of the medians. The last line, for scripts, is
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import sys
 import time
 
 import jax
 import numpy as np
-
-
 import peers  # noqa: E402
+
 import tinyfn  # noqa: E402
 from tinyfn import data, train  # noqa: E402
 from tinyfn.losses import softmax_cross_entropy  # noqa: E402
@@ -44,9 +41,15 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--momentum", type=float, default=0.9)
-    ap.add_argument("--progress", action="store_true", help="show fit's progress bar and epoch lines (counted as outside time)")
-    ap.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=True,
-                    help="call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the library's default, glibc untouched")
+    ap.add_argument(
+        "--progress", action="store_true", help="show fit's progress bar and epoch lines (counted as outside time)"
+    )
+    ap.add_argument(
+        "--tune-allocator",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the library's default, glibc untouched",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke test: embedded data, 1 round of 20 steps")
     args = ap.parse_args(argv)
     args.max_steps = None
@@ -68,10 +71,16 @@ def fit_epoch(model, params, images, labels, args, optimizer):
     marks = []
     t0 = time.perf_counter()
     train.fit(
-        model, params, (images, labels), epochs=1, batch_size=args.batch_size, optimizer=optimizer,
-        key=jax.random.key(1), quiet=not args.progress,
+        model,
+        params,
+        (images, labels),
+        epochs=1,
+        batch_size=args.batch_size,
+        optimizer=optimizer,
+        key=jax.random.key(1),
+        quiet=not args.progress,
         callbacks=[lambda info: marks.append(time.perf_counter())],
-    )  # fmt: skip
+    )
     return (marks[-1] - marks[0]) / (len(marks) - 1), marks[0] - t0
 
 
@@ -121,8 +130,11 @@ def main(argv=None):
     outside = 1.0 - t_bare / t_fit
     epoch_s = t_fit * steps
 
-    print(f"# {args.model}, {args.data} ({len(images):,} images), batch {args.batch_size}, SGD lr {args.lr} momentum {args.momentum}, "
-          f"{args.rounds} rounds; jax {jax.__version__}; glibc allocator " + ("tuned" if tuned else "defaults" if tuned is None else "tuning failed"))  # fmt: skip
+    print(
+        f"# {args.model}, {args.data} ({len(images):,} images), batch {args.batch_size}, SGD lr {args.lr} momentum {args.momentum}, "
+        f"{args.rounds} rounds; jax {jax.__version__}; glibc allocator "
+        + ("tuned" if tuned else "defaults" if tuned is None else "tuning failed")
+    )
     print("| measure | value |")
     print("|---|---|")
     print(f"| steps per epoch | {steps:,} |")
@@ -130,9 +142,13 @@ def main(argv=None):
     print(f"| images/s | {args.batch_size / t_fit:,.0f} |")
     print(f"| per step: fit / bare jitted step | {t_fit * 1e3:.2f} / {t_bare * 1e3:.2f} ms |")
     print(f"| outside the jitted step | {100 * outside:.1f}% |")
-    print(f"| first step (compile + run) | {compile_s:.2f} s (fit, data staging included: {np.median(first_s):.2f} s) |")
+    print(
+        f"| first step (compile + run) | {compile_s:.2f} s (fit, data staging included: {np.median(first_s):.2f} s) |"
+    )
     print(f"| peak resident memory after the first fit epoch (data included) | {peak_mib:,.0f} MiB |")
-    print(f"epoch_s={epoch_s:.3f} images_per_s={args.batch_size / t_fit:.0f} outside={outside:.3f} compile_s={compile_s:.2f} peak_mib={peak_mib:.0f}")
+    print(
+        f"epoch_s={epoch_s:.3f} images_per_s={args.batch_size / t_fit:.0f} outside={outside:.3f} compile_s={compile_s:.2f} peak_mib={peak_mib:.0f}"
+    )
 
 
 if __name__ == "__main__":

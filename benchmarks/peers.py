@@ -27,9 +27,9 @@ import numpy as np
 from jax import lax
 
 from tinyfn import losses, models, train
-from tinyfn.train import parallel
 from tinyfn.layers import Conv2D, Flatten, Layer, Linear, MaxPool2D, ReLU, conv2d_matrix, serial
 from tinyfn.layers.conv_matrix import MAX_ENTRIES
+from tinyfn.train import parallel
 
 # ----------------------------------------------------------------------------- models
 
@@ -55,10 +55,19 @@ def lenet5(num_classes: int = 10, compute_dtype=None):
         return models.lenet5(num_classes, compute_dtype=compute_dtype)
     kw = _precision(compute_dtype)
     return serial(
-        Conv2D(6, 5, padding=2, **kw), ReLU(), MaxPool2D(2),
-        Conv2D(16, 5, **kw), ReLU(), MaxPool2D(2),
-        Flatten(), Linear(120, **kw), ReLU(), Linear(84, **kw), ReLU(), Linear(num_classes, **kw),
-    )  # fmt: skip
+        Conv2D(6, 5, padding=2, **kw),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(16, 5, **kw),
+        ReLU(),
+        MaxPool2D(2),
+        Flatten(),
+        Linear(120, **kw),
+        ReLU(),
+        Linear(84, **kw),
+        ReLU(),
+        Linear(num_classes, **kw),
+    )
 
 
 def wide_cnn(num_classes: int = 10, compute_dtype=None):
@@ -67,10 +76,17 @@ def wide_cnn(num_classes: int = 10, compute_dtype=None):
     where the matrix products dominate the cost; with ``compute_dtype``, the products run in that dtype."""
     kw = _precision(compute_dtype)
     return serial(
-        Conv2D(32, 3, padding=1, **kw), ReLU(), MaxPool2D(2),
-        Conv2D(64, 3, padding=1, **kw), ReLU(), MaxPool2D(2),
-        Flatten(), Linear(128, **kw), ReLU(), Linear(num_classes, **kw),
-    )  # fmt: skip
+        Conv2D(32, 3, padding=1, **kw),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(64, 3, padding=1, **kw),
+        ReLU(),
+        MaxPool2D(2),
+        Flatten(),
+        Linear(128, **kw),
+        ReLU(),
+        Linear(num_classes, **kw),
+    )
 
 
 MODELS = {"lenet5": lenet5, "wide": wide_cnn}
@@ -163,7 +179,9 @@ def matrix_model(model):
         if layer.name != "Conv2D":
             return layer
         s, p = layer.config["stride"], layer.config["padding"]
-        apply = lambda params, x, *, key=None, train=False: conv2d_matrix(x, params["w"], params.get("b"), stride=s, padding=p)  # noqa: E731
+        apply = lambda params, x, *, key=None, train=False: conv2d_matrix(
+            x, params["w"], params.get("b"), stride=s, padding=p
+        )  # noqa: E731
         return Layer(layer.init, apply, "Conv2DMatrix", layer.config)
 
     return serial(*map(swap, model.children))
@@ -175,7 +193,9 @@ def matrix_infeasible(specs):
         if name == "Conv2D":
             entries = out[1] * out[2] * out[3] * shape[1] * shape[2] * shape[3]
             if entries > MAX_ENTRIES:
-                return f"W* of {out[1:]} <- {shape[1:]} has {entries / 1e6:.0f}M entries (limit {MAX_ENTRIES / 1e6:.0f}M)"
+                return (
+                    f"W* of {out[1:]} <- {shape[1:]} has {entries / 1e6:.0f}M entries (limit {MAX_ENTRIES / 1e6:.0f}M)"
+                )
     return None
 
 
@@ -192,7 +212,9 @@ def _lax_forward(specs, weights, x):
         if name == "Conv2D":
             w, b = next(it)
             (ph, pw) = cfg["padding"]
-            x = lax.conv_general_dilated(x, w, cfg["stride"], [(ph, ph), (pw, pw)], dimension_numbers=("NCHW", "OIHW", "NCHW"))
+            x = lax.conv_general_dilated(
+                x, w, cfg["stride"], [(ph, ph), (pw, pw)], dimension_numbers=("NCHW", "OIHW", "NCHW")
+            )
             x = x + b[None, :, None, None]
         elif name == "ReLU":
             x = jnp.maximum(x, 0.0)
@@ -352,7 +374,9 @@ class _NumpyNet:
                 (sh, sw), (ph, pw) = cfg["stride"], cfg["padding"]
                 for a in range(kh):  # col2im: add each tap back at its shifted place
                     for bb in range(kw):
-                        dxp[:, :, a : a + sh * ho : sh, bb : bb + sw * wo : sw] += dcols[..., a, bb].transpose(0, 3, 1, 2)
+                        dxp[:, :, a : a + sh * ho : sh, bb : bb + sw * wo : sw] += dcols[..., a, bb].transpose(
+                            0, 3, 1, 2
+                        )
                 g = dxp[:, :, ph : xp_shape[2] - ph, pw : xp_shape[3] - pw]
         for i, (dw, db) in grads.items():
             w, b = self.weights[i]

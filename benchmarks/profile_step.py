@@ -99,7 +99,9 @@ def profile_piece(path, layer, in_shape, batch, reps):
         t_f = _timed(fwd, a, b, reps=reps)
         t_fb = _timed(both, a, b, a, reps=reps)
         moved = 3 * _nbytes(a), 3 * _nbytes(a)
-        return dict(path=path, kind="add", shape=tuple(a.shape), fwd=t_f, bwd=max(t_fb - t_f, 0.0), flops=0, bytes=moved)
+        return dict(
+            path=path, kind="add", shape=tuple(a.shape), fwd=t_f, bwd=max(t_fb - t_f, 0.0), flops=0, bytes=moved
+        )
     out_shape, params, state = init_with_state(layer, key, in_shape)
     x = jnp.asarray(rng.standard_normal((batch, *in_shape[1:])), jnp.float32)
 
@@ -113,8 +115,15 @@ def profile_piece(path, layer, in_shape, batch, reps):
     f_bytes = _nbytes(x) + _nbytes(y) + _nbytes(params)
     b_bytes = _nbytes(g) + _nbytes(x) + _nbytes(x) + 2 * _nbytes(params)
     flops = _flops(layer, in_shape, out_shape, batch)
-    return dict(path=path, kind=layer.name, shape=tuple(y.shape), fwd=t_f, bwd=max(t_fb - t_f, 0.0), flops=flops,
-                bytes=(f_bytes, b_bytes))  # fmt: skip
+    return dict(
+        path=path,
+        kind=layer.name,
+        shape=tuple(y.shape),
+        fwd=t_f,
+        bwd=max(t_fb - t_f, 0.0),
+        flops=flops,
+        bytes=(f_bytes, b_bytes),
+    )
 
 
 def step_time(model, batch, reps):
@@ -129,21 +138,32 @@ def step_time(model, batch, reps):
 
 
 def print_table(rows, step_s):
-    print(f"{'layer':28s} {'kind':15s} {'output':18s} {'fwd ms':>7s} {'bwd ms':>7s} {'GFLOP/s f/b':>12s} "
-          f"{'MB f/b':>11s} {'share':>6s}")  # fmt: skip
+    print(
+        f"{'layer':28s} {'kind':15s} {'output':18s} {'fwd ms':>7s} {'bwd ms':>7s} {'GFLOP/s f/b':>12s} "
+        f"{'MB f/b':>11s} {'share':>6s}"
+    )
     for r in rows:
-        gf = f"{r['flops'] / r['fwd'] / 1e9:5.1f}/{2 * r['flops'] / max(r['bwd'], 1e-9) / 1e9:5.1f}" if r["flops"] else "-"
+        gf = (
+            f"{r['flops'] / r['fwd'] / 1e9:5.1f}/{2 * r['flops'] / max(r['bwd'], 1e-9) / 1e9:5.1f}"
+            if r["flops"]
+            else "-"
+        )
         mb = f"{r['bytes'][0] / 1e6:5.1f}/{r['bytes'][1] / 1e6:5.1f}"
         share = (r["fwd"] + r["bwd"]) / step_s
         shape = "x".join(map(str, r["shape"]))
-        print(f"{r['path'][:28]:28s} {r['kind'][:15]:15s} {shape:18s} {r['fwd'] * 1e3:7.2f} {r['bwd'] * 1e3:7.2f} "
-              f"{gf:>12s} {mb:>11s} {share:6.1%}")  # fmt: skip
+        print(
+            f"{r['path'][:28]:28s} {r['kind'][:15]:15s} {shape:18s} {r['fwd'] * 1e3:7.2f} {r['bwd'] * 1e3:7.2f} "
+            f"{gf:>12s} {mb:>11s} {share:6.1%}"
+        )
     total = sum(r["fwd"] + r["bwd"] for r in rows)
     print(f"pieces in all: {total * 1e3:.1f} ms; the whole jitted step: {step_s * 1e3:.1f} ms ({total / step_s:.0%})")
     kinds = {}
     for r in rows:
         kinds[r["kind"]] = kinds.get(r["kind"], 0.0) + r["fwd"] + r["bwd"]
-    print("by kind: " + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / step_s:.0%})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    print(
+        "by kind: "
+        + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / step_s:.0%})" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    )
 
 
 def torch_profile(args, model):
@@ -161,7 +181,9 @@ def torch_profile(args, model):
     if args.model == "resnet":
         import resnet_step
 
-        defaults = models.resnet.__defaults__  # (num_classes, width, blocks_per_stage, stages, first_stride, stem_stride)
+        defaults = (
+            models.resnet.__defaults__
+        )  # (num_classes, width, blocks_per_stage, stages, first_stride, stem_stride)
         width, blocks, _, first_stride, stem_stride = defaults[1:]
         convs, head = resnet_step._from_tinyfn(params, state, width, blocks, first_stride)
         step = resnet_step.torch_step(convs, head, width, blocks, first_stride, True, stem_stride)
@@ -180,11 +202,15 @@ def torch_profile(args, model):
             run()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    print(f"\nPyTorch {torch.__version__} eager, {layout}, {args.reps} steps: self CPU time by operator "
-          f"({total / args.reps / 1e3:.1f} ms a step)")  # fmt: skip
+    print(
+        f"\nPyTorch {torch.__version__} eager, {layout}, {args.reps} steps: self CPU time by operator "
+        f"({total / args.reps / 1e3:.1f} ms a step)"
+    )
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:18]:
         per = e.self_cpu_time_total / args.reps / 1e3
-        print(f"  {e.key[:44]:44s} {per:7.2f} ms {e.self_cpu_time_total / total:6.1%}  calls/step {e.count // args.reps}")
+        print(
+            f"  {e.key[:44]:44s} {per:7.2f} ms {e.self_cpu_time_total / total:6.1%}  calls/step {e.count // args.reps}"
+        )
 
 
 def main(argv=None):
@@ -193,8 +219,10 @@ def main(argv=None):
     model = models.get_model(args.model)
     rows = [profile_piece(p, layer, s, args.batch_size, args.reps) for p, layer, s in walk(model, (None, 1, 28, 28))]
     step_s = step_time(model, args.batch_size, args.reps)
-    print(f"{args.model}, batch {args.batch_size}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"{jax.devices()[0].platform}; medians of {args.reps} calls")  # fmt: skip
+    print(
+        f"{args.model}, batch {args.batch_size}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"{jax.devices()[0].platform}; medians of {args.reps} calls"
+    )
     print_table(rows, step_s)
     if not args.no_torch:
         torch_profile(args, model)

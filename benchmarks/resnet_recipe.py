@@ -27,20 +27,18 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import os
+from resnet_step import block_counts
 
 import tinyfn
 from tinyfn import data, models, train
 from tinyfn.layers import init_with_state
 from tinyfn.losses import softmax_cross_entropy
-
-from resnet_step import block_counts
 
 RESNET_RECIPE = {
     # the model: models.resnet()'s defaults, width=24, blocks_per_stage=(1, 1, 3), stages=3, first_stride=1, stem_stride=2:
@@ -72,7 +70,12 @@ def parse_args(argv=None):
     ap.add_argument("--data", default="embedded")
     ap.add_argument("--epochs", type=int, default=r["epochs"])
     ap.add_argument("--width", type=int, default=r["width"])
-    ap.add_argument("--blocks", type=block_counts, default=r["blocks_per_stage"], help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)")
+    ap.add_argument(
+        "--blocks",
+        type=block_counts,
+        default=r["blocks_per_stage"],
+        help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)",
+    )
     ap.add_argument("--stages", type=int, default=r["stages"])
     ap.add_argument("--first-stride", type=int, default=r["first_stride"])
     ap.add_argument("--stem-stride", type=int, default=r["stem_stride"])
@@ -88,8 +91,12 @@ def parse_args(argv=None):
     ap.add_argument("--crop-padding", type=int, default=r["crop_padding"])
     ap.add_argument("--label-smoothing", type=float, default=r["label_smoothing"])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fill", choices=("background", "zero"), default="background",
-                    help="what the crops pad with: background is black, (0 - mean) / std of the normalised data; zero is the mean grey")
+    ap.add_argument(
+        "--fill",
+        choices=("background", "zero"),
+        default="background",
+        help="what the crops pad with: background is black, (0 - mean) / std of the normalised data; zero is the mean grey",
+    )
     ap.add_argument("--tta", choices=("flip", "none"), default=r["tta"])
     return ap.parse_args(argv)
 
@@ -103,10 +110,24 @@ def main(argv=None):
     x_train, y_train = data.normalize(train_set.images, mean, std), train_set.labels
     x_test, y_test = data.normalize(test_set.images, mean, std), test_set.labels
     steps_per_epoch = len(y_train) // args.batch_size
-    model = models.resnet(width=args.width, blocks_per_stage=args.blocks, stages=args.stages, first_stride=args.first_stride, stem_stride=args.stem_stride)
+    model = models.resnet(
+        width=args.width,
+        blocks_per_stage=args.blocks,
+        stages=args.stages,
+        first_stride=args.first_stride,
+        stem_stride=args.stem_stride,
+    )
     key = jax.random.key(args.seed)
     _, params, state = init_with_state(model, key, (None, *x_train.shape[1:]))
-    optimizer = train.adamw(train.cosine(args.lr, steps_per_epoch * args.epochs, warmup_steps=min(args.warmup_steps, steps_per_epoch * args.epochs - 1)), weight_decay=args.weight_decay, mask=train.weights_only if args.decay == "weights" else None)
+    optimizer = train.adamw(
+        train.cosine(
+            args.lr,
+            steps_per_epoch * args.epochs,
+            warmup_steps=min(args.warmup_steps, steps_per_epoch * args.epochs - 1),
+        ),
+        weight_decay=args.weight_decay,
+        mask=train.weights_only if args.decay == "weights" else None,
+    )
     opt_state = optimizer.init(params)
     loss = functools.partial(softmax_cross_entropy, label_smoothing=args.label_smoothing)
     step = make_step = train.make_train_step(model, loss, optimizer, donate=False)
@@ -121,7 +142,11 @@ def main(argv=None):
         return make_step(params, state, opt_state, augment(k_aug, x) if augment else x, y, k_step)
 
     eval_step = train.make_eval_step(model, softmax_cross_entropy)
-    print(tinyfn.summary(model, (None, *x_train.shape[1:])).splitlines()[-1], f"| {steps_per_epoch} steps/epoch", flush=True)
+    print(
+        tinyfn.summary(model, (None, *x_train.shape[1:])).splitlines()[-1],
+        f"| {steps_per_epoch} steps/epoch",
+        flush=True,
+    )
     rng = np.random.default_rng(args.seed)
     epoch_times, projected, curve, accs = [], [], [], []
     for epoch in range(args.epochs):
@@ -130,7 +155,14 @@ def main(argv=None):
         t0 = t_first = time.perf_counter()
         for b in range(n_steps):
             idx = order[b * args.batch_size : (b + 1) * args.batch_size]
-            params, state, opt_state, m = train_batch(params, state, opt_state, jnp.asarray(x_train[idx]), jnp.asarray(y_train[idx]), jax.random.fold_in(key, epoch * steps_per_epoch + b))
+            params, state, opt_state, m = train_batch(
+                params,
+                state,
+                opt_state,
+                jnp.asarray(x_train[idx]),
+                jnp.asarray(y_train[idx]),
+                jax.random.fold_in(key, epoch * steps_per_epoch + b),
+            )
             if b == 0:
                 jax.block_until_ready(m)
                 t_first = time.perf_counter()  # the first step includes compilation
@@ -147,16 +179,24 @@ def main(argv=None):
             correct += float(mm["accuracy"]) * len(y_test[s : s + 1000])
         acc = correct / len(y_test)
         accs.append(acc)
-        print(f"epoch {epoch + 1}: {t1 - t0:.1f} s ({per_step * 1000:.0f} ms/step, projected epoch {per_step * steps_per_epoch:.0f} s), "
-              f"last loss {float(m['loss']):.3f}, test accuracy {acc:.4f}, {time.perf_counter() - t_start:.0f} s all in, "
-              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"epoch {epoch + 1}: {t1 - t0:.1f} s ({per_step * 1000:.0f} ms/step, projected epoch {per_step * steps_per_epoch:.0f} s), "
+            f"last loss {float(m['loss']):.3f}, test accuracy {acc:.4f}, {time.perf_counter() - t_start:.0f} s all in, "
+            f"load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     views = train.augment.TTA_VIEWS[args.tta]
     acc_tta = train.evaluate(model, params, (x_test, y_test), model_state=state, views=views)[1] if views else acc
-    print(f"test accuracy after epoch {args.epochs}: {acc:.4f} single view, {acc_tta:.4f} with test-time views {args.tta}", flush=True)
+    print(
+        f"test accuracy after epoch {args.epochs}: {acc:.4f} single view, {acc_tta:.4f} with test-time views {args.tta}",
+        flush=True,
+    )
     if args.plot:
         _plot(args.plot, curve, accs)
     del step
-    print(f"epoch_s={np.median(epoch_times):.1f} projected_epoch_s={np.median(projected):.1f} test_accuracy={acc:.4f} test_accuracy_tta={acc_tta:.4f} total_s={time.perf_counter() - t_start:.0f}")
+    print(
+        f"epoch_s={np.median(epoch_times):.1f} projected_epoch_s={np.median(projected):.1f} test_accuracy={acc:.4f} test_accuracy_tta={acc_tta:.4f} total_s={time.perf_counter() - t_start:.0f}"
+    )
 
 
 def _plot(path, curve, accs):

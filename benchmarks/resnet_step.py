@@ -46,9 +46,19 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--width", type=int, default=default["width"])
-    ap.add_argument("--blocks", type=block_counts, default=default["blocks_per_stage"], help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)")
+    ap.add_argument(
+        "--blocks",
+        type=block_counts,
+        default=default["blocks_per_stage"],
+        help="basic blocks per stage: one count for every stage, or one per stage (1,1,3)",
+    )
     ap.add_argument("--first-stride", type=int, default=default["first_stride"])
-    ap.add_argument("--stem-stride", type=int, default=default["stem_stride"], help="1: a 3x3 stem at full resolution; 2: a 4x4 stride-2 stem (use with --first-stride 1)")
+    ap.add_argument(
+        "--stem-stride",
+        type=int,
+        default=default["stem_stride"],
+        help="1: a 3x3 stem at full resolution; 2: a 4x4 stride-2 stem (use with --first-stride 1)",
+    )
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--no-torch", action="store_true")
@@ -101,14 +111,19 @@ def jax_autodiff_step(width, blocks, first_stride, optimizer, stem_stride=1):
 
     def conv(x, w, stride, p=None):
         p = w.shape[2] // 2 if p is None else p
-        return lax.conv_general_dilated(x, w, (stride, stride), ((p, p), (p, p)), dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return lax.conv_general_dilated(
+            x, w, (stride, stride), ((p, p), (p, p)), dimension_numbers=("NCHW", "OIHW", "NCHW")
+        )
 
     def bn(x, p, s):
         mean = x.mean((0, 2, 3))
         var = ((x - mean[None, :, None, None]) ** 2).mean((0, 2, 3))
         m = x.size // x.shape[1]
         y = (x - mean[None, :, None, None]) * lax.rsqrt(var + 1e-5)[None, :, None, None]
-        new = {"mean": 0.9 * s["mean"] + 0.1 * lax.stop_gradient(mean), "var": 0.9 * s["var"] + 0.1 * lax.stop_gradient(var) * m / (m - 1)}
+        new = {
+            "mean": 0.9 * s["mean"] + 0.1 * lax.stop_gradient(mean),
+            "var": 0.9 * s["var"] + 0.1 * lax.stop_gradient(var) * m / (m - 1),
+        }
         return y * p["gamma"][None, :, None, None] + p["beta"][None, :, None, None], new
 
     def forward(params, states, x):
@@ -172,7 +187,14 @@ def torch_step(convs, head, width, blocks, first_stride, channels_last, stem_str
     with torch.no_grad():
         fc.weight.copy_(torch.from_numpy(np.asarray(head["w"]).T.copy()))
         fc.bias.copy_(torch.from_numpy(np.asarray(head["b"])))
-    net = nn.Sequential(stem, nn.ReLU(), *[Block(*b) for b in _blocks(width, blocks, first_stride)], nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    net = nn.Sequential(
+        stem,
+        nn.ReLU(),
+        *[Block(*b) for b in _blocks(width, blocks, first_stride)],
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        fc,
+    )
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=5e-2)
@@ -190,7 +212,9 @@ def torch_step(convs, head, width, blocks, first_stride, channels_last, stem_str
 def main(argv=None):
     args = parse_args(argv)
     tinyfn.tune_allocator()
-    model = models.resnet(width=args.width, blocks_per_stage=args.blocks, first_stride=args.first_stride, stem_stride=args.stem_stride)
+    model = models.resnet(
+        width=args.width, blocks_per_stage=args.blocks, first_stride=args.first_stride, stem_stride=args.stem_stride
+    )
     _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32)
@@ -245,7 +269,9 @@ def main(argv=None):
                 run()
                 times[name].append(time.perf_counter() - t)
     print(f"first two losses, every implementation: {ref[0]:.4f}, {ref[1]:.4f} (within 2e-3)")
-    print(f"resnet(width={args.width}, blocks_per_stage={args.blocks}, first_stride={args.first_stride}, stem_stride={args.stem_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}")
+    print(
+        f"resnet(width={args.width}, blocks_per_stage={args.blocks}, first_stride={args.first_stride}, stem_stride={args.stem_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}"
+    )
     print(f"{'implementation':48s} {'median ms':>10s} {'min ms':>8s} {'images/s':>9s} {'x tinyfn':>9s}")
     base = np.median(times["tinyfn (handwritten rules, jit)"])
     for name, t in times.items():

@@ -24,13 +24,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from resnet_step import _blocks, block_counts
 
 import tinyfn
 from tinyfn import models, train
 from tinyfn.layers import init_with_state
 from tinyfn.losses import softmax_cross_entropy
-
-from resnet_step import _blocks, block_counts
 
 
 def parse_variant(text: str):
@@ -70,10 +69,21 @@ def main(argv=None):
         model = models.resnet(width=width, blocks_per_stage=blocks)
         _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
         optimizer = train.adamw(2e-3, weight_decay=5e-2, mask=train.weights_only)
-        step = train.make_train_step(model, softmax_cross_entropy, optimizer, with_state=True, augment=augment, donate=False)
+        step = train.make_train_step(
+            model, softmax_cross_entropy, optimizer, with_state=True, augment=augment, donate=False
+        )
         carry = (params, state, optimizer.init(params), x, y, jax.random.key_data(jax.random.key(1)))
         jax.block_until_ready(step(*carry))  # compiled here
-        nets.append((f"{width}:{blocks if isinstance(blocks, int) else ','.join(map(str, blocks))}", step, carry, params, width, blocks))
+        nets.append(
+            (
+                f"{width}:{blocks if isinstance(blocks, int) else ','.join(map(str, blocks))}",
+                step,
+                carry,
+                params,
+                width,
+                blocks,
+            )
+        )
     times = [[] for _ in nets]
     for _ in range(args.rounds):
         for i, (_, step, carry, *_rest) in enumerate(nets):
@@ -84,7 +94,9 @@ def main(argv=None):
     print(f"batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, jax {jax.__version__}")
     for (name, _, _, params, width, blocks), t in zip(nets, times):
         n = sum(int(a.size) for a in jax.tree_util.tree_leaves(params))
-        print(f"{name:12s} params {n:9,d}  multiply-adds {multiply_adds(width, blocks) / 1e6:5.2f}M  median {np.median(t) * 1e3:7.1f} ms  p25 {np.percentile(t, 25) * 1e3:7.1f} ms")
+        print(
+            f"{name:12s} params {n:9,d}  multiply-adds {multiply_adds(width, blocks) / 1e6:5.2f}M  median {np.median(t) * 1e3:7.1f} ms  p25 {np.percentile(t, 25) * 1e3:7.1f} ms"
+        )
     print("variants " + " ".join(f"{name}={np.median(t) * 1e3:.1f}" for (name, *_), t in zip(nets, times)))
 
 

@@ -38,9 +38,12 @@ import numpy as np
 if "--devices" in sys.argv and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     # several CPU devices must be asked for before JAX starts; harmless where GPUs are used
     n_devices = sys.argv[sys.argv.index("--devices") + 1]
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n_devices}").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n_devices}"
+    ).strip()
 
 import peers  # noqa: E402
+
 import tinyfn  # noqa: E402
 
 IMPLS = ("tinyfn", "jax_autodiff", "torch_eager", "numpy_im2col", "tinyfn_matrix")
@@ -63,12 +66,23 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation after the first")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu: JAX on the GPU, PyTorch on CUDA")
-    ap.add_argument("--devices", type=int, default=None, help="also time tinyfn's step sharded over this many devices (on CPU: that many host devices)")
+    ap.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="also time tinyfn's step sharded over this many devices (on CPU: that many host devices)",
+    )
     ap.add_argument("--only", nargs="+", choices=IMPLS, help="run only these implementations")
     ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--pause", type=float, default=0.2, help="seconds between implementations, so idle thread pools go to sleep")
-    ap.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=True,
-                    help="call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the library's default, glibc untouched")
+    ap.add_argument(
+        "--pause", type=float, default=0.2, help="seconds between implementations, so idle thread pools go to sleep"
+    )
+    ap.add_argument(
+        "--tune-allocator",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the library's default, glibc untouched",
+    )
     ap.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
     ap.add_argument("--quick", action="store_true", help="smoke test: batch 32, 2 steps x 2 rounds, no peak")
     args = ap.parse_args(argv)
@@ -130,7 +144,9 @@ def build(args, device):
         from tinyfn.train import data_mesh
 
         devices = [d for d in jax.devices() if d.platform == device.platform]
-        runs["tinyfn_sharded"] = peers.tinyfn(model, params, x, y, args.lr, device, mesh=data_mesh(devices[: args.devices]))
+        runs["tinyfn_sharded"] = peers.tinyfn(
+            model, params, x, y, args.lr, device, mesh=data_mesh(devices[: args.devices])
+        )
         LABELS["tinyfn_sharded"] = LABELS["tinyfn_sharded"].format(n=args.devices)
     return specs, runs, notes
 
@@ -159,12 +175,25 @@ def measure(runs, args):
 
 def report(args, specs, results, notes, peak, device):
     flops = peers.step_flops(specs, args.batch_size)
-    print(f"# {args.model}, batch {args.batch_size}, float32, {device.platform} ({device.device_kind}); "
-          f"{flops / 1e9:.3f} GFLOP/step; {args.rounds} rounds x {args.steps} steps, interleaved")  # fmt: skip
+    print(
+        f"# {args.model}, batch {args.batch_size}, float32, {device.platform} ({device.device_kind}); "
+        f"{flops / 1e9:.3f} GFLOP/step; {args.rounds} rounds x {args.steps} steps, interleaved"
+    )
     tuned = tinyfn._malloc.allocator_tuned()
-    notes.append("glibc allocator: " + ("tuned (tinyfn.tune_allocator)" if tuned else "defaults (--no-tune-allocator)" if not args.tune_allocator else "tuning failed"))
-    print(f"# python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, "
-          f"torch {peers.torch_version() or '-'}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    notes.append(
+        "glibc allocator: "
+        + (
+            "tuned (tinyfn.tune_allocator)"
+            if tuned
+            else "defaults (--no-tune-allocator)"
+            if not args.tune_allocator
+            else "tuning failed"
+        )
+    )
+    print(
+        f"# python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, "
+        f"torch {peers.torch_version() or '-'}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+    )
     if peak:
         print(f"# float32 matmul peak measured: {peak:.0f} GFLOP/s")
     head = f"| {'implementation':42s} | ms/step median | min | max | images/s | GFLOP/s |{' % peak |' if peak else ''} x tinyfn | faults/step | first step s |"
@@ -175,8 +204,10 @@ def report(args, specs, results, notes, peak, device):
         med, lo, hi = np.median(ts) * 1e3, np.min(ts) * 1e3, np.max(ts) * 1e3
         gf = flops / (med / 1e3) / 1e9
         pk = f" {100 * gf / peak:.0f}% |" if peak else ""
-        print(f"| {LABELS[name]:42s} | {med:.2f} | {lo:.2f} | {hi:.2f} | {args.batch_size / med * 1e3:,.0f} | {gf:.1f} |{pk} "
-              f"{med / 1e3 / base:.2f} | {flt:,.0f} | {first:.2f} |")  # fmt: skip
+        print(
+            f"| {LABELS[name]:42s} | {med:.2f} | {lo:.2f} | {hi:.2f} | {args.batch_size / med * 1e3:,.0f} | {gf:.1f} |{pk} "
+            f"{med / 1e3 / base:.2f} | {flt:,.0f} | {first:.2f} |"
+        )
     for note in notes:
         print(f"# {note}")
     ratio = lambda k: base / np.median(results[k][1]) if k in results else float("nan")  # noqa: E731

@@ -12,7 +12,8 @@ import os
 
 import jax
 
-from tinyfn import data, layers as L, train
+from tinyfn import data, train
+from tinyfn import layers as L
 
 QUICK = os.environ.get("TINYFN_EXAMPLE_QUICK") == "1"
 N_TRAIN, N_TEST, EPOCHS = (1024, 500, 1) if QUICK else (8000, 2000, 3)

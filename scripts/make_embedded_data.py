@@ -48,7 +48,10 @@ def main():
     tmp = args.out.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
     tmp.replace(args.out)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items()))
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): "
+        + ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
+    )
 
 
 if __name__ == "__main__":

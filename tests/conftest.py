@@ -32,7 +32,9 @@ def pytest_sessionstart(session):
         try:
             import torch  # noqa: F401
         except ImportError as exc:
-            pytest.exit(f"CI=true but the PyTorch oracle cannot be imported ({exc}); install torch (see README)", returncode=1)
+            pytest.exit(
+                f"CI=true but the PyTorch oracle cannot be imported ({exc}); install torch (see README)", returncode=1
+            )
 
 
 @pytest.fixture

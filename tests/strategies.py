@@ -42,7 +42,9 @@ def pool_configs(draw):
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = (draw(st.integers(0, window[0] // 2)), draw(st.integers(0, window[1] // 2)))
     h, w = draw(st.integers(window[0], window[0] + 5)), draw(st.integers(window[1], window[1] + 5))
-    return dict(x_shape=(draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w), window=window, stride=stride, padding=padding)
+    return dict(
+        x_shape=(draw(st.integers(1, 2)), draw(st.integers(1, 3)), h, w), window=window, stride=stride, padding=padding
+    )
 
 
 def distinct(rng, shape, gap=0.05, dtype=np.float32):

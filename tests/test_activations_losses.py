@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from strategies import off_kink
-from tinyfn import gradcheck, losses, reference as R
+
+from tinyfn import gradcheck, losses
+from tinyfn import reference as R
 from tinyfn.layers import dropout, flatten, log_softmax, relu, softmax
 
 
@@ -43,7 +44,9 @@ def test_log_softmax_is_stable_for_huge_logits():
 def test_softmax_cross_entropy_known_value_and_rule():
     logits = jnp.log(jnp.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
     labels = jnp.array([0, 2])
-    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels), -(np.log(0.5) + np.log(0.8)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.softmax_cross_entropy(logits, labels), -(np.log(0.5) + np.log(0.8)) / 2, rtol=1e-6
+    )
     g = jax.grad(losses.softmax_cross_entropy)(logits, labels)  # (softmax - onehot) / N
     np.testing.assert_allclose(g, np.array([[-0.5, 0.25, 0.25], [0.1, 0.1, -0.2]]) / 2, rtol=1e-5, atol=1e-7)
 
@@ -65,8 +68,11 @@ def test_label_smoothing_rule_matches_reference_and_finite_differences(rng):
     with jax.enable_x64(True):
         logits = jnp.asarray(rng.standard_normal((5, 4)))
         labels = jnp.asarray(rng.integers(0, 4, 5), jnp.int32)
-        gradcheck.check_vjp(lambda z: losses.softmax_cross_entropy(z, labels, label_smoothing=0.15), (logits,),
-                            reference=lambda z: R.softmax_cross_entropy(z, labels, label_smoothing=0.15))
+        gradcheck.check_vjp(
+            lambda z: losses.softmax_cross_entropy(z, labels, label_smoothing=0.15),
+            (logits,),
+            reference=lambda z: R.softmax_cross_entropy(z, labels, label_smoothing=0.15),
+        )
 
 
 def test_losses_match_references(rng):
@@ -128,7 +134,10 @@ def test_checkify_reports_the_first_label_out_of_range_under_jit():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: losses.softmax_cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32)), r"^softmax_cross_entropy: the batch is empty"),
+        (
+            lambda: losses.softmax_cross_entropy(jnp.zeros((0, 3)), jnp.zeros((0,), jnp.int32)),
+            r"^softmax_cross_entropy: the batch is empty",
+        ),
         (lambda: losses.mse(jnp.zeros((0, 3)), jnp.zeros((0, 3))), r"^mse: the batch is empty"),
         (lambda: jax.jit(losses.mse).lower(jnp.zeros((0,)), jnp.zeros((0,))), r"^mse: the batch is empty"),
     ],

@@ -11,17 +11,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import strategies as S
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinyfn import losses
 from tinyfn import layers as L
+from tinyfn import losses
 from tinyfn.train import sgd
 
-import strategies as S
-
 DOCUMENTED = (ValueError, TypeError)
-SETTINGS = settings(max_examples=int(__import__("os").environ.get("TINYFN_EXAMPLES", 25)), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+SETTINGS = settings(
+    max_examples=int(__import__("os").environ.get("TINYFN_EXAMPLES", 25)),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+)
 
 # A "size" is usually sensible, sometimes not.
 sizes = st.one_of(st.integers(1, 5), st.sampled_from([0, -1, 2.5, None, "3", True]))
@@ -50,7 +54,13 @@ def arrays(draw, ndim=None, dims=st.integers(0, 6)):
 
 
 def _finite_input(*xs):
-    return all(isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating) and np.isfinite(x).all() and np.abs(x).max(initial=0) < 1e4 for x in xs)
+    return all(
+        isinstance(x, np.ndarray)
+        and np.issubdtype(x.dtype, np.floating)
+        and np.isfinite(x).all()
+        and np.abs(x).max(initial=0) < 1e4
+        for x in xs
+    )
 
 
 CALLS = {"ok": 0, "refused": 0}
@@ -185,7 +195,9 @@ def test_matrix_forms(data, cfg):
     if out is not None:
         ref = L.conv2d(np.asarray(x), np.asarray(w), stride=stride, padding=padding)
         _check(out, ref.shape, _finite_input(x, w))
-    m = _call(L.unrolled_filter_matrix, w, np.shape(x)[2:] if np.ndim(x) == 4 else (3, 3), stride=stride, padding=padding)
+    m = _call(
+        L.unrolled_filter_matrix, w, np.shape(x)[2:] if np.ndim(x) == 4 else (3, 3), stride=stride, padding=padding
+    )
     if m is not None:
         assert np.asarray(m).ndim == 2
 
@@ -202,7 +214,11 @@ def test_max_unpool2d(y, switches, output_size):
 
 
 @SETTINGS
-@given(x=arrays(), axis=st.one_of(st.integers(-6, 6), st.sampled_from([None, 1.5, "0"])), op=st.sampled_from(["relu", "softmax", "log_softmax", "flatten"]))
+@given(
+    x=arrays(),
+    axis=st.one_of(st.integers(-6, 6), st.sampled_from([None, 1.5, "0"])),
+    op=st.sampled_from(["relu", "softmax", "log_softmax", "flatten"]),
+)
 def test_elementwise_and_reshape(x, axis, op):
     if op in ("relu", "flatten"):
         out = _call(getattr(L, op), x)
@@ -215,7 +231,11 @@ def test_elementwise_and_reshape(x, axis, op):
 
 
 @SETTINGS
-@given(x=arrays(), rate=st.one_of(st.floats(-1, 2), st.just(float("nan")), st.sampled_from([0.5, 1, "0.5", None])), train=st.sampled_from([True, False, 1, None]))
+@given(
+    x=arrays(),
+    rate=st.one_of(st.floats(-1, 2), st.just(float("nan")), st.sampled_from([0.5, 1, "0.5", None])),
+    train=st.sampled_from([True, False, 1, None]),
+)
 def test_dropout(x, rate, train):
     out = _call(L.dropout, jax.random.key(0), x, rate, train=train)
     if out is not None:
@@ -223,10 +243,17 @@ def test_dropout(x, rate, train):
 
 
 @SETTINGS
-@given(logits=arrays(ndim=2), labels=st.one_of(arrays(ndim=1), st.lists(st.integers(-2, 12), max_size=4)), pred=arrays(), target=arrays())
+@given(
+    logits=arrays(ndim=2),
+    labels=st.one_of(arrays(ndim=1), st.lists(st.integers(-2, 12), max_size=4)),
+    pred=arrays(),
+    target=arrays(),
+)
 def test_losses(logits, labels, pred, target):
     if isinstance(labels, np.ndarray) and np.issubdtype(labels.dtype, np.floating) and np.isfinite(labels).all():
-        labels = labels.astype(np.int32) % max(1, getattr(logits, "shape", (0, 1))[-1] if getattr(logits, "ndim", 0) == 2 else 1)
+        labels = labels.astype(np.int32) % max(
+            1, getattr(logits, "shape", (0, 1))[-1] if getattr(logits, "ndim", 0) == 2 else 1
+        )
     out = _call(losses.softmax_cross_entropy, logits, labels)
     if out is not None:
         ok_labels = np.all((np.asarray(labels) >= 0) & (np.asarray(labels) < logits.shape[1]))
@@ -252,7 +279,11 @@ LAYERS = {
 
 
 @SETTINGS
-@given(name=st.sampled_from(sorted(LAYERS)), arg=st.one_of(sizes, pairs, st.floats(-1, 2)), shape=st.lists(st.one_of(st.none(), st.integers(-1, 6)), min_size=0, max_size=5))
+@given(
+    name=st.sampled_from(sorted(LAYERS)),
+    arg=st.one_of(sizes, pairs, st.floats(-1, 2)),
+    shape=st.lists(st.one_of(st.none(), st.integers(-1, 6)), min_size=0, max_size=5),
+)
 def test_layers_init_and_apply(name, arg, shape):
     layer = _call(LAYERS[name], arg)
     if layer is None:
@@ -281,7 +312,9 @@ def test_sgd(lr, momentum, nesterov, weight_decay, grads_shape):
     if opt is None:
         return
     params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}
-    grads = {"same": params, "missing": {"w": params["w"]}, "reshaped": {"w": jnp.ones((3, 2)), "b": params["b"]}}[grads_shape]
+    grads = {"same": params, "missing": {"w": params["w"]}, "reshaped": {"w": jnp.ones((3, 2)), "b": params["b"]}}[
+        grads_shape
+    ]
     state = opt.init(params)
     out = _call(opt.update, grads, state, params)
     if grads_shape != "same":

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinyfn import gradcheck, reference as R
+from tinyfn import gradcheck
+from tinyfn import reference as R
 from tinyfn.layers import ATTENTION_FORMULATIONS, dot_product_attention
 
 MASKS = ("none", "boolean", "additive", "causal")
@@ -157,18 +158,27 @@ def test_jit_and_vmap_equal_the_eager_gradient(rng, formulation):
         (dict(k=jnp.zeros((1, 2, 5, 3))), ValueError, r"^dot_product_attention: k has shape \(1, 2, 5, 3\), expected"),
         (dict(v=jnp.zeros((1, 2, 4, 3))), ValueError, r"^dot_product_attention: v has shape \(1, 2, 4, 3\), expected"),
         (dict(q=jnp.zeros((2, 3, 4))), ValueError, r"^dot_product_attention: q must have rank 4 \(N, H, T, D\)"),
-        (dict(mask=jnp.ones((3, 5), bool)), ValueError,
-         r"^dot_product_attention: mask has shape \(3, 5\), expected a shape broadcastable to "
-         r"\(N, H, T, S\) = \(1, 2, 3, 6\)"),
-        (dict(mask=jnp.ones((3, 6), jnp.int32)), TypeError,
-         r"^dot_product_attention: mask must be boolean .*got dtype int32"),
-        (dict(formulation="flash"), ValueError,
-         r"^dot_product_attention: formulation must be one of \('plain', 'blocked'\)"),
+        (
+            dict(mask=jnp.ones((3, 5), bool)),
+            ValueError,
+            r"^dot_product_attention: mask has shape \(3, 5\), expected a shape broadcastable to "
+            r"\(N, H, T, S\) = \(1, 2, 3, 6\)",
+        ),
+        (
+            dict(mask=jnp.ones((3, 6), jnp.int32)),
+            TypeError,
+            r"^dot_product_attention: mask must be boolean .*got dtype int32",
+        ),
+        (
+            dict(formulation="flash"),
+            ValueError,
+            r"^dot_product_attention: formulation must be one of \('plain', 'blocked'\)",
+        ),
         (dict(block_size=0), ValueError, r"^dot_product_attention: block_size must be a positive int, got 0"),
         (dict(scale=float("inf")), ValueError, r"^dot_product_attention: scale must be a finite float or None"),
         (dict(causal=1), TypeError, r"^dot_product_attention: causal must be True or False, got 1"),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_are_refused_by_name(kwargs, error, match):
     args = {"q": jnp.zeros((1, 2, 3, 4)), "k": jnp.zeros((1, 2, 6, 4)), "v": jnp.zeros((1, 2, 6, 3))}
     args.update({name: kwargs.pop(name) for name in ("q", "k", "v") if name in kwargs})

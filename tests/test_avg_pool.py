@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinyfn import gradcheck, reference as R
+from tinyfn import gradcheck
+from tinyfn import reference as R
 from tinyfn.layers import AvgPool2D, GlobalAvgPool2D, avg_pool2d, global_avg_pool2d
 
 
@@ -20,7 +21,13 @@ def avg_pool_configs(draw):
     padding = tuple(draw(st.integers(0, k // 2)) for k in window)
     hw = tuple(draw(st.integers(k, k + 4)) for k in window)
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), *hw)
-    return {"shape": shape, "window": window, "stride": stride, "padding": padding, "count_include_pad": draw(st.booleans())}
+    return {
+        "shape": shape,
+        "window": window,
+        "stride": stride,
+        "padding": padding,
+        "count_include_pad": draw(st.booleans()),
+    }
 
 
 @given(avg_pool_configs())
@@ -45,7 +52,9 @@ def test_avg_pool_and_its_gradient_match_pytorch(window, stride, padding, includ
     g = rng.standard_normal(tuple(ty.shape))
     ty.backward(torch.tensor(g))
     with jax.enable_x64(True):
-        y, vjp = jax.vjp(lambda x: avg_pool2d(x, window, stride=stride, padding=padding, count_include_pad=include), jnp.asarray(x))
+        y, vjp = jax.vjp(
+            lambda x: avg_pool2d(x, window, stride=stride, padding=padding, count_include_pad=include), jnp.asarray(x)
+        )
         np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12)
         np.testing.assert_allclose(vjp(jnp.asarray(g))[0], tx.grad.numpy(), rtol=1e-12)
     del shape
@@ -114,8 +123,10 @@ def test_low_precision_avg_pool_forward_and_backward_match_pytorch_float64(dtype
     rng = np.random.default_rng(7)
     x = jnp.asarray(20000 + 5000 * rng.standard_normal((2, 2, 6, 6)), dtype)
     ops = {
-        "avg_pool2d": (lambda a: avg_pool2d(a, 3, stride=1, padding=1, count_include_pad=False),
-                       lambda a: torch.nn.functional.avg_pool2d(a, 3, stride=1, padding=1, count_include_pad=False)),
+        "avg_pool2d": (
+            lambda a: avg_pool2d(a, 3, stride=1, padding=1, count_include_pad=False),
+            lambda a: torch.nn.functional.avg_pool2d(a, 3, stride=1, padding=1, count_include_pad=False),
+        ),
         "global_avg_pool2d": (global_avg_pool2d, lambda a: a.mean(dim=(2, 3))),
     }
     for name, (ours, theirs) in ops.items():

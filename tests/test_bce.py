@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinyfn import gradcheck, losses, reference as R
+from tinyfn import gradcheck, losses
+from tinyfn import reference as R
 
 bce = losses.binary_cross_entropy_with_logits
 
@@ -89,17 +90,29 @@ def test_jit_and_vmap_equal_the_eager_gradient(rng):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(logits=jnp.zeros((2, 3)), targets=jnp.zeros((3, 2))), ValueError,
-         r"^binary_cross_entropy_with_logits: logits has shape \(2, 3\) but targets has shape \(3, 2\)"),
-        (dict(logits=jnp.zeros((2, 3)), targets=jnp.zeros((2, 3)), pos_weight=jnp.ones(2)), ValueError,
-         r"^binary_cross_entropy_with_logits: pos_weight has shape \(2,\), "
-         r"expected a shape broadcastable to logits' \(2, 3\)"),
-        (dict(logits=jnp.zeros((0, 3)), targets=jnp.zeros((0, 3))), ValueError,
-         r"^binary_cross_entropy_with_logits: the batch is empty"),
-        (dict(logits=jnp.zeros((2,)), targets=jnp.zeros((2,), jnp.int32)), TypeError,
-         r"^binary_cross_entropy_with_logits: targets must have a floating dtype, got int32"),
+        (
+            dict(logits=jnp.zeros((2, 3)), targets=jnp.zeros((3, 2))),
+            ValueError,
+            r"^binary_cross_entropy_with_logits: logits has shape \(2, 3\) but targets has shape \(3, 2\)",
+        ),
+        (
+            dict(logits=jnp.zeros((2, 3)), targets=jnp.zeros((2, 3)), pos_weight=jnp.ones(2)),
+            ValueError,
+            r"^binary_cross_entropy_with_logits: pos_weight has shape \(2,\), "
+            r"expected a shape broadcastable to logits' \(2, 3\)",
+        ),
+        (
+            dict(logits=jnp.zeros((0, 3)), targets=jnp.zeros((0, 3))),
+            ValueError,
+            r"^binary_cross_entropy_with_logits: the batch is empty",
+        ),
+        (
+            dict(logits=jnp.zeros((2,)), targets=jnp.zeros((2,), jnp.int32)),
+            TypeError,
+            r"^binary_cross_entropy_with_logits: targets must have a floating dtype, got int32",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_are_refused_by_name(kwargs, error, match):
     logits, targets = kwargs.pop("logits"), kwargs.pop("targets")
     with pytest.raises(error, match=match):

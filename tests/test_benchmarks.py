@@ -16,8 +16,11 @@ EPOCH_LAST = re.compile(r"epoch_s=(\S+) images_per_s=(\d+) outside=(-?\d+\.\d+) 
 def _run(script, *args):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()
 
@@ -54,7 +57,9 @@ def test_accelerator_check_runs_every_section_on_the_cpu_and_each_formulation_ma
     m = ACCELERATOR_LAST.fullmatch(lines[-1])
     assert m and float(m.group(1)) > 0, lines[-1]
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines if line.startswith("| lenet5 |")]
-    names = getattr(tinyfn.layers, "FORMULATIONS", ("default",)) if hasattr(tinyfn.layers, "formulation") else ("default",)
+    names = (
+        getattr(tinyfn.layers, "FORMULATIONS", ("default",)) if hasattr(tinyfn.layers, "formulation") else ("default",)
+    )
     for name in names:
         assert any(row[2].startswith(f"tinyfn [{name}") and float(row[3]) > 0 for row in rows), (name, rows)
     assert any(row[2].startswith("JAX lax.conv") and float(row[3]) > 0 for row in rows), rows
@@ -73,16 +78,28 @@ def test_the_resnet_benchmark_recipe_is_the_command_lines():
     from tinyfn.cli.runs import RECIPES
 
     cli = RECIPES["resnet"]
-    pairs = [("epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate", "lr"), ("weight_decay", "weight_decay"), ("label_smoothing", "label_smoothing"),
-             ("optimizer", "optimizer"), ("crop_padding", "crop_padding"), ("decay", "decay"), ("tta", "tta")]
+    pairs = [
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("learning_rate", "lr"),
+        ("weight_decay", "weight_decay"),
+        ("label_smoothing", "label_smoothing"),
+        ("optimizer", "optimizer"),
+        ("crop_padding", "crop_padding"),
+        ("decay", "decay"),
+        ("tta", "tta"),
+    ]
     assert {a: RESNET_RECIPE[a] for a, _ in pairs} == {a: cli[b] for a, b in pairs}
     import inspect
 
     from tinyfn import models
 
-    default = {k: v.default for k, v in inspect.signature(models.resnet).parameters.items()}  # the command line builds models.resnet()
+    default = {
+        k: v.default for k, v in inspect.signature(models.resnet).parameters.items()
+    }  # the command line builds models.resnet()
     assert {k: RESNET_RECIPE[k] for k in ("width", "blocks_per_stage", "stages", "first_stride", "stem_stride")} == {
-        k: default[k] for k in ("width", "blocks_per_stage", "stages", "first_stride", "stem_stride")}
+        k: default[k] for k in ("width", "blocks_per_stage", "stages", "first_stride", "stem_stride")
+    }
     assert RESNET_RECIPE["augment"] == ("crop+flip" if cli["crop_padding"] else "flip") and cli["augment"]
 
 
@@ -103,7 +120,14 @@ def test_resnet_variants_counts_multiply_adds_by_hand():
     # width 4, blocks (1, 1, 2) on 28x28: the 4x4 stride-2 stem into 14x14 (16 taps, 1 -> 4 channels), one block of two
     # 3x3 convs 4 -> 4 at 14x14, a strided block 4 -> 8 at 7x7 with its 1x1 projection, then 8 -> 16 at 4x4 (strided,
     # projected) and one identity block 16 -> 16, the linear layer 16 -> 10
-    by_hand = 196 * 4 * 16 + 196 * 4 * (4 * 9 + 4 * 9) + 49 * 8 * (4 * 9 + 8 * 9 + 4) + 16 * 16 * (8 * 9 + 16 * 9 + 8) + 16 * 16 * (16 * 9 * 2) + 16 * 10
+    by_hand = (
+        196 * 4 * 16
+        + 196 * 4 * (4 * 9 + 4 * 9)
+        + 49 * 8 * (4 * 9 + 8 * 9 + 4)
+        + 16 * 16 * (8 * 9 + 16 * 9 + 8)
+        + 16 * 16 * (16 * 9 * 2)
+        + 16 * 10
+    )
     assert multiply_adds(4, (1, 1, 2)) == by_hand == 244_128
     assert multiply_adds(4, 2) == multiply_adds(4, (2, 2, 2)) > by_hand
     assert parse_variant("24:1,1,3") == (24, (1, 1, 3)) and parse_variant("20:2") == (20, 2)

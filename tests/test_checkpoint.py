@@ -112,7 +112,11 @@ def test_load_model_rebuilds_the_model_and_refuses_a_mismatch(lenet, tmp_path):
     model2, params2, meta2 = load_model(tmp_path)
     x = jax.random.normal(jax.random.key(1), (2, 1, 28, 28))
     np.testing.assert_array_equal(model2.apply(params2, x), model.apply(params, x))
-    save_checkpoint(tmp_path / "checkpoint.safetensors", params, metadata={"model": {"name": "wide_cnn", "kwargs": {"num_classes": 10}}})
+    save_checkpoint(
+        tmp_path / "checkpoint.safetensors",
+        params,
+        metadata={"model": {"name": "wide_cnn", "kwargs": {"num_classes": 10}}},
+    )
     with pytest.raises(CheckpointError, match=r"parameter '0.b' has shape \(6,\), expected \(32,\)"):
         load_model(tmp_path)
 
@@ -126,15 +130,26 @@ def test_a_lenet_checkpoint_loads_into_pytorch_with_the_same_logits(lenet, tmp_p
     state = load_file(tmp_path / "c.safetensors")
     nn = torch.nn
     net = nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
     # same layouts: conv weights as they are; tinyfn's linear keeps w as (in, out), PyTorch as (out, in)
     mapped = {}
     for name, tensor in state.items():
         layer, kind = name.split(".")
-        mapped[f"{layer}.{'weight' if kind == 'w' else 'bias'}"] = tensor.T if kind == "w" and tensor.ndim == 2 else tensor
+        mapped[f"{layer}.{'weight' if kind == 'w' else 'bias'}"] = (
+            tensor.T if kind == "w" and tensor.ndim == 2 else tensor
+        )
     net.load_state_dict(mapped)
     x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
     with torch.no_grad():
@@ -176,7 +191,12 @@ def test_load_model_rebuilds_any_built_in_architecture_with_its_state(tmp_path):
     _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 8, 8))
     x = jax.random.normal(jax.random.key(1), (6, 1, 8, 8))
     _, state = apply_with_state(model, params, state, x, train=True)  # running statistics away from their start
-    save_checkpoint(tmp_path / "checkpoint.safetensors", params, model_state=state, metadata={"model": model_record(model, (1, 8, 8))})
+    save_checkpoint(
+        tmp_path / "checkpoint.safetensors",
+        params,
+        model_state=state,
+        metadata={"model": model_record(model, (1, 8, 8))},
+    )
     loaded = load_model(tmp_path)
     model2, params2, _ = loaded
     assert repr(model2) == repr(model)
@@ -245,7 +265,9 @@ def test_a_dtype_the_reader_cannot_hold_is_named_with_its_tensor(tmp_path):
 
 def test_two_leaves_with_one_tensor_name_are_refused_naming_both_paths(tmp_path):
     path = tmp_path / "c.safetensors"
-    with pytest.raises(ValueError, match=r"params\['a'\]\['b'\] and params\['a.b'\] would both be saved as tensor 'a.b'"):
+    with pytest.raises(
+        ValueError, match=r"params\['a'\]\['b'\] and params\['a.b'\] would both be saved as tensor 'a.b'"
+    ):
         save_checkpoint(path, {"a": {"b": np.zeros(2, np.float32)}, "a.b": np.ones(2, np.float32)})
     with pytest.raises(ValueError, match=r"params\['opt_state'\]\['mu'\] and opt_state\['mu'\] would both be saved"):
         save_checkpoint(path, {"opt_state": {"mu": np.zeros(2, np.float32)}}, opt_state={"mu": np.ones(2, np.float32)})
@@ -267,8 +289,15 @@ def test_a_format_1_checkpoint_still_loads_with_its_key(tmp_path):
     from safetensors.numpy import save_file
 
     params = {"w": np.arange(2, dtype=np.float32)}
-    meta = {"format_version": 1, "tinyfn_version": "0.1.0", "params_structure": {"dict": {"w": {"leaf": "w"}}},
-            "opt_state_structure": None, "step": 4, "has_key": True, "metadata": {"note": 1}}  # fmt: skip
+    meta = {
+        "format_version": 1,
+        "tinyfn_version": "0.1.0",
+        "params_structure": {"dict": {"w": {"leaf": "w"}}},
+        "opt_state_structure": None,
+        "step": 4,
+        "has_key": True,
+        "metadata": {"note": 1},
+    }
     key_data = np.asarray(jax.random.key_data(jax.random.key(9)))
     save_file({"w": params["w"], "key": key_data}, tmp_path / "old.safetensors", metadata={"tinyfn": json.dumps(meta)})
     ck = load_checkpoint(tmp_path / "old.safetensors", like=params)

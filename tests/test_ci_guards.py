@@ -19,8 +19,12 @@ def _run_pytest(tmp_path, env_extra, body="def test_nothing():\n    pass\n"):
     env.update(env_extra, PYTHONPATH=os.pathsep.join([str(tmp_path / "hide"), str(ROOT)]))
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-o", "addopts=", str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_a_missing_torch_fails_the_run_in_ci(tmp_path):
@@ -55,6 +59,10 @@ def test_ci_selects_the_randomised_profile_with_more_examples(tmp_path):
     env.update(CI="true", PYTHONPATH=os.pathsep.join([str(tmp_path / "hide"), str(ROOT)]))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-o", "addopts=", str(env_tmp)],
-        capture_output=True, text=True, env=env, cwd=env_tmp, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=env_tmp,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

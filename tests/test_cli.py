@@ -24,13 +24,17 @@ def run_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_train_writes_a_run_directory_and_reports_test_accuracy(run_dir):
     out, stdout = run_dir
-    assert {"checkpoint.safetensors", "history.json", "curves.png", "confusion.png", "command.txt"} <= {p.name for p in out.iterdir()}
+    assert {"checkpoint.safetensors", "history.json", "curves.png", "confusion.png", "command.txt"} <= {
+        p.name for p in out.iterdir()
+    }
     last = stdout.strip().splitlines()[-1]
     assert last.startswith("test accuracy: ")
     acc = float(last.split(": ")[1])
     history = json.loads((out / "history.json").read_text())
     assert history["epoch"] == [1, 2] and acc == pytest.approx(history["test_accuracy"], abs=1e-4)
-    assert history["validation"]["images"] == 667 and history["validation"]["train_images"] == 7333  # 5,000/60,000 of 8,000
+    assert (
+        history["validation"]["images"] == 667 and history["validation"]["train_images"] == 7333
+    )  # 5,000/60,000 of 8,000
     assert len(history["eval_accuracy"]) == 2 and history["eval_accuracy"][-1] != history["test_accuracy"]
     assert acc > 0.75  # two epochs of LeNet-5 on 8,000 images; chance is 0.1
     assert "--epochs 2" in (out / "command.txt").read_text()
@@ -55,7 +59,21 @@ def test_visualize_writes_the_figures_of_a_trained_run(run_dir, tmp_path):
     import matplotlib.image
 
     out, _ = run_dir
-    proc = _run("visualize", str(out), "--layer", "conv2", "--channels", "0", "3", "--k", "4", "--images", "2", "--out", str(tmp_path))
+    proc = _run(
+        "visualize",
+        str(out),
+        "--layer",
+        "conv2",
+        "--channels",
+        "0",
+        "3",
+        "--k",
+        "4",
+        "--images",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     written = [line for line in proc.stdout.splitlines() if line.endswith(".png")]
     names = sorted(p.rsplit("/", 1)[1] for p in written)
@@ -106,12 +124,17 @@ def test_crop_padding_zero_augments_with_flips_only_and_the_recipe_checks_it():
 
     def outcomes(crop_padding):
         out = np.asarray(make_augment(dict(recipe, crop_padding=crop_padding), x.shape[1:])(jax.random.key(3), x))
-        return [("same" if np.array_equal(o, i) else "flipped" if np.array_equal(o, i[..., ::-1]) else "moved") for o, i in zip(out, x)]
+        return [
+            ("same" if np.array_equal(o, i) else "flipped" if np.array_equal(o, i[..., ::-1]) else "moved")
+            for o, i in zip(out, x)
+        ]
 
     assert set(outcomes(0)) == {"same", "flipped"}
     assert "moved" in outcomes(2)
     # the crops pad with black in the data's units: (0 - mean) / std, not 0 (the mean grey of normalised data)
-    padded = np.asarray(make_augment(dict(recipe, crop_padding=2), x.shape[1:], normalization=(0.5, 0.25))(jax.random.key(3), x + 1))
+    padded = np.asarray(
+        make_augment(dict(recipe, crop_padding=2), x.shape[1:], normalization=(0.5, 0.25))(jax.random.key(3), x + 1)
+    )
     assert set(np.unique(padded)) - set(np.unique(x + 1)) == {-2.0}
     with pytest.raises(ValueError, match=r"--tta must be one of none, flip, got 'mirror'"):
         check_recipe(dict(recipe, tta="mirror"), None)
@@ -133,7 +156,9 @@ def test_decay_weights_leaves_batch_norm_and_biases_undecayed(optimizer):
     zero = {"w": jnp.zeros((2, 3)), "gamma": jnp.zeros(3)}  # no gradient: only the decay moves a parameter
     moved = {}
     for decay in ("all", "weights"):
-        opt = make_optimizer(dict(recipe_for("fashion-mnist", "resnet"), optimizer=optimizer, schedule="constant", decay=decay), 10)
+        opt = make_optimizer(
+            dict(recipe_for("fashion-mnist", "resnet"), optimizer=optimizer, schedule="constant", decay=decay), 10
+        )
         updates, _ = opt.update(zero, opt.init(params), params)
         moved[decay] = {k: bool(np.any(np.asarray(u) != 0)) for k, u in updates.items()}
     assert moved == {"all": {"w": True, "gamma": True}, "weights": {"w": True, "gamma": False}}
@@ -147,7 +172,10 @@ def test_curves_are_titled_with_the_short_data_name_and_one_epoch_gets_a_sane_ax
 
     assert data_name("/usr/share/datasets/fashion-mnist/") == "fashion-mnist" and data_name("embedded") == "embedded"
     assert data_name("/home/me/data/mnist") == "mnist"
-    fig = plot_history({"epoch": [1], "train_loss": [0.5], "train_accuracy": [0.8], "eval_loss": [0.6], "eval_accuracy": [0.7]}, title="lenet5 on mnist")
+    fig = plot_history(
+        {"epoch": [1], "train_loss": [0.5], "train_accuracy": [0.8], "eval_loss": [0.6], "eval_accuracy": [0.7]},
+        title="lenet5 on mnist",
+    )
     for ax in fig.axes:
         assert ax.get_xlim() == (0.5, 1.5)
         assert [t for t in ax.get_xticks() if 0.5 <= t <= 1.5] == [1.0]
@@ -170,7 +198,21 @@ def tiny_idx(tmp_path_factory):
 
 
 def _train_tiny(tiny_idx, out, *flags):
-    proc = _run("train", "--data", str(tiny_idx), "--model", "lenet5", "--epochs", "1", "--batch-size", "64", "--quiet", "--out", str(out), *flags)
+    proc = _run(
+        "train",
+        "--data",
+        str(tiny_idx),
+        "--model",
+        "lenet5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--out",
+        str(out),
+        *flags,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
     from tinyfn.train import load_checkpoint
@@ -215,7 +257,9 @@ def test_precision_bf16_builds_the_model_computing_in_bfloat16(tiny_idx, tmp_pat
     ckpt = _train_tiny(tiny_idx, tmp_path / "run", "--precision", "bf16")
     convs = [c for c in ckpt.metadata["model"]["spec"]["children"] if c["name"] in ("Conv2D", "Linear")]
     assert convs and all(c["config"]["compute_dtype"] == {"dtype": "bfloat16"} for c in convs)
-    assert all(np.asarray(a).dtype == np.float32 for a in __import__("jax").tree.leaves(ckpt.params))  # params stay float32
+    assert all(
+        np.asarray(a).dtype == np.float32 for a in __import__("jax").tree.leaves(ckpt.params)
+    )  # params stay float32
     proc = _run("evaluate", str(tmp_path / "run"))  # rebuilt from the record, in bf16 again
     assert proc.returncode == 0 and "test accuracy: " in proc.stdout, proc.stderr
 
@@ -233,10 +277,14 @@ def test_precision_bf16_builds_the_resnet_and_is_refused_for_a_model_without_com
     spec = to_spec(build_model({"model": "resnet", "precision": "bf16"}, 10))  # before: refused (batch norm)
     names = [n["name"] for n in layers(spec)]
     products = [n for n in layers(spec) if n["name"] in ("Conv2D", "Linear")]
-    assert "BatchNorm2D" in names and names[-1] == "Float32" and len(products) == 14  # stem, 5 blocks of 2, 2 projections; linear
+    assert (
+        "BatchNorm2D" in names and names[-1] == "Float32" and len(products) == 14
+    )  # stem, 5 blocks of 2, 2 projections; linear
     assert all(n["config"]["compute_dtype"] == {"dtype": "bfloat16"} for n in products)
     monkeypatch.setitem(models.MODELS, "plain", lambda num_classes=10: models.lenet5(num_classes))
-    with pytest.raises(ValueError, match="--precision bf16: get_model: model 'plain' takes no argument 'compute_dtype'"):
+    with pytest.raises(
+        ValueError, match="--precision bf16: get_model: model 'plain' takes no argument 'compute_dtype'"
+    ):
         build_model({"model": "plain", "precision": "bf16"}, 10)
 
 
@@ -246,7 +294,9 @@ def test_formulation_flag_is_recorded_and_trains_to_the_same_result(tiny_idx, pl
     assert ckpt.metadata["formulation"] == "xla"
     import jax
 
-    for a, b in zip(jax.tree.leaves(ckpt.params), jax.tree.leaves(plain_tiny[1].params)):  # another evaluation of the same rules
+    for a, b in zip(
+        jax.tree.leaves(ckpt.params), jax.tree.leaves(plain_tiny[1].params)
+    ):  # another evaluation of the same rules
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-4)
 
 
@@ -260,7 +310,20 @@ def test_augment_flag_trains_on_augmented_batches(tiny_idx, plain_tiny, tmp_path
 @pytest.mark.slow
 def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_path):
     out = tmp_path / "resnet"
-    proc = _run("train", "--data", str(tiny_idx), "--model", "resnet", "--epochs", "1", "--batch-size", "64", "--quiet", "--out", str(out))
+    proc = _run(
+        "train",
+        "--data",
+        str(tiny_idx),
+        "--model",
+        "resnet",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     from tinyfn.train import load_checkpoint
 
@@ -268,24 +331,38 @@ def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_
     assert ckpt.metadata["recipe"]["optimizer"] == "adamw" and ckpt.metadata["recipe"]["augment"] is True
     assert ckpt.model_state is not None and ckpt.model_state[1]["mean"].shape == (24,)  # the stem's batch norm
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.endswith(" (test-time views: flip)"), last  # the recipe evaluates the test set on each image and its mirror
+    assert last.endswith(" (test-time views: flip)"), (
+        last
+    )  # the recipe evaluates the test set on each image and its mirror
     test_acc = float(last.split(": ")[1].split()[0])
     history = json.loads((out / "history.json").read_text())
     assert history["tta"] == "flip" and history["test_accuracy"] == pytest.approx(test_acc, abs=5e-5)
     from tinyfn import data as D
 
-    assert history["validation"]["images"] == 0 and history["validation"]["train_images"] == len(D.load_dataset(str(tiny_idx), "train"))  # resnet trains on all
+    assert history["validation"]["images"] == 0 and history["validation"]["train_images"] == len(
+        D.load_dataset(str(tiny_idx), "train")
+    )  # resnet trains on all
     proc = _run("evaluate", str(out))  # the run's own test-time views
-    assert proc.returncode == 0 and f"test accuracy: {test_acc:.4f}" in proc.stdout and "test-time views: flip" in proc.stdout, proc.stderr  # the state came back
+    assert (
+        proc.returncode == 0
+        and f"test accuracy: {test_acc:.4f}" in proc.stdout
+        and "test-time views: flip" in proc.stdout
+    ), proc.stderr  # the state came back
     assert f"test accuracy, single view: {history['test_accuracy_single_view']:.4f}" in proc.stdout, proc.stdout
     proc = _run("evaluate", str(out), "--tta", "none")
-    assert proc.returncode == 0 and f"test accuracy: {history['test_accuracy_single_view']:.4f}" in proc.stdout, proc.stdout
+    assert proc.returncode == 0 and f"test accuracy: {history['test_accuracy_single_view']:.4f}" in proc.stdout, (
+        proc.stdout
+    )
     proc = _run("summary", str(out))
-    n_params = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(ckpt.params))  # counted from the file itself
+    n_params = sum(
+        int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(ckpt.params)
+    )  # counted from the file itself
     assert f"Total params: {n_params:,}" in proc.stdout and "BatchNorm2D" in proc.stdout
     proc = _run("visualize", str(out), "--k", "2", "--images", "2")
     assert proc.returncode == 0, proc.stderr
-    assert (out / "visualize" / "feature_maps_conv1.png").is_file() and (out / "visualize" / "deconv_conv1.png").is_file()
+    assert (out / "visualize" / "feature_maps_conv1.png").is_file() and (
+        out / "visualize" / "deconv_conv1.png"
+    ).is_file()
     assert "no comparison.png" in proc.stderr and "'bn1' (BatchNorm2D)" in proc.stderr
 
 

@@ -109,8 +109,7 @@ def test_a_new_run_refuses_an_out_that_holds_a_run_and_touches_nothing(tmp_path,
     assert status == 2, err
     assert (
         f"--out {out} holds a run already (checkpoint.safetensors): add --resume to continue it, or choose another "
-        "--out"
-        in err
+        "--out" in err
     )
     assert _untouched(out, before)
 
@@ -164,7 +163,14 @@ def test_an_older_runs_recipe_is_completed_from_beside_it_and_from_its_models_de
 
     old = {"recipe": {"model": "wide_cnn", "epochs": 20, "batch_size": 128, "lr": 0.05}, "data": "embedded", "seed": 1}
     recipe = run_recipe(old, "runs/mine")  # written before the recipe held data, seed, precision, decay and tta
-    assert recipe == dict(recipe_for("embedded", "wide_cnn"), data="embedded", seed=1, precision="fp32", epochs=20,
-                          batch_size=128, lr=0.05)
+    assert recipe == dict(
+        recipe_for("embedded", "wide_cnn"),
+        data="embedded",
+        seed=1,
+        precision="fp32",
+        epochs=20,
+        batch_size=128,
+        lr=0.05,
+    )
     with pytest.raises(ValueError, match="--resume: runs/x records no recipe"):
         run_recipe({"history": {}}, "runs/x")

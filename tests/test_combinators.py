@@ -94,7 +94,11 @@ def test_each_child_gets_its_own_key():
 def test_repr_shows_the_tree():
     model = residual(serial(Conv2D(2, 3), BatchNorm2D()), Conv2D(2, 1))
     text = repr(model)
-    assert text.startswith("residual(\n  serial(\n    Conv2D(") and "BatchNorm2D(momentum=0.1" in text and text.endswith(")\n)")
+    assert (
+        text.startswith("residual(\n  serial(\n    Conv2D(")
+        and "BatchNorm2D(momentum=0.1" in text
+        and text.endswith(")\n)")
+    )
 
 
 def test_stateless_combinators_keep_the_plain_contract():
@@ -126,8 +130,12 @@ def test_each_combinator_is_stateless_over_stateless_children_and_stateful_over_
     _, params = plain.init(jax.random.key(0), shape)
     linear = params["body"] if name == "residual" else params[0]
     first = x @ linear["w"] + linear["b"][None, :]
-    want = {"serial": jnp.maximum(first, 0), "branch": (first, jnp.maximum(x, 0)), "parallel": (first, jnp.maximum(x, 0)),
-            "residual": first + x}[name]  # fmt: skip
+    want = {
+        "serial": jnp.maximum(first, 0),
+        "branch": (first, jnp.maximum(x, 0)),
+        "parallel": (first, jnp.maximum(x, 0)),
+        "residual": first + x,
+    }[name]
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), plain.apply(params, inputs), want)
     assert has_state(stateful) and stateful.init_with_state is not None
     with pytest.raises(TypeError, match=f"{name}: this layer carries state"):
@@ -180,15 +188,21 @@ def test_stateful_train_step_updates_running_statistics_and_trains(key):
     # the stateful step equals apply_with_state + grad + the optimizer, computed by hand for one step
     _, p0, st0 = init_with_state(model, key, (None, 1, 5, 5))
     (_, new_st), grads = jax.value_and_grad(
-        lambda p: (lambda out: (losses.softmax_cross_entropy(out[0], y), out[1]))(apply_with_state(model, p, st0, x, key=key, train=True)),
+        lambda p: (lambda out: (losses.softmax_cross_entropy(out[0], y), out[1]))(
+            apply_with_state(model, p, st0, x, key=key, train=True)
+        ),
         has_aux=True,
     )(p0)
     # (with SGD: Adam would turn the bias-before-batch-norm's roundoff-sized gradient into a full step)
     opt = sgd(0.1)
-    p1, st1, _, _ = make_train_step(model, losses.softmax_cross_entropy, opt, donate=False)(p0, st0, opt.init(p0), x, y, key)
+    p1, st1, _, _ = make_train_step(model, losses.softmax_cross_entropy, opt, donate=False)(
+        p0, st0, opt.init(p0), x, y, key
+    )
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), st1, new_st)
     updates, _ = opt.update(grads, opt.init(p0), p0)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, apply_updates(p0, updates))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, apply_updates(p0, updates)
+    )
     evaluate = make_eval_step(model, losses.softmax_cross_entropy)
     metrics = evaluate(params, state, x, y)
     want, _ = apply_with_state(model, params, state, x, train=False)
@@ -202,5 +216,7 @@ def test_a_stateful_model_needs_the_stateful_step():
     model = serial(Flatten(), Linear(2))
     _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 2, 2))
     step = make_train_step(model, losses.softmax_cross_entropy, sgd(0.1), with_state=True, donate=False)
-    _, new_state, _, m = step(params, state, sgd(0.1).init(params), jnp.ones((2, 1, 2, 2)), jnp.zeros(2, jnp.int32), jax.random.key(0))
+    _, new_state, _, m = step(
+        params, state, sgd(0.1).init(params), jnp.ones((2, 1, 2, 2)), jnp.zeros(2, jnp.int32), jax.random.key(0)
+    )
     assert new_state == {} and bool(m["finite"])

@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given
-
 from strategies import conv_configs, deconv_configs
-from tinyfn import gradcheck, reference as R
+
+from tinyfn import gradcheck
+from tinyfn import reference as R
 from tinyfn.layers import conv as conv_module
-from tinyfn.layers import kernels
-from tinyfn.layers import conv2d, conv2d_matrix, deconv2d, deconv2d_matrix, unrolled_filter_matrix
+from tinyfn.layers import conv2d, conv2d_matrix, deconv2d, deconv2d_matrix, kernels, unrolled_filter_matrix
 
 SEED_X = np.arange(1.0, 10.0, dtype=np.float32).reshape(1, 1, 3, 3)  # a11..a33 = 1..9
 SEED_W = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)  # b11, b12, b21, b22 = 1, 2, 3, 4
@@ -43,19 +43,27 @@ def test_unrolled_filter_matrix_is_the_seeds_4x9_matrix():
     # Y* = W* X*, and W*ᵀ g is the transposed convolution of g.
     np.testing.assert_array_equal(np.asarray(wstar @ SEED_X.reshape(9)), [37.0, 47.0, 67.0, 77.0])
     g = np.array([1.0, -2.0, 0.5, 3.0], np.float32)
-    np.testing.assert_allclose(np.asarray(deconv2d(g.reshape(1, 1, 2, 2), SEED_W)).reshape(9), expected.T @ g, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(deconv2d(g.reshape(1, 1, 2, 2), SEED_W)).reshape(9), expected.T @ g, rtol=1e-6
+    )
 
 
 @given(conv_configs())
 def test_conv2d_forward_and_handwritten_vjp_match_references(cfg):
     rng = np.random.default_rng(1)
-    args = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][:1]))
+    args = tuple(
+        jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (cfg["x_shape"], cfg["w_shape"], cfg["w_shape"][:1])
+    )
     kw = dict(stride=cfg["stride"], padding=cfg["padding"])
-    y, *refs = jax.jit(lambda *a: [partial(f, **kw)(*a) for f in (conv2d, R.conv2d_lax, conv2d_matrix, R.conv2d)])(*args)
+    y, *refs = jax.jit(lambda *a: [partial(f, **kw)(*a) for f in (conv2d, R.conv2d_lax, conv2d_matrix, R.conv2d)])(
+        *args
+    )
     for ref in refs:  # lax's own convolution, the unrolled-filter matrix W*, the gather reference
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
     # against the gather reference: its forward, its autodiff (float32) and central differences (float64)
-    report = gradcheck.check_vjp(partial(conv2d, **kw), args, reference=partial(R.conv2d, **kw), argnames=("x", "w", "b"))
+    report = gradcheck.check_vjp(
+        partial(conv2d, **kw), args, reference=partial(R.conv2d, **kw), argnames=("x", "w", "b")
+    )
     assert report.passed and [a.fd_checked for a in report.args] == [int(np.prod(a.shape)) for a in args]
 
 
@@ -134,11 +142,15 @@ def test_lax_autodiff_of_the_crash_configuration_in_a_subprocess(rng, tmp_path):
     np.savez(tmp_path / "in.npz", x=x, w=w, g=g)
     proc = subprocess.run(
         [sys.executable, "-c", LAX_GRAD_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         assert proc.returncode < 0 or "Check failed" in proc.stderr, proc.stderr[-2000:]
-        pytest.xfail("XLA aborts when differentiating lax.conv_general_dilated here (jax 0.10.2); tinyfn's rule is checked above")
+        pytest.xfail(
+            "XLA aborts when differentiating lax.conv_general_dilated here (jax 0.10.2); tinyfn's rule is checked above"
+        )
     out = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(dx, out["dx"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw, out["dw"], rtol=1e-5, atol=1e-5)
@@ -181,11 +193,17 @@ def test_batch_chunked_gemms_agree(rng, op):
         args, f, ref = (x, w, w[:, 0, 0, 0]), partial(conv2d, chunk_bytes=8000, **kw), partial(R.conv2d, **kw)
     else:
         kw = dict(stride=(2, 1), padding=1, output_padding=(1, 0))
-        args, f, ref = (x, w.transpose(1, 0, 2, 3), w[:, 0, 0, 0]), partial(deconv2d, chunk_bytes=8000, **kw), partial(R.deconv2d, **kw)
+        args, f, ref = (
+            (x, w.transpose(1, 0, 2, 3), w[:, 0, 0, 0]),
+            partial(deconv2d, chunk_bytes=8000, **kw),
+            partial(R.deconv2d, **kw),
+        )
     with kernels.record_paths() as paths:
         np.testing.assert_allclose(jax.jit(f)(*args), ref(*args), rtol=1e-5, atol=1e-5)
         assert gradcheck.check_vjp(f, args, reference=ref).passed
-    assert {p for p in paths if p[0] == op} == {(op, product, "im2col-chunked") for product in ("W X*", "W*ᵀ g", "g X*ᵀ")}
+    assert {p for p in paths if p[0] == op} == {
+        (op, product, "im2col-chunked") for product in ("W X*", "W*ᵀ g", "g X*ᵀ")
+    }
 
 
 def test_chunk_limit_counts_the_dtypes_bytes():

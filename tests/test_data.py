@@ -43,7 +43,10 @@ def test_reads_the_mnist_header_by_hand(tmp_path):
         (bytes([0, 0, 0x07, 1, 0, 0, 0, 1, 7]), r"bad magic number 0x00000701"),
         (bytes([0, 0, 0x08, 0]), r"bad magic number 0x00000800"),
         (bytes([0, 0, 0x08, 2, 0, 0, 0, 2]), r"truncated header"),
-        (bytes([0, 0, 0x08, 1, 0, 0, 0, 4, 1, 2]), r"file is truncated: dimensions \(4,\) of uint8 need 12 bytes, found 10"),
+        (
+            bytes([0, 0, 0x08, 1, 0, 0, 0, 4, 1, 2]),
+            r"file is truncated: dimensions \(4,\) of uint8 need 12 bytes, found 10",
+        ),
         (bytes([0, 0, 0x08, 1, 0, 0, 0, 1, 1, 2]), r"longer than its header says"),
         (bytes([0, 0, 0x08, 1, 0, 0, 0, 0]), r"a dimension is zero"),
         (bytes([0, 0]), r"too short"),
@@ -78,7 +81,10 @@ def test_any_idx_directory_loads(tmp_path):
 
 
 def test_missing_and_inconsistent_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no train-images-idx3-ubyte and train-labels-idx1-ubyte\[.gz\] in .*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no train-images-idx3-ubyte and train-labels-idx1-ubyte\[.gz\] in .*apt-get install dataset-fashion-mnist",
+    ):
         load_idx_dir("train", tmp_path)
     _idx_dir(tmp_path, wrong_count=True)
     with pytest.raises(ValueError, match="expected 12 labels"):
@@ -106,7 +112,10 @@ def test_normalisation():
     assert z.dtype == np.float32 and abs(float(z.mean())) < 1e-6 and float(z.std()) == pytest.approx(1.0, rel=1e-6)
 
 
-@pytest.mark.skipif(not DEFAULT_FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not DEFAULT_FASHION_MNIST_DIR.is_dir(),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_full_fashion_mnist_from_the_debian_package():
     test = load_fashion_mnist("test")
     assert test.images.shape == (10000, 1, 28, 28) and np.bincount(test.labels).tolist() == [1000] * 10
@@ -114,5 +123,7 @@ def test_full_fashion_mnist_from_the_debian_package():
 
 def test_labels_outside_the_classes_name_the_file(tmp_path):
     _idx_dir(tmp_path)
-    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: labels must be in 0\.\.4 for the 5 classes given, got 5 at index 5"):
+    with pytest.raises(
+        ValueError, match=r"train-labels-idx1-ubyte: labels must be in 0\.\.4 for the 5 classes given, got 5 at index 5"
+    ):
         load_idx_dir("train", tmp_path, classes=tuple("abcde"))

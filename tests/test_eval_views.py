@@ -33,13 +33,17 @@ def _softmax(z):
 def test_flip_views_average_the_probabilities_of_the_images_and_their_mirrors(setup):
     params, state, x, y = setup
     plain = np.asarray(apply_with_state(MODEL, params, state, jnp.asarray(x), train=False)[0], np.float64)
-    mirrored = np.asarray(apply_with_state(MODEL, params, state, jnp.asarray(x[..., ::-1].copy()), train=False)[0], np.float64)
+    mirrored = np.asarray(
+        apply_with_state(MODEL, params, state, jnp.asarray(x[..., ::-1].copy()), train=False)[0], np.float64
+    )
     p = (_softmax(plain) + _softmax(mirrored)) / 2
     m = make_eval_step(MODEL, softmax_cross_entropy, views=FLIP_VIEWS)(params, state, jnp.asarray(x), jnp.asarray(y))
     np.testing.assert_array_equal(m["predictions"], p.argmax(-1))
     np.testing.assert_allclose(float(m["accuracy"]), np.mean(p.argmax(-1) == y), rtol=1e-6)
     np.testing.assert_allclose(float(m["loss"]), -np.mean(np.log(p[np.arange(len(y)), y])), rtol=1e-5)
-    assert not np.allclose(p, _softmax(plain), atol=1e-3)  # the mirror view changes the answer: the test can see a missing view
+    assert not np.allclose(
+        p, _softmax(plain), atol=1e-3
+    )  # the mirror view changes the answer: the test can see a missing view
 
 
 def test_one_identity_view_is_the_plain_evaluation(setup):
@@ -68,12 +72,21 @@ def test_bad_views_are_refused_by_name(setup):
     with pytest.raises(TypeError, match=r"views\[1\] must be a function x -> x, got str 'flip'"):
         make_eval_step(MODEL, softmax_cross_entropy, views=(identity, "flip"))
     step = make_eval_step(MODEL, softmax_cross_entropy, views=(identity, lambda v: v[:, :, :4]))
-    with pytest.raises(ValueError, match=r"views\[1\] .* must keep the batch's shape \(10, 1, 6, 5\), got \(10, 1, 4, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"views\[1\] .* must keep the batch's shape \(10, 1, 6, 5\), got \(10, 1, 4, 5\)"
+    ):
         step(params, state, jnp.asarray(x), jnp.asarray(y))
     with pytest.raises(ValueError, match=r"mirror: x must have rank 4"):
         mirror(jnp.ones((3, 4)))
     with pytest.raises(ValueError, match=r"evaluate: pass views= or eval_step=, not both"):
-        evaluate(MODEL, params, (x, y), model_state=state, views=FLIP_VIEWS, eval_step=make_eval_step(MODEL, softmax_cross_entropy))
+        evaluate(
+            MODEL,
+            params,
+            (x, y),
+            model_state=state,
+            views=FLIP_VIEWS,
+            eval_step=make_eval_step(MODEL, softmax_cross_entropy),
+        )
 
 
 def test_each_views_own_metrics_equal_a_plain_evaluation_of_that_view(setup):

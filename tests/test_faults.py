@@ -66,7 +66,10 @@ def test_a_failed_save_says_why_and_keeps_the_old_checkpoint(tmp_path, monkeypat
         monkeypatch.setattr(os, "fdopen", fdopen)
     else:
         monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(type(exc_type), match=rf"could not save checkpoint .*c\.safetensors: {reason}.*previous checkpoint there is unchanged"):
+    with pytest.raises(
+        type(exc_type),
+        match=rf"could not save checkpoint .*c\.safetensors: {reason}.*previous checkpoint there is unchanged",
+    ):
         save_checkpoint(path, jax.tree_util.tree_map(lambda a: a + 1, _params()), step=2)
     monkeypatch.undo()
     assert path.read_bytes() == before and load_checkpoint(path).step == 1
@@ -131,7 +134,13 @@ TRAINER = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_at_the_step_and_resume_is_bit_identical(data, tmp_path, signum):
-    proc = subprocess.Popen([sys.executable, "-c", TRAINER.format(epochs=2), str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAINER.format(epochs=2), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.stdout.readline().startswith("step 2")
     time.sleep(0.2)
     proc.send_signal(signum)
@@ -148,7 +157,9 @@ def test_a_signal_saves_at_the_step_and_resume_is_bit_identical(data, tmp_path, 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_finishes_the_run(data, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", TRAINER.format(epochs=3), str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TRAINER.format(epochs=3), str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     assert proc.stdout.readline().startswith("step 2")
     while not (tmp_path / CHECKPOINT_NAME).exists():  # the first epoch's checkpoint
         time.sleep(0.05)
@@ -168,23 +179,58 @@ def test_nonfinite_steps_can_be_skipped(data):
     x, y = data
     x = x.copy()
     x[37] = np.nan  # the one batch holding this image gives a NaN loss
-    params, history = fit(_model(), _params(), (x, y), epochs=1, batch_size=32, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True, on_nonfinite="skip")
+    params, history = fit(
+        _model(),
+        _params(),
+        (x, y),
+        epochs=1,
+        batch_size=32,
+        optimizer=sgd(0.05),
+        key=jax.random.key(0),
+        quiet=True,
+        on_nonfinite="skip",
+    )
     assert history["skipped_steps"] == [1] and np.isfinite(history["train_loss"][0])
     assert all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(params))
     with pytest.raises(FloatingPointError, match="loss became nan"):
-        fit(_model(), _params(), (x, y), epochs=1, batch_size=32, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True)
+        fit(
+            _model(), _params(), (x, y), epochs=1, batch_size=32, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True
+        )
     with pytest.raises(ValueError, match="on_nonfinite must be 'stop' or 'skip', got 'ignore'"):
-        fit(_model(), _params(), (x, y), epochs=1, batch_size=32, optimizer=sgd(0.05), key=jax.random.key(0), on_nonfinite="ignore")
+        fit(
+            _model(),
+            _params(),
+            (x, y),
+            epochs=1,
+            batch_size=32,
+            optimizer=sgd(0.05),
+            key=jax.random.key(0),
+            on_nonfinite="ignore",
+        )
 
 
 def test_labels_outside_the_models_outputs_are_refused(data):
     x, y = data
     y = y.copy()
     y[7] = 10
-    with pytest.raises(ValueError, match=r"train_data: labels must be in 0\.\.9 \(the model has 10 outputs\), got 10 at index 7"):
-        fit(_model(), _params(), (x, y), epochs=1, batch_size=32, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True)
+    with pytest.raises(
+        ValueError, match=r"train_data: labels must be in 0\.\.9 \(the model has 10 outputs\), got 10 at index 7"
+    ):
+        fit(
+            _model(), _params(), (x, y), epochs=1, batch_size=32, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True
+        )
     with pytest.raises(ValueError, match=r"eval_data: labels must be in 0\.\.9 .*got -1 at index 0"):
-        fit(_model(), _params(), data, epochs=1, batch_size=32, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True, eval_data=(x[:4], -np.ones(4, np.int32)))
+        fit(
+            _model(),
+            _params(),
+            data,
+            epochs=1,
+            batch_size=32,
+            optimizer=sgd(0.05),
+            key=jax.random.key(0),
+            quiet=True,
+            eval_data=(x[:4], -np.ones(4, np.int32)),
+        )
 
 
 def test_fit_leaves_the_callers_params_usable(data):
@@ -224,7 +270,9 @@ def test_checkpoint_headers_that_lie_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"c\.safetensors is not a readable safetensors checkpoint"):
         load_checkpoint(path)
     path.write_bytes((2**62).to_bytes(8, "little") + b"{}")
-    with pytest.raises(CheckpointError, match=r"header claims 4,611,686,018,427,387,904 bytes, over the 100,000,000-byte limit"):
+    with pytest.raises(
+        CheckpointError, match=r"header claims 4,611,686,018,427,387,904 bytes, over the 100,000,000-byte limit"
+    ):
         load_checkpoint(path)
     save_checkpoint(path, _params())
 
@@ -269,7 +317,13 @@ def test_cli_reports_impossible_values_in_one_line(tmp_path, flags, message):
 
     (tmp_path / "file").write_text("")
     flags = [f.replace("{file}", str(tmp_path / "file")) for f in flags]
-    proc = subprocess.run([sys.executable, "-m", "tinyfn", "train", "--quiet", *flags], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyfn", "train", "--quiet", *flags],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), proc.stderr
@@ -277,15 +331,36 @@ def test_cli_reports_impossible_values_in_one_line(tmp_path, flags, message):
 
 
 def test_cli_unknown_flags_and_debug(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tinyfn", "train", "--learning-rate", "3"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 2 and "unrecognized arguments: --learning-rate 3" in proc.stderr and "Traceback" not in proc.stderr
-    for argv in (["--debug", "train", "--epochs", "-1"], ["train", "--epochs", "-1", "--debug"]):  # before or after the command
-        proc = subprocess.run([sys.executable, "-m", "tinyfn", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-        assert proc.returncode != 0 and "Traceback" in proc.stderr and "ValueError: --epochs must be a positive integer" in proc.stderr, argv
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyfn", "train", "--learning-rate", "3"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert (
+        proc.returncode == 2
+        and "unrecognized arguments: --learning-rate 3" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+    for argv in (
+        ["--debug", "train", "--epochs", "-1"],
+        ["train", "--epochs", "-1", "--debug"],
+    ):  # before or after the command
+        proc = subprocess.run(
+            [sys.executable, "-m", "tinyfn", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
+        assert (
+            proc.returncode != 0
+            and "Traceback" in proc.stderr
+            and "ValueError: --epochs must be a positive integer" in proc.stderr
+        ), argv
 
 
 def test_cli_version():
     from tinyfn import __version__
 
-    proc = subprocess.run([sys.executable, "-m", "tinyfn", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinyfn", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == f"tinyfn {__version__}"

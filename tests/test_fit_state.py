@@ -8,10 +8,30 @@ import pytest
 
 from tinyfn import models
 from tinyfn.data import load_embedded, normalize
-from tinyfn.layers import BatchNorm2D, Conv2D, Flatten, Linear, MaxPool2D, ReLU, apply_with_state, init_with_state, serial
-from tinyfn.train import CHECKPOINT_NAME, FitResult, StepInfo, adam, evaluate, fit, load_checkpoint, make_train_step, sgd
-from tinyfn.train.augment import compose, random_crop, random_flip
+from tinyfn.layers import (
+    BatchNorm2D,
+    Conv2D,
+    Flatten,
+    Linear,
+    MaxPool2D,
+    ReLU,
+    apply_with_state,
+    init_with_state,
+    serial,
+)
 from tinyfn.losses import softmax_cross_entropy
+from tinyfn.train import (
+    CHECKPOINT_NAME,
+    FitResult,
+    StepInfo,
+    adam,
+    evaluate,
+    fit,
+    load_checkpoint,
+    make_train_step,
+    sgd,
+)
+from tinyfn.train.augment import compose, random_crop, random_flip
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +72,9 @@ def _straight_and_resumed(tmp_path, model, params, train, **kw):
 def test_a_stateful_models_running_statistics_train_and_resume_bit_identically(small_data, tmp_path):
     train, test = small_data
     _, params, state0 = _bn_init()
-    kw = dict(epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(5), eval_data=test, quiet=True)
+    kw = dict(
+        epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(5), eval_data=test, quiet=True
+    )
     straight, resumed = _straight_and_resumed(tmp_path, _bn_model(), params, train, **kw)
     assert isinstance(straight, FitResult)
     params_a, history_a = straight  # unpacks as two, as fit always returned
@@ -98,7 +120,9 @@ def test_augmentation_runs_in_the_step_from_the_step_key_and_resumes_bit_identic
     model = serial(Conv2D(4, 5, stride=2), ReLU(), Flatten(), Linear(10))
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
     augment = compose(random_crop(2), random_flip())
-    kw = dict(epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(7), quiet=True, augment=augment)
+    kw = dict(
+        epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(7), quiet=True, augment=augment
+    )
     straight, resumed = _straight_and_resumed(tmp_path, model, params, train, **kw)
     chex.assert_trees_all_equal(straight.params, resumed.params)
     plain = fit(model, params, train, **dict(kw, augment=None))
@@ -125,7 +149,16 @@ def test_make_train_step_refuses_an_augment_that_is_not_a_function():
 def test_fit_refuses_an_object_that_is_no_gradient_transformation(small_data, bad):
     _, params, _ = _bn_init()
     with pytest.raises(TypeError, match="fit: optimizer must be a gradient transformation"):
-        fit(_bn_model(), params, small_data[0], epochs=1, batch_size=64, optimizer=bad, key=jax.random.key(0), quiet=True)
+        fit(
+            _bn_model(),
+            params,
+            small_data[0],
+            epochs=1,
+            batch_size=64,
+            optimizer=bad,
+            key=jax.random.key(0),
+            quiet=True,
+        )
 
 
 def test_an_optax_state_checkpoints_and_resumes_bit_identically(small_data, tmp_path):
@@ -133,7 +166,13 @@ def test_an_optax_state_checkpoints_and_resumes_bit_identically(small_data, tmp_
     train, _ = small_data
     model = serial(Conv2D(4, 5, stride=2), ReLU(), Flatten(), Linear(10))
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
-    kw = dict(epochs=2, batch_size=64, optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)), key=jax.random.key(2), quiet=True)
+    kw = dict(
+        epochs=2,
+        batch_size=64,
+        optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
+        key=jax.random.key(2),
+        quiet=True,
+    )
     straight, resumed = _straight_and_resumed(tmp_path, model, params, train, **kw)
     chex.assert_trees_all_equal(straight.params, resumed.params)
     saved = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)
@@ -147,7 +186,17 @@ def test_fit_with_optax_adam_trains_lenet5_on_the_embedded_subset():
     x, xt = normalize(train.images, 0.286, 0.353), normalize(test.images, 0.286, 0.353)
     model = models.lenet5()
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
-    params, history = fit(model, params, (x, train.labels), epochs=3, batch_size=64, optimizer=optax.adam(1e-3), key=jax.random.key(1), eval_data=(xt, test.labels), quiet=True)
+    params, history = fit(
+        model,
+        params,
+        (x, train.labels),
+        epochs=3,
+        batch_size=64,
+        optimizer=optax.adam(1e-3),
+        key=jax.random.key(1),
+        eval_data=(xt, test.labels),
+        quiet=True,
+    )
     assert history["eval_accuracy"][-1] > 0.80
 
 
@@ -168,7 +217,9 @@ def test_a_bfloat16_adam_state_checkpoints_and_resumes_bit_identically(small_dat
     train, _ = small_data
     model = serial(Conv2D(2, 5, stride=3), ReLU(), Flatten(), Linear(10))
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
-    kw = dict(epochs=2, batch_size=32, optimizer=optax.adam(1e-3, mu_dtype=jnp.bfloat16), key=jax.random.key(3), quiet=True)
+    kw = dict(
+        epochs=2, batch_size=32, optimizer=optax.adam(1e-3, mu_dtype=jnp.bfloat16), key=jax.random.key(3), quiet=True
+    )
     straight, resumed = _straight_and_resumed(tmp_path, model, params, (train[0][:256], train[1][:256]), **kw)
     chex.assert_trees_all_equal(straight.params, resumed.params)
     saved = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)

@@ -10,16 +10,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given
-
 from strategies import conv_configs, deconv_configs, distinct, pool_configs
+
 from tinyfn import reference as R
 from tinyfn.layers import (
-    FORMULATIONS, Conv2D, MaxPool2D, conv2d, deconv2d, default_formulation, formulation, kernels, max_pool2d,
-    max_pool2d_with_switches, max_unpool2d,
-)  # fmt: skip
+    FORMULATIONS,
+    Conv2D,
+    MaxPool2D,
+    conv2d,
+    deconv2d,
+    default_formulation,
+    formulation,
+    kernels,
+    max_pool2d,
+    max_pool2d_with_switches,
+    max_unpool2d,
+)
 
 # Every way a product can be evaluated: the three formulations, and im2col's X* in batch chunks.
-VARIANTS = {name: dict(formulation=name) for name in FORMULATIONS} | {"im2col-chunked": dict(formulation="im2col", chunk_bytes=64)}
+VARIANTS = {name: dict(formulation=name) for name in FORMULATIONS} | {
+    "im2col-chunked": dict(formulation="im2col", chunk_bytes=64)
+}
 
 
 def _vjp_all(f, args, g):
@@ -85,7 +96,10 @@ def test_pool_formulations_give_the_same_maxima_switches_routing_and_unpooling(c
     rng = np.random.default_rng(23)
     kw = dict(window=cfg["window"], stride=cfg["stride"], padding=cfg["padding"])
     with jax.enable_x64(True):
-        for x in (distinct(rng, cfg["x_shape"], dtype=np.float64), distinct(rng, cfg["x_shape"], dtype=np.float64).round(0)):
+        for x in (
+            distinct(rng, cfg["x_shape"], dtype=np.float64),
+            distinct(rng, cfg["x_shape"], dtype=np.float64).round(0),
+        ):
             # distinct values, then rounded: exact ties, where the first maximum must win
             g = rng.standard_normal(jax.eval_shape(partial(R.max_pool2d, **kw), x).shape)
             y_ref, sw_ref, dx_ref = _pool_reference(kw, x, g)
@@ -121,7 +135,9 @@ def test_no_formulation_aborts_where_xla_conv_autodiff_does(name, tmp_path):
     """x (2,3,6,4), w (3,3,2,4), stride (2,3), padding (1,2): XLA's own conv autodiff aborts the process here
     (jax 0.10.2). Each formulation runs it in a child process, so an abort fails the test, not the run."""
     out = tmp_path / "out.npz"
-    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, name, str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, name, str(out)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(out)
     with jax.enable_x64(True):
@@ -174,7 +190,9 @@ def test_a_one_output_channel_filter_takes_the_direct_form_by_default_on_cpu(rng
 
 def test_unknown_formulations_and_chunk_limits_are_refused_with_their_name():
     x, w = jnp.zeros((1, 1, 4, 4)), jnp.zeros((2, 1, 3, 3))
-    with pytest.raises(ValueError, match=r"conv2d: formulation must be one of \('im2col', 'xla', 'direct'\) or None, got 'gemm'"):
+    with pytest.raises(
+        ValueError, match=r"conv2d: formulation must be one of \('im2col', 'xla', 'direct'\) or None, got 'gemm'"
+    ):
         conv2d(x, w, formulation="gemm")
     with pytest.raises(ValueError, match=r"conv2d: chunk_bytes must be a positive int, got 0"):
         conv2d(x, w, chunk_bytes=0)

@@ -32,10 +32,22 @@ def _small_resnet_loss(ops, sce, x, params, labels):
 def _small_resnet_params(rng):
     n = lambda *shape: jnp.asarray(rng.standard_normal(shape))
     return {
-        "stem": n(2, 1, 3, 3), "g0": n(2), "b0": n(2), "c1": n(2, 2, 3, 3) * 0.5, "g1": n(2), "b1": n(2),
-        "c2": n(2, 2, 3, 3) * 0.5, "g2": n(2), "b2": n(2), "mean": n(4), "var": jnp.asarray(rng.uniform(0.5, 2, 4)),
-        "g3": n(4), "b3": n(4), "w": n(4, 3), "b": n(3),
-    }  # fmt: skip
+        "stem": n(2, 1, 3, 3),
+        "g0": n(2),
+        "b0": n(2),
+        "c1": n(2, 2, 3, 3) * 0.5,
+        "g1": n(2),
+        "b1": n(2),
+        "c2": n(2, 2, 3, 3) * 0.5,
+        "g2": n(2),
+        "b2": n(2),
+        "mean": n(4),
+        "var": jnp.asarray(rng.uniform(0.5, 2, 4)),
+        "g3": n(4),
+        "b3": n(4),
+        "w": n(4, 3),
+        "b": n(3),
+    }
 
 
 def test_hessian_of_a_small_resnet_loss_equals_the_reference_in_float64():

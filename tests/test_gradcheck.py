@@ -89,7 +89,9 @@ def test_check_vjp_rejects_integer_argnums():
 
 @pytest.mark.slow
 def test_cli_gradcheck_prints_an_all_pass_table():
-    out = subprocess.run([sys.executable, "-m", "tinyfn", "gradcheck", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "tinyfn", "gradcheck", "--repeats", "1"], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if line.endswith(("pass", "FAIL"))]
     ops = {line.split()[0] for line in lines}
@@ -103,15 +105,23 @@ def test_cli_help_lists_the_commands():
 
 
 def test_check_vjp_takes_pytrees_such_as_a_layers_params():
-    from tinyfn.layers import Conv2D, Linear, ReLU, Flatten, serial
+    from tinyfn.layers import Conv2D, Flatten, Linear, ReLU, serial
 
     model = serial(Conv2D(2, 3), ReLU(), Flatten(), Linear(3))
     _, params = model.init(jax.random.key(0), (None, 1, 5, 5))
     x = jax.random.normal(jax.random.key(1), (2, 1, 5, 5))
     report = gradcheck.check_vjp(lambda p, x: model.apply(p, x), (params, x), argnames=("params", "x"), max_elements=50)
     assert report.passed
-    assert [a.name for a in report.args] == ["params[0]['b']", "params[0]['w']", "params[3]['b']", "params[3]['w']", "x"]
-    only_params = gradcheck.check_vjp(lambda p, x: model.apply(p, x), (params, x), argnums=(0,), finite_differences=False)
+    assert [a.name for a in report.args] == [
+        "params[0]['b']",
+        "params[0]['w']",
+        "params[3]['b']",
+        "params[3]['w']",
+        "x",
+    ]
+    only_params = gradcheck.check_vjp(
+        lambda p, x: model.apply(p, x), (params, x), argnums=(0,), finite_differences=False
+    )
     assert len(only_params.args) == 4
 
 
@@ -124,12 +134,17 @@ def _small_entries_bug(x):
 
 
 # the rule is 100% wrong (doubled) on the entries 10^7 smaller than the largest, right elsewhere
-_small_entries_bug.defvjp(lambda x: (x * _SCALE, None), lambda _, g: (g * _SCALE * jnp.where(jnp.abs(_SCALE) < 1e-3, 2.0, 1.0),))
+_small_entries_bug.defvjp(
+    lambda x: (x * _SCALE, None), lambda _, g: (g * _SCALE * jnp.where(jnp.abs(_SCALE) < 1e-3, 2.0, 1.0),)
+)
 
 
 def test_check_vjp_catches_a_rule_wrong_only_on_entries_1e7_smaller_than_the_largest():
     x = jnp.linspace(0.5, 1.5, 6)
-    with pytest.raises(AssertionError, match=r"gradient of args\[0\] \(6,\) is wrong: .*vs finite differences: .*worst entry \((2|4),\)"):
+    with pytest.raises(
+        AssertionError,
+        match=r"gradient of args\[0\] \(6,\) is wrong: .*vs finite differences: .*worst entry \((2|4),\)",
+    ):
         gradcheck.check_vjp(_small_entries_bug, (x,), reference=lambda x: x * _SCALE)
     report = gradcheck.check_vjp(_small_entries_bug, (x,), reference=lambda x: x * _SCALE, raise_on_failure=False)
     assert report.args[0].fd_rel < 1e-6  # normwise it would pass: the error is 10^-7 of the largest entry
@@ -141,7 +156,9 @@ def _forward_off_by_one(x):
     return x**3 + 1.0
 
 
-_forward_off_by_one.defvjp(lambda x: (x**3 + 1.0, x), lambda x, g: (g * 3 * x**2,))  # a right gradient of a wrong forward
+_forward_off_by_one.defvjp(
+    lambda x: (x**3 + 1.0, x), lambda x, g: (g * 3 * x**2,)
+)  # a right gradient of a wrong forward
 
 
 def test_check_vjp_catches_a_forward_value_off_by_one():
@@ -161,5 +178,7 @@ def test_element_wise_criterion_accepts_the_rounding_of_a_right_rule_on_large_fl
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((4, 6, 12, 12)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((5, 6, 3, 3)), jnp.float32)
-    report = gradcheck.check_vjp(partial(conv2d, padding=1), (x, w), reference=partial(R.conv2d, padding=1), max_elements=64)
+    report = gradcheck.check_vjp(
+        partial(conv2d, padding=1), (x, w), reference=partial(R.conv2d, padding=1), max_elements=64
+    )
     assert report.passed and report.forward_ok

@@ -10,14 +10,18 @@ import pytest
 
 import tinyfn.layers
 from tinyfn import reference as R
-
 from tinyfn.cli import gradcheck_cases as _gradcheck_cases
 from tinyfn.layers import FORMULATIONS, conv_output_size, kernels
 
 CONV_PRODUCTS = ("W X*", "W*ᵀ g", "g X*ᵀ")
 POOL_GEOMETRIES = ("tiled", "tiled-remainder", "overlapping", "gapped", "padded")
 EVERY_PATH = (
-    {(op, product, path) for op in ("conv2d", "deconv2d") for product in CONV_PRODUCTS for path in (*FORMULATIONS, "im2col-chunked")}
+    {
+        (op, product, path)
+        for op in ("conv2d", "deconv2d")
+        for product in CONV_PRODUCTS
+        for path in (*FORMULATIONS, "im2col-chunked")
+    }
     | {("max_pool2d", "argmax", name) for name in FORMULATIONS}
     | {("max_pool2d", "Sᵀ g", geometry) for geometry in POOL_GEOMETRIES}
 )

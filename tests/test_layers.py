@@ -9,11 +9,22 @@ import numpy as np
 import pytest
 
 from tinyfn import models
-from tinyfn.layers import Conv2D, Deconv2D, Dropout, Flatten, Layer, Linear, LogSoftmax, MaxPool2D, ReLU, Softmax, serial
+from tinyfn.layers import (
+    Conv2D,
+    Deconv2D,
+    Dropout,
+    Flatten,
+    Layer,
+    Linear,
+    LogSoftmax,
+    MaxPool2D,
+    ReLU,
+    Softmax,
+    serial,
+)
 
 CONV_CONFIGS = [
-    dict(kernel_size=k, stride=s, padding=p)
-    for k, s, p in itertools.product([1, (3, 2)], [1, (2, 3)], [0, (1, 2)])
+    dict(kernel_size=k, stride=s, padding=p) for k, s, p in itertools.product([1, (3, 2)], [1, (2, 3)], [0, (1, 2)])
 ]
 
 
@@ -59,14 +70,20 @@ def test_lenet5_shapes_params_and_any_batch_size():
 
 
 def test_resnet_strided_stem_reaches_the_same_stages_without_the_first_projection():
-    from tinyfn.layers import apply_with_state, init_with_state
+    from tinyfn.layers import apply_with_state, init_with_state, to_spec
 
-    from tinyfn.layers import to_spec
-
-    plain = models.resnet(width=16, blocks_per_stage=2, first_stride=2, stem_stride=1)  # 3x3 stem at 28x28, first block of stride 2 with a 1x1 projection
-    strided = models.resnet(width=16, blocks_per_stage=2, stem_stride=2, first_stride=1)  # 4x4 stride-2 stem, identity shortcuts in the first stage
-    assert to_spec(models.resnet()) == to_spec(models.resnet(width=24, blocks_per_stage=(1, 1, 3), stem_stride=2, first_stride=1))  # the defaults: the recipe's model
-    (shape_a, params_a, _), (shape_b, params_b, state_b) = (init_with_state(m, jax.random.key(0), (None, 1, 28, 28)) for m in (plain, strided))
+    plain = models.resnet(
+        width=16, blocks_per_stage=2, first_stride=2, stem_stride=1
+    )  # 3x3 stem at 28x28, first block of stride 2 with a 1x1 projection
+    strided = models.resnet(
+        width=16, blocks_per_stage=2, stem_stride=2, first_stride=1
+    )  # 4x4 stride-2 stem, identity shortcuts in the first stage
+    assert to_spec(models.resnet()) == to_spec(
+        models.resnet(width=24, blocks_per_stage=(1, 1, 3), stem_stride=2, first_stride=1)
+    )  # the defaults: the recipe's model
+    (shape_a, params_a, _), (shape_b, params_b, state_b) = (
+        init_with_state(m, jax.random.key(0), (None, 1, 28, 28)) for m in (plain, strided)
+    )
     count = lambda p: sum(a.size for a in jax.tree_util.tree_leaves(p))  # noqa: E731
     assert shape_a == shape_b == (None, 10) and count(params_a) == 175_258
     # the same network, less the projection (1x1 conv 16->16 and its batch norm: 256 + 32) and with a 4x4 stem for the 3x3 (+7 * 16)
@@ -85,10 +102,20 @@ def test_resnet_takes_one_block_count_per_stage():
 
     from tinyfn.layers import init_with_state, to_spec
 
-    count = lambda m: sum(a.size for a in jax.tree_util.tree_leaves(init_with_state(m, jax.random.key(0), (None, 1, 28, 28))[1]))  # noqa: E731
-    widths = lambda m: Counter(c.children[0].children[0].children[0].config["out_channels"] for c in m.children if c.children and c.children[0].name == "residual")  # noqa: E731
+    count = lambda m: sum(
+        a.size for a in jax.tree_util.tree_leaves(init_with_state(m, jax.random.key(0), (None, 1, 28, 28))[1])
+    )  # noqa: E731
+    widths = lambda m: Counter(
+        c.children[0].children[0].children[0].config["out_channels"]
+        for c in m.children
+        if c.children and c.children[0].name == "residual"
+    )  # noqa: E731
     uniform, deep = models.resnet(width=4, blocks_per_stage=2), models.resnet(width=4, blocks_per_stage=(1, 1, 4))
-    assert widths(uniform) == {4: 2, 8: 2, 16: 2} and widths(deep) == {4: 1, 8: 1, 16: 4}  # blocks per stage, by their width
+    assert widths(uniform) == {4: 2, 8: 2, 16: 2} and widths(deep) == {
+        4: 1,
+        8: 1,
+        16: 4,
+    }  # blocks per stage, by their width
     block = lambda c: 2 * (9 * c * c + 2 * c)  # noqa: E731  # two 3x3 convs without bias, two batch norms (scale, shift)
     # (1, 1, 4) moves one identity block of the first stage (4 channels) and one of the second (8) to the third (16)
     assert count(deep) == count(uniform) - block(4) - block(8) + 2 * block(16)

@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tinyfn import gradcheck, reference as R
+from tinyfn import gradcheck
+from tinyfn import reference as R
 from tinyfn.layers import linear
 
 
@@ -34,6 +36,9 @@ def test_handwritten_vjp_matches_autodiff_and_finite_differences(n, i, o):
 
 
 def test_leading_batch_dimensions_and_no_bias(rng):
-    x, w = jnp.asarray(rng.standard_normal((2, 3, 4)), jnp.float32), jnp.asarray(rng.standard_normal((4, 5)), jnp.float32)
+    x, w = (
+        jnp.asarray(rng.standard_normal((2, 3, 4)), jnp.float32),
+        jnp.asarray(rng.standard_normal((4, 5)), jnp.float32),
+    )
     np.testing.assert_allclose(linear(x, w), np.asarray(x) @ np.asarray(w), rtol=1e-5)
     gradcheck.check_vjp(linear, (x, w), reference=R.linear)

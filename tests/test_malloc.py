@@ -33,7 +33,9 @@ def _probe(body, **env):
     environ = {k: v for k, v in os.environ.items() if k not in ("TINYFN_MALLOPT", "MPLBACKEND")}
     environ.update(env, PYTHONPATH=ROOT)
     code = PROBE.format(body=textwrap.dedent(body).strip())
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=180, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=180, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.splitlines()[-1].split()
 

@@ -58,9 +58,17 @@ def worker(argv=None) -> None:
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
     mesh = data_mesh()
     params, history = fit(
-        model, params, (x, labels), epochs=1, batch_size=BATCH_SIZE, optimizer=sgd(0.05, momentum=0.9),
-        key=jax.random.key(1), checkpoint_dir=args.out / f"process-{jax.process_index()}", quiet=True, mesh=mesh,
-    )  # fmt: skip
+        model,
+        params,
+        (x, labels),
+        epochs=1,
+        batch_size=BATCH_SIZE,
+        optimizer=sgd(0.05, momentum=0.9),
+        key=jax.random.key(1),
+        checkpoint_dir=args.out / f"process-{jax.process_index()}",
+        quiet=True,
+        mesh=mesh,
+    )
     leaves = [np.asarray(a.addressable_data(0)) for a in jax.tree.leaves(params)]  # this process's replica
     np.savez(args.out / f"params-{jax.process_index()}.npz", *leaves)
     result = {
@@ -83,7 +91,12 @@ def _free_port() -> int:
 
 
 def _start(out: Path, devices: int, *args: str) -> tuple[subprocess.Popen, Path]:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+    )
     cmd = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), *args]
     log = out / f"log-{len(list(out.glob('log-*')))}.txt"
     with open(log, "w") as sink:
@@ -97,8 +110,12 @@ def _finish(procs: list[tuple[subprocess.Popen, Path]]) -> None:
     try:
         while any(proc.poll() is None for proc, _ in procs):
             for i, (proc, log) in enumerate(procs):
-                assert proc.poll() in (None, 0), f"process {i} exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"the processes did not finish within {TIMEOUT_S} s:\n" + "\n".join(log.read_text()[-2000:] for _, log in procs)
+                assert proc.poll() in (None, 0), (
+                    f"process {i} exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+                )
+            assert time.monotonic() < deadline, f"the processes did not finish within {TIMEOUT_S} s:\n" + "\n".join(
+                log.read_text()[-2000:] for _, log in procs
+            )
             time.sleep(0.2)
         for i, (proc, log) in enumerate(procs):
             assert proc.returncode == 0, f"process {i} exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
@@ -123,11 +140,17 @@ def test_two_processes_of_two_devices_train_as_one_process_of_four_and_only_proc
     two.mkdir()
     one.mkdir()
     coordinator = f"127.0.0.1:{_free_port()}"
-    _finish([_start(two, 2, "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)) for i in (0, 1)])
+    _finish(
+        [_start(two, 2, "--coordinator", coordinator, "--num-processes", "2", "--process-id", str(i)) for i in (0, 1)]
+    )
     _finish([_start(one, 4)])
 
     (r0, p0), (r1, p1), (ref, pref) = _load(two, 0), _load(two, 1), _load(one, 0)
-    assert [(r["process_index"], r["process_count"], r["mesh_devices"], r["local_devices"]) for r in (r0, r1, ref)] == [(0, 2, 4, 2), (1, 2, 4, 2), (0, 1, 4, 4)]
+    assert [(r["process_index"], r["process_count"], r["mesh_devices"], r["local_devices"]) for r in (r0, r1, ref)] == [
+        (0, 2, 4, 2),
+        (1, 2, 4, 2),
+        (0, 1, 4, 4),
+    ]
     # the params are replicated: both processes hold the same ones, bit for bit
     assert all(np.array_equal(a, b) for a, b in zip(p0, p1, strict=True))
     # same 4 shards of each batch as one process of four devices; only the all-reduce (gloo here) may add the

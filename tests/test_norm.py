@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinyfn import gradcheck, reference as R
+from tinyfn import gradcheck
+from tinyfn import reference as R
 from tinyfn.layers import (
     BatchNorm1D,
     BatchNorm2D,
@@ -51,7 +52,9 @@ def test_batch_norm_with_stats_rule_covers_the_statistics_outputs(shape):
         rng = np.random.default_rng(sum(shape) + 3)
         c = shape[1]
         args = (_normal(rng, shape), _normal(rng, (c,)), _normal(rng, (c,)))
-        gradcheck.check_vjp(batch_norm_with_stats, args, reference=R.batch_norm_with_stats, argnames=("x", "gamma", "beta"))
+        gradcheck.check_vjp(
+            batch_norm_with_stats, args, reference=R.batch_norm_with_stats, argnames=("x", "gamma", "beta")
+        )
 
 
 @given(norm_shapes(min_rank=2))
@@ -59,8 +62,16 @@ def test_batch_norm_inference_rule_matches_reference_and_finite_differences(shap
     with jax.enable_x64(True):
         rng = np.random.default_rng(sum(shape) + 1)
         c = shape[1]
-        args = (_normal(rng, shape), _normal(rng, (c,)), jnp.asarray(rng.uniform(0.5, 2, c)), _normal(rng, (c,)), _normal(rng, (c,)))
-        gradcheck.check_vjp(batch_norm_inference, args, reference=R.batch_norm_inference, argnames=("x", "mean", "var", "gamma", "beta"))
+        args = (
+            _normal(rng, shape),
+            _normal(rng, (c,)),
+            jnp.asarray(rng.uniform(0.5, 2, c)),
+            _normal(rng, (c,)),
+            _normal(rng, (c,)),
+        )
+        gradcheck.check_vjp(
+            batch_norm_inference, args, reference=R.batch_norm_inference, argnames=("x", "mean", "var", "gamma", "beta")
+        )
 
 
 @given(norm_shapes(), st.integers(1, 2))
@@ -70,8 +81,12 @@ def test_layer_norm_rule_matches_reference_and_finite_differences(shape, k):
         rng = np.random.default_rng(sum(shape) + 2)
         trailing = shape[len(shape) - k :]
         args = (_normal(rng, shape), _normal(rng, trailing), _normal(rng, trailing))
-        gradcheck.check_vjp(lambda x, g, b: layer_norm(x, g, b, normalized_ndim=k), args,
-                            reference=lambda x, g, b: R.layer_norm(x, g, b, normalized_ndim=k), argnames=("x", "gamma", "beta"))
+        gradcheck.check_vjp(
+            lambda x, g, b: layer_norm(x, g, b, normalized_ndim=k),
+            args,
+            reference=lambda x, g, b: R.layer_norm(x, g, b, normalized_ndim=k),
+            argnames=("x", "gamma", "beta"),
+        )
 
 
 def test_batch_norm_backward_is_the_closed_form(x64):
@@ -148,16 +163,27 @@ def test_layer_norm_matches_torch():
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     model = LayerNorm(normalized_ndim=3)
     _, params = model.init(jax.random.key(0), (None, 3, 4, 5))
-    params = {"gamma": jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32), "beta": jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32)}
-    want = torch.nn.functional.layer_norm(torch.tensor(x), (3, 4, 5), torch.tensor(np.asarray(params["gamma"])), torch.tensor(np.asarray(params["beta"])))
+    params = {
+        "gamma": jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32),
+        "beta": jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32),
+    }
+    want = torch.nn.functional.layer_norm(
+        torch.tensor(x), (3, 4, 5), torch.tensor(np.asarray(params["gamma"])), torch.tensor(np.asarray(params["beta"]))
+    )
     np.testing.assert_allclose(model.apply(params, jnp.asarray(x)), want.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
     "layer, shape",
-    [(BatchNorm2D(), (None, 3, 4, 5)), (BatchNorm2D(affine=False), (7, 2, 3, 3)), (BatchNorm1D(), (None, 6)),
-     (BatchNorm1D(), (None, 6, 5)), (LayerNorm(), (None, 4)), (LayerNorm(3), (None, 2, 3, 4))],
-)  # fmt: skip
+    [
+        (BatchNorm2D(), (None, 3, 4, 5)),
+        (BatchNorm2D(affine=False), (7, 2, 3, 3)),
+        (BatchNorm1D(), (None, 6)),
+        (BatchNorm1D(), (None, 6, 5)),
+        (LayerNorm(), (None, 4)),
+        (LayerNorm(3), (None, 2, 3, 4)),
+    ],
+)
 def test_init_declares_the_shape_apply_produces(layer, shape):
     out, params, state = init_with_state(layer, jax.random.key(0), shape)
     x = jax.random.normal(jax.random.key(1), (3,) + shape[1:])

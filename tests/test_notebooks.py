@@ -21,11 +21,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import NOTEBOOK_XLA_FLAGS
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
-
-from conftest import NOTEBOOK_XLA_FLAGS
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -47,7 +46,12 @@ def _kernel_manager(tmp_path: Path) -> KernelManager:
     spec_dir.mkdir(parents=True)
     # the kernel compiles with XLA's default optimisation (the notebooks train; conftest.py lowers it for the tests)
     env = {"XLA_FLAGS": NOTEBOOK_XLA_FLAGS}
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": "tinyfn test", "language": "python", "env": env}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "tinyfn test",
+        "language": "python",
+        "env": env,
+    }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     specs = KernelSpecManager(kernel_dirs=[str(spec_dir.parent)], ensure_native_kernel=False)
     return KernelManager(kernel_name="tinyfn-test", kernel_spec_manager=specs)
@@ -62,17 +66,27 @@ def with_solutions(nb):
 
 def test_the_course_is_there():
     names = {p.name for p in NOTEBOOKS}
-    expected = {"01_gradients_and_laws.ipynb", "02_linear_layer.ipynb", "03_convolution_as_matrix.ipynb",
-                "04_deconvolution_and_unpooling.ipynb", "05_train_a_cnn.ipynb", "06_deconvnet.ipynb",
-                "07_write_your_own_layer.ipynb", "08_softmax_cross_entropy.ipynb", "09_optimizers.ipynb",
-                "10_batch_norm.ipynb"}  # fmt: skip
+    expected = {
+        "01_gradients_and_laws.ipynb",
+        "02_linear_layer.ipynb",
+        "03_convolution_as_matrix.ipynb",
+        "04_deconvolution_and_unpooling.ipynb",
+        "05_train_a_cnn.ipynb",
+        "06_deconvnet.ipynb",
+        "07_write_your_own_layer.ipynb",
+        "08_softmax_cross_entropy.ipynb",
+        "09_optimizers.ipynb",
+        "10_batch_norm.ipynb",
+    }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_is_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
-    stale = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))]
+    stale = [
+        i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))
+    ]
     assert not stale, f"{path.name}: cells {stale} carry saved outputs; strip them (outputs come from CI's fresh run)"
 
 
@@ -82,8 +96,12 @@ def test_every_chapter_has_an_exercise_with_a_solution_after_it(path):
     exercises = [i for i, c in enumerate(cells) if "exercise" in _tags(c)]
     assert exercises, f"{path.name} has no cell tagged 'exercise'"
     for i in exercises:
-        assert cells[i].cell_type == "code" and "raise NotImplementedError" in cells[i].source, f"{path.name} cell {i}: an exercise raises NotImplementedError"
-        assert i + 1 < len(cells) and "solution" in _tags(cells[i + 1]), f"{path.name} cell {i}: the next cell must be tagged 'solution'"
+        assert cells[i].cell_type == "code" and "raise NotImplementedError" in cells[i].source, (
+            f"{path.name} cell {i}: an exercise raises NotImplementedError"
+        )
+        assert i + 1 < len(cells) and "solution" in _tags(cells[i + 1]), (
+            f"{path.name} cell {i}: the next cell must be tagged 'solution'"
+        )
         assert "NotImplementedError" not in cells[i + 1].source, f"{path.name} cell {i + 1}: a solution must not raise"
     solutions = [i for i, c in enumerate(cells) if "solution" in _tags(c)]
     assert len(solutions) == len(exercises), f"{path.name}: a 'solution' cell without an exercise before it"
@@ -91,8 +109,11 @@ def test_every_chapter_has_an_exercise_with_a_solution_after_it(path):
 
 def test_with_solutions_drops_exactly_the_exercise_cells():
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("a = 1"), nbformat.v4.new_code_cell("raise NotImplementedError", metadata={"tags": ["exercise"]}),
-                nbformat.v4.new_code_cell("b = 2", metadata={"tags": ["solution"]})]  # fmt: skip
+    nb.cells = [
+        nbformat.v4.new_code_cell("a = 1"),
+        nbformat.v4.new_code_cell("raise NotImplementedError", metadata={"tags": ["exercise"]}),
+        nbformat.v4.new_code_cell("b = 2", metadata={"tags": ["solution"]}),
+    ]
     assert [c.source for c in with_solutions(nb).cells] == ["a = 1", "b = 2"]
     assert len(nb.cells) == 3  # the original is untouched
 

@@ -38,7 +38,9 @@ def _run(opt, p0, a, steps):
     return np.asarray(params["p"])
 
 
-@pytest.mark.parametrize("momentum, nesterov, wd", [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, False, 0.1), (0.8, True, 0.05)])
+@pytest.mark.parametrize(
+    "momentum, nesterov, wd", [(0.0, False, 0.0), (0.9, False, 0.0), (0.9, False, 0.1), (0.8, True, 0.05)]
+)
 def test_sgd_on_a_quadratic_matches_the_closed_form(momentum, nesterov, wd, x64):
     lr, a, steps, p0 = 0.1, np.array([0.5, 2.0, 3.0]), 25, np.array([1.0, -2.0, 0.5])
     got = _run(sgd(lr, momentum=momentum, nesterov=nesterov, weight_decay=wd), p0, a, steps)
@@ -72,8 +74,10 @@ def _against_torch(make_torch, opt, steps, x64):
 def test_sgd_matches_pytorch(x64):
     got, want, state = _against_torch(
         lambda torch, ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
-        sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01), 6, x64,
-    )  # fmt: skip
+        sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+        6,
+        x64,
+    )
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert isinstance(state, SGDState) and int(state.count) == 6
 
@@ -81,8 +85,10 @@ def test_sgd_matches_pytorch(x64):
 def test_adam_matches_pytorch_over_20_steps(x64):
     got, want, state = _against_torch(
         lambda torch, ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1),
-        adam(0.01, b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.1), 20, x64,
-    )  # fmt: skip
+        adam(0.01, b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.1),
+        20,
+        x64,
+    )
     np.testing.assert_allclose(got, want, rtol=1e-10)
     assert isinstance(state, AdamState) and int(state.count) == 20
 
@@ -90,8 +96,10 @@ def test_adam_matches_pytorch_over_20_steps(x64):
 def test_adamw_matches_pytorch_over_20_steps(x64):
     got, want, _ = _against_torch(
         lambda torch, ps: torch.optim.AdamW(ps, lr=0.02, weight_decay=0.3),
-        adamw(0.02, weight_decay=0.3), 20, x64,
-    )  # fmt: skip
+        adamw(0.02, weight_decay=0.3),
+        20,
+        x64,
+    )
     np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
@@ -110,9 +118,13 @@ def test_adamw_with_a_schedule_matches_pytorch_lambda_lr(x64):
     torch = pytest.importorskip("torch")
     sched = step_decay(0.05, 5, 0.5)
     got, want, _ = _against_torch(
-        lambda torch, ps: _with_lambda_lr(torch, torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1), lambda s: 0.5 ** (s // 5)),
-        adamw(sched, weight_decay=0.1), 12, x64,
-    )  # fmt: skip
+        lambda torch, ps: _with_lambda_lr(
+            torch, torch.optim.AdamW(ps, lr=0.05, weight_decay=0.1), lambda s: 0.5 ** (s // 5)
+        ),
+        adamw(sched, weight_decay=0.1),
+        12,
+        x64,
+    )
     np.testing.assert_allclose(got, want, rtol=1e-10)
     del torch
 
@@ -152,7 +164,9 @@ def test_schedules():
     np.testing.assert_allclose([float(constant(0.3)(s)) for s in (0, 100)], [0.3, 0.3], rtol=1e-6)
     np.testing.assert_allclose([float(step_decay(1.0, 10, 0.5)(s)) for s in (0, 9, 10, 25)], [1.0, 1.0, 0.5, 0.25])
     sched = cosine(1.0, 100, final_learning_rate=0.1, warmup_steps=10)
-    np.testing.assert_allclose([float(sched(s)) for s in (0, 9, 10, 55, 100, 150)], [0.1, 1.0, 1.0, 0.55, 0.1, 0.1], rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(sched(s)) for s in (0, 9, 10, 55, 100, 150)], [0.1, 1.0, 1.0, 0.55, 0.1, 0.1], rtol=1e-5
+    )
     opt = sgd(step_decay(1.0, 1, 0.5))  # lr 1, 0.5, 0.25 on steps 0, 1, 2
     params = {"p": jnp.zeros(())}
     state = opt.init(params)
@@ -269,7 +283,10 @@ def test_adamw_mask_matches_pytorch_param_groups_without_decay_on_the_biases(x64
     tw, tb = (torch.tensor(np.asarray(params[k]), requires_grad=True) for k in ("w", "b"))
     topt = torch.optim.AdamW([{"params": [tw], "weight_decay": 0.3}, {"params": [tb], "weight_decay": 0.0}], lr=0.02)
     ours = []
-    for opt in (adamw(0.02, weight_decay=0.3, mask=weights_only), adamw(0.02, weight_decay=0.3, mask={"w": True, "b": False})):
+    for opt in (
+        adamw(0.02, weight_decay=0.3, mask=weights_only),
+        adamw(0.02, weight_decay=0.3, mask={"w": True, "b": False}),
+    ):
         p, s = params, opt.init(params)
         for i in range(20):
             p, s = _step(opt, {k: jnp.sin(p[k] * (i + 1)) for k in p}, s, p)
@@ -285,14 +302,19 @@ def test_adamw_mask_matches_pytorch_param_groups_without_decay_on_the_biases(x64
     p, s = params, unmasked.init(params)
     for i in range(20):
         p, s = _step(unmasked, {k: jnp.sin(p[k] * (i + 1)) for k in p}, s, p)
-    assert not np.allclose(p["b"], results["b"], rtol=1e-6)  # the mask changed the biases' path: the test sees a mask that is ignored
+    assert not np.allclose(
+        p["b"], results["b"], rtol=1e-6
+    )  # the mask changed the biases' path: the test sees a mask that is ignored
 
 
 def test_adamw_mask_matches_optax(x64):
     optax = pytest.importorskip("optax")
     params = _two_leaves(np.random.default_rng(3))
     results = []
-    for opt in (adamw(0.01, weight_decay=0.2, mask=weights_only), optax.adamw(0.01, weight_decay=0.2, mask=lambda p: {"w": True, "b": False})):
+    for opt in (
+        adamw(0.01, weight_decay=0.2, mask=weights_only),
+        optax.adamw(0.01, weight_decay=0.2, mask=lambda p: {"w": True, "b": False}),
+    ):
         p, s = params, opt.init(params)
         for i in range(10):
             u, s = opt.update(jax.tree_util.tree_map(lambda a: jnp.cos(a * (i + 2)), p), s, p)
@@ -303,7 +325,10 @@ def test_adamw_mask_matches_optax(x64):
 
 def test_sgd_and_adam_masks_decay_exactly_the_chosen_leaves(x64):
     params = _two_leaves(np.random.default_rng(5))
-    for make in (lambda wd, m: sgd(0.05, momentum=0.9, weight_decay=wd, mask=m), lambda wd, m: adam(0.05, weight_decay=wd, mask=m)):
+    for make in (
+        lambda wd, m: sgd(0.05, momentum=0.9, weight_decay=wd, mask=m),
+        lambda wd, m: adam(0.05, weight_decay=wd, mask=m),
+    ):
         runs = {}
         for name, (wd, m) in {"masked": (0.5, weights_only), "all": (0.5, None), "none": (0.0, None)}.items():
             opt, p = make(wd, m), params
@@ -343,7 +368,15 @@ def test_weights_only_leaves_every_norm_scale_and_shift_undecayed_whatever_its_r
     model = serial(Conv2D(3, 3), BatchNorm2D(), Flatten(), LayerNorm(normalized_ndim=1), Linear(4))
     _, params, _ = init_with_state(model, jax.random.key(0), (2, 1, 6, 6))
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(weights_only(params))}
-    assert flat == {"[0]['w']": True, "[0]['b']": False, "[1]['gamma']": False, "[1]['beta']": False,
-                    "[3]['gamma']": False, "[3]['beta']": False, "[4]['w']": True, "[4]['b']": False}
+    assert flat == {
+        "[0]['w']": True,
+        "[0]['b']": False,
+        "[1]['gamma']": False,
+        "[1]['beta']": False,
+        "[3]['gamma']": False,
+        "[3]['beta']": False,
+        "[4]['w']": True,
+        "[4]['b']": False,
+    }
     _, ln2 = LayerNorm(normalized_ndim=2).init(jax.random.key(0), (2, 3, 4))
     assert ln2["gamma"].shape == (3, 4) and weights_only(ln2) == {"gamma": False, "beta": False}  # 2-D, still a scale

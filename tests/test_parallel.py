@@ -95,7 +95,9 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def result():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=ENV, timeout=600, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=ENV, timeout=600, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -127,7 +129,19 @@ def test_batch_norm_on_eight_devices_uses_the_global_batch_statistics(result):
 
 @pytest.mark.slow
 def test_cli_trains_on_eight_devices(tmp_path):
-    cmd = [sys.executable, "-m", "tinyfn", "train", "--devices", "8", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinyfn",
+        "train",
+        "--devices",
+        "8",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     acc = float(proc.stdout.strip().splitlines()[-1].removeprefix("test accuracy: "))
@@ -136,7 +150,21 @@ def test_cli_trains_on_eight_devices(tmp_path):
 
 
 def test_cli_names_a_batch_that_does_not_divide(tmp_path):
-    cmd = [sys.executable, "-m", "tinyfn", "train", "--devices", "8", "--batch-size", "60", "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tinyfn",
+        "train",
+        "--devices",
+        "8",
+        "--batch-size",
+        "60",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, cwd=ROOT)
     assert proc.returncode == 2
     assert "batch_size 60 does not divide over the 8 devices" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tinyfn.layers import (
+    GELU,
     LAYERS,
     Add,
     AvgPool2D,
@@ -27,7 +28,6 @@ from tinyfn.layers import (
     FanOut,
     Flatten,
     Float32,
-    GELU,
     GlobalAvgPool2D,
     Identity,
     LayerNorm,
@@ -99,15 +99,23 @@ CASES = {
     "FanOut": [(lambda: FanOut(2), V, None)],
     "Add": [(Add, (V, V), None)],
     "Concat": [(Concat, ((2, 3, 4, 4), (2, 2, 4, 4)), None)],
-    "serial": [(lambda: serial(ReLU(), Linear(4)), V, "layer 1, Linear"),
-               (lambda: serial(ReLU(), BatchNorm1D()), V, "layer 1, BatchNorm1D")],
-    "branch": [(lambda: branch(ReLU(), Linear(4)), V, "layer 1, Linear"),
-               (lambda: branch(ReLU(), BatchNorm1D()), V, "layer 1, BatchNorm1D")],
-    "parallel": [(lambda: parallel(ReLU(), Linear(4)), (V, V), "layer 1, Linear"),
-                 (lambda: parallel(ReLU(), BatchNorm1D()), (V, V), "layer 1, BatchNorm1D")],
-    "residual": [(lambda: residual(Linear(5)), V, "body, Linear"),
-                 (lambda: residual(BatchNorm1D()), V, "body, BatchNorm1D")],
-}  # fmt: skip
+    "serial": [
+        (lambda: serial(ReLU(), Linear(4)), V, "layer 1, Linear"),
+        (lambda: serial(ReLU(), BatchNorm1D()), V, "layer 1, BatchNorm1D"),
+    ],
+    "branch": [
+        (lambda: branch(ReLU(), Linear(4)), V, "layer 1, Linear"),
+        (lambda: branch(ReLU(), BatchNorm1D()), V, "layer 1, BatchNorm1D"),
+    ],
+    "parallel": [
+        (lambda: parallel(ReLU(), Linear(4)), (V, V), "layer 1, Linear"),
+        (lambda: parallel(ReLU(), BatchNorm1D()), (V, V), "layer 1, BatchNorm1D"),
+    ],
+    "residual": [
+        (lambda: residual(Linear(5)), V, "body, Linear"),
+        (lambda: residual(BatchNorm1D()), V, "body, BatchNorm1D"),
+    ],
+}
 SKIPPED: dict[str, str] = {}  # kind -> why it is not in CASES (none today)
 
 
@@ -214,12 +222,15 @@ def test_norm_layers_refuse_misnamed_params_and_state_issue_25_item_3():
     _, params, state = init_with_state(bn, jax.random.key(0), X4)
     torch_names = {"weight": params["gamma"], "bias": params["beta"]}
     cases = [
-        ({"gama": jnp.full(3, 5.0), "beta": jnp.zeros(3)}, state,
-         r"^BatchNorm2D: params lacks 'gamma' and has unexpected 'gama'"),
+        (
+            {"gama": jnp.full(3, 5.0), "beta": jnp.zeros(3)},
+            state,
+            r"^BatchNorm2D: params lacks 'gamma' and has unexpected 'gama'",
+        ),
         (torch_names, state, r"^BatchNorm2D: params lacks 'beta', 'gamma' and has unexpected 'weight', 'bias'"),
         (params, {**state, "mean": jnp.zeros(1)}, r"^BatchNorm2D: state\['mean'\] has shape \(1,\), expected \(3,\)"),
         (params, {"running_mean": state["mean"], "running_var": state["var"]}, r"^BatchNorm2D: state lacks 'mean'"),
-    ]  # fmt: skip
+    ]
     for p, s, match in cases:
         for train in (False, True):
             with pytest.raises(ValueError, match=match):

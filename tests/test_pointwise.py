@@ -7,11 +7,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from strategies import off_kink
-from tinyfn import gradcheck, reference as R
-from tinyfn.layers import GELU, LeakyReLU, Sigmoid, SiLU, Tanh, from_spec, serial, to_spec
-from tinyfn.layers import gelu, leaky_relu, sigmoid, silu, tanh
+
+from tinyfn import gradcheck
+from tinyfn import reference as R
+from tinyfn.layers import (
+    GELU,
+    LeakyReLU,
+    Sigmoid,
+    SiLU,
+    Tanh,
+    from_spec,
+    gelu,
+    leaky_relu,
+    serial,
+    sigmoid,
+    silu,
+    tanh,
+    to_spec,
+)
 
 # ---- for the op registry: each op, its reference, a sampler of valid random arguments and a PyTorch oracle ----
 
@@ -129,11 +143,17 @@ def test_the_layers_apply_their_op_and_round_trip_through_a_spec(rng, key):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: leaky_relu(jnp.ones(2), "0.1"), ValueError,
-         r"^leaky_relu: negative_slope must be a finite float, got '0.1'"),
+        (
+            lambda: leaky_relu(jnp.ones(2), "0.1"),
+            ValueError,
+            r"^leaky_relu: negative_slope must be a finite float, got '0.1'",
+        ),
         (lambda: LeakyReLU(float("nan")), ValueError, r"^LeakyReLU: negative_slope must be a finite float, got nan"),
-        (lambda: gelu(jnp.ones(2), approximate="exact"), ValueError,
-         r"^gelu: approximate must be False or 'none'.*got 'exact'"),
+        (
+            lambda: gelu(jnp.ones(2), approximate="exact"),
+            ValueError,
+            r"^gelu: approximate must be False or 'none'.*got 'exact'",
+        ),
         (lambda: GELU(approximate=1), ValueError, r"^GELU: approximate must be .*got 1"),
         (lambda: sigmoid(jnp.arange(3)), TypeError, r"^sigmoid: x must have a floating dtype, got int32"),
     ],

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given
-
 from strategies import distinct, pool_configs
-from tinyfn import gradcheck, reference as R
+
+from tinyfn import gradcheck
+from tinyfn import reference as R
 from tinyfn.layers import FORMULATIONS, max_pool2d, max_pool2d_with_switches, max_unpool2d
 
 
@@ -83,10 +84,14 @@ def test_max_pool_forward_switches_and_handwritten_vjp_match_references(cfg):
     np.testing.assert_array_equal(switches, sw_ref)
     np.testing.assert_array_equal(y, y_plain)
     gradcheck.check_vjp(partial(max_pool2d, **kw), (x,), reference=partial(R.max_pool2d, **kw))
-    gradcheck.check_vjp(partial(max_pool2d_with_switches, **kw), (x,), reference=partial(R.max_pool2d_with_switches, **kw))
+    gradcheck.check_vjp(
+        partial(max_pool2d_with_switches, **kw), (x,), reference=partial(R.max_pool2d_with_switches, **kw)
+    )
     g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
     unpool = lambda g: max_unpool2d(g, switches, x.shape[2:])  # noqa: E731
-    np.testing.assert_allclose(*jax.jit(lambda g: (unpool(g), R.max_unpool2d(g, switches, x.shape[2:])))(g), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        *jax.jit(lambda g: (unpool(g), R.max_unpool2d(g, switches, x.shape[2:])))(g), rtol=1e-6, atol=1e-6
+    )
     gradcheck.check_vjp(unpool, (g,), reference=lambda g: R.max_unpool2d(g, switches, x.shape[2:]))
 
 
@@ -105,7 +110,9 @@ def test_tiled_windows_with_a_remainder_route_the_gradient_to_the_covered_rows(n
     covered_h, covered_w = hw[0] // kh * kh, hw[1] // kw * kw
     assert not dx[:, :, covered_h:].any() and not dx[:, :, :, covered_w:].any()
     # every window sends its g to exactly one input inside it
-    np.testing.assert_allclose(dx[:, :, :covered_h, :covered_w].reshape(2, 2, y.shape[2], kh, y.shape[3], kw).sum((3, 5)), g, rtol=1e-6)
+    np.testing.assert_allclose(
+        dx[:, :, :covered_h, :covered_w].reshape(2, 2, y.shape[2], kh, y.shape[3], kw).sum((3, 5)), g, rtol=1e-6
+    )
 
 
 def test_negative_switches_are_dropped_not_counted_from_the_end():

@@ -131,8 +131,10 @@ def test_optimizers_move_bf16_params_as_optax_does(name):
     ours, theirs = {
         "adam": (train.adam(0.1), optax.adam(0.1)),
         "adamw": (train.adamw(0.1, weight_decay=1e-2), optax.adamw(0.1, weight_decay=1e-2)),
-        "sgd_momentum": (train.sgd(0.02, momentum=0.9, weight_decay=1e-3),
-                         optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.02, momentum=0.9))),
+        "sgd_momentum": (
+            train.sgd(0.02, momentum=0.9, weight_decay=1e-3),
+            optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.02, momentum=0.9)),
+        ),
         "sgd_nesterov": (train.sgd(0.02, momentum=0.9, nesterov=True), optax.sgd(0.02, momentum=0.9, nesterov=True)),
     }[name]
     params, value_and_grad = _bf16_problem()
@@ -168,5 +170,7 @@ def test_a_bf16_resnet_keeps_float32_batch_norm_statistics_close_to_the_float32_
     y32, s32 = apply_with_state(plain, params[:-1], state[:-1], x, train=True)
     assert y16.dtype == jnp.float32 and all(a.dtype == jnp.float32 for a in jax.tree.leaves(s16))
     _close_in_bf16(y16, y32, "logits")
-    for a, b in zip(jax.tree.leaves(s16), jax.tree.leaves(s32)):  # the running statistics, from float32 batch statistics
+    for a, b in zip(
+        jax.tree.leaves(s16), jax.tree.leaves(s32)
+    ):  # the running statistics, from float32 batch statistics
         _close_in_bf16(a, b, "running statistics")

@@ -32,12 +32,29 @@ from tinyfn.layers import (
 
 def _inception():
     return serial(
-        branch(Conv2D(2, 1), serial(Conv2D(2, 1), ReLU(), Conv2D(3, 3, padding=1)), AvgPool2D(3, 1, 1, count_include_pad=False)),
-        Concat(), residual(serial(Conv2D(6, 3, padding=1), ReLU())), Flatten(), Linear(8), BatchNorm1D(), LayerNorm(), Linear(3),
-    )  # fmt: skip
+        branch(
+            Conv2D(2, 1),
+            serial(Conv2D(2, 1), ReLU(), Conv2D(3, 3, padding=1)),
+            AvgPool2D(3, 1, 1, count_include_pad=False),
+        ),
+        Concat(),
+        residual(serial(Conv2D(6, 3, padding=1), ReLU())),
+        Flatten(),
+        Linear(8),
+        BatchNorm1D(),
+        LayerNorm(),
+        Linear(3),
+    )
 
 
-@pytest.mark.parametrize("build, shape", [(models.lenet5, (None, 1, 28, 28)), (lambda: models.resnet(width=4, blocks_per_stage=1), (None, 1, 8, 8)), (_inception, (None, 1, 6, 6))])
+@pytest.mark.parametrize(
+    "build, shape",
+    [
+        (models.lenet5, (None, 1, 28, 28)),
+        (lambda: models.resnet(width=4, blocks_per_stage=1), (None, 1, 8, 8)),
+        (_inception, (None, 1, 6, 6)),
+    ],
+)
 def test_a_model_round_trips_through_json_and_computes_the_same(build, shape):
     model = build()
     text = json.dumps(to_spec(model))
@@ -47,15 +64,25 @@ def test_a_model_round_trips_through_json_and_computes_the_same(build, shape):
     _, p2, s2 = init_with_state(rebuilt, jax.random.key(0), shape)
     jax.tree_util.tree_map(np.testing.assert_array_equal, p1, p2)
     x = jax.random.normal(jax.random.key(1), (2,) + shape[1:])
-    np.testing.assert_array_equal(apply_with_state(model, p1, s1, x, train=True)[0], apply_with_state(rebuilt, p2, s2, x, train=True)[0])
+    np.testing.assert_array_equal(
+        apply_with_state(model, p1, s1, x, train=True)[0], apply_with_state(rebuilt, p2, s2, x, train=True)[0]
+    )
 
 
 def _old_spec():
     """A spec as tinyfn wrote it before the layers took stax's casing (``fan_out``, ``identity``, ``add``, ``concat``)."""
     fan = {"name": "fan_out", "config": {"n": 2}}
-    identity, linear = {"name": "identity", "config": {}}, {"name": "Linear", "config": {"out_features": 3, "use_bias": True}}
+    identity, linear = (
+        {"name": "identity", "config": {}},
+        {"name": "Linear", "config": {"out_features": 3, "use_bias": True}},
+    )
     pair = {"name": "parallel", "config": {}, "children": [identity, linear]}
-    body = [fan, pair, {"name": "add", "config": {}}, {"name": "branch", "config": {}, "children": [identity, identity]}]
+    body = [
+        fan,
+        pair,
+        {"name": "add", "config": {}},
+        {"name": "branch", "config": {}, "children": [identity, identity]},
+    ]
     return {"name": "serial", "config": {}, "children": [*body, {"name": "concat", "config": {"axis": 1}}]}
 
 
@@ -115,7 +142,11 @@ def test_summary_counts_params_and_shows_shapes():
     assert lines[-1] == f"Total params: {total:,}   State entries: {n_state:,}"
     assert lines[1].split()[:3] == ["serial", "(N,", "10)"]
     first_conv = lines[2].split()
-    assert first_conv[0].startswith("Conv2D(out_channels=4") and "(N, 4, 14, 14)" in lines[2] and lines[2].split()[-2] == str(4 * 4 * 4)  # the 4x4 stride-2 stem
+    assert (
+        first_conv[0].startswith("Conv2D(out_channels=4")
+        and "(N, 4, 14, 14)" in lines[2]
+        and lines[2].split()[-2] == str(4 * 4 * 4)
+    )  # the 4x4 stride-2 stem
     assert sum(1 for line in lines if line.strip().startswith("residual")) == 3
     lenet = tinyfn.summary(models.lenet5(), (None, 1, 28, 28)).splitlines()
     assert lenet[-1].startswith("Total params: 61,706")

@@ -17,8 +17,16 @@ MAX_FUNCTION_LINES = 60  # from ``def`` to the last line of the body, docstring 
 # loading is independent; training uses layers and losses (and the model zoo, to rebuild a checkpoint's model); the
 # visualisations use the layers; the command line sits on everything.
 LAYERS = (
-    ("tinyfn._checks", "tinyfn._files", "tinyfn._logsumexp", "tinyfn._plotting", "tinyfn._malloc", "tinyfn._version",
-     "tinyfn._gradcheck_report", "tinyfn._torch_oracles"),
+    (
+        "tinyfn._checks",
+        "tinyfn._files",
+        "tinyfn._logsumexp",
+        "tinyfn._plotting",
+        "tinyfn._malloc",
+        "tinyfn._version",
+        "tinyfn._gradcheck_report",
+        "tinyfn._torch_oracles",
+    ),
     ("tinyfn.initializers",),
     ("tinyfn.layers",),
     ("tinyfn.losses",),
@@ -32,7 +40,6 @@ LAYERS = (
     ("tinyfn.visualize",),
     ("tinyfn.cli", "tinyfn.__main__"),
 )
-
 
 
 def _modules():
@@ -133,5 +140,3 @@ def test_no_function_is_over_the_line_limit():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{_rel(path)}:{node.name}: {n} lines")
     assert not long, "\n".join(long)
-
-

@@ -29,7 +29,17 @@ def _init():
 
 def test_fit_learns_and_reports_history(small_data):
     train, test = small_data
-    params, history = fit(_model(), _init(), train, epochs=3, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(1), eval_data=test, quiet=True)
+    params, history = fit(
+        _model(),
+        _init(),
+        train,
+        epochs=3,
+        batch_size=64,
+        optimizer=sgd(0.05, momentum=0.9),
+        key=jax.random.key(1),
+        eval_data=test,
+        quiet=True,
+    )
     assert history["epoch"] == [1, 2, 3]
     assert history["train_loss"][-1] < 0.8 < history["train_loss"][0] + 1.0  # chance level is log 10 = 2.3
     assert history["eval_accuracy"][-1] > 0.7
@@ -44,7 +54,15 @@ def test_a_smoothed_training_loss_is_reported_as_the_plain_loss_on_eval_data(sma
 
     train, test = small_data
     smoothed = partial(softmax_cross_entropy, label_smoothing=0.2)
-    kw = dict(epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(2), eval_data=test, quiet=True, loss_fn=smoothed)
+    kw = dict(
+        epochs=1,
+        batch_size=128,
+        optimizer=sgd(0.05),
+        key=jax.random.key(2),
+        eval_data=test,
+        quiet=True,
+        loss_fn=smoothed,
+    )
     params, history = fit(_model(), _init(), train, eval_loss_fn=softmax_cross_entropy, **kw)
     plain_loss, _, _ = evaluate(_model(), params, test)
     smoothed_loss, _, _ = evaluate(_model(), params, test, loss_fn=smoothed)
@@ -56,7 +74,9 @@ def test_a_smoothed_training_loss_is_reported_as_the_plain_loss_on_eval_data(sma
 
 def test_the_key_reproduces_a_run_exactly(small_data):
     train, _ = small_data
-    run = lambda k: fit(_model(), _init(), train, epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(k), quiet=True)[0]  # noqa: E731
+    run = lambda k: fit(
+        _model(), _init(), train, epochs=1, batch_size=128, optimizer=sgd(0.05), key=jax.random.key(k), quiet=True
+    )[0]  # noqa: E731
     a, b, c = run(3), run(3), run(4)
     chex.assert_trees_all_equal(a, b)
     with pytest.raises(AssertionError):
@@ -69,7 +89,14 @@ class Stop(KeyboardInterrupt):
 
 def test_resume_after_ctrl_c_is_bit_identical(small_data, tmp_path):
     train, test = small_data
-    kw = dict(epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9, nesterov=True), key=jax.random.key(5), eval_data=test, quiet=True)
+    kw = dict(
+        epochs=2,
+        batch_size=64,
+        optimizer=sgd(0.05, momentum=0.9, nesterov=True),
+        key=jax.random.key(5),
+        eval_data=test,
+        quiet=True,
+    )
     straight, hist_straight = fit(_model(), _init(), train, checkpoint_dir=tmp_path / "a", **kw)
 
     def interrupt(info: StepInfo):
@@ -97,7 +124,17 @@ def test_resume_refuses_another_seed(small_data, tmp_path):
 def test_nan_loss_stops_with_the_step_and_saves_the_last_finite_params(small_data, tmp_path):
     train, _ = small_data
     with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at epoch 1, step \d+ of 16") as err:
-        fit(_model(), _init(), train, epochs=2, batch_size=64, optimizer=sgd(1e8), key=jax.random.key(0), checkpoint_dir=tmp_path, quiet=True)
+        fit(
+            _model(),
+            _init(),
+            train,
+            epochs=2,
+            batch_size=64,
+            optimizer=sgd(1e8),
+            key=jax.random.key(0),
+            checkpoint_dir=tmp_path,
+            quiet=True,
+        )
     assert str(tmp_path) in str(err.value)
     saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(saved.params))
@@ -110,7 +147,17 @@ def test_bad_arguments(small_data):
     with pytest.raises(ValueError, match="epochs must be a positive int"):
         fit(_model(), _init(), train, epochs=0, batch_size=32, optimizer=sgd(0.1), key=jax.random.key(0), quiet=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
-        fit(_model(), _init(), train, epochs=1, batch_size=32, optimizer=sgd(0.1), key=jax.random.key(0), quiet=True, resume=True)
+        fit(
+            _model(),
+            _init(),
+            train,
+            epochs=1,
+            batch_size=32,
+            optimizer=sgd(0.1),
+            key=jax.random.key(0),
+            quiet=True,
+            resume=True,
+        )
 
 
 def test_the_step_compiles_once_for_the_whole_run(small_data, monkeypatch):
@@ -121,7 +168,17 @@ def test_the_step_compiles_once_for_the_whole_run(small_data, monkeypatch):
         return real(model, chex.assert_max_traces(loss_fn, n=1), optimizer, **kw)
 
     monkeypatch.setattr(loop_module, "make_train_step", counted)
-    _, history = fit(_model(), _init(), train, epochs=3, batch_size=256, optimizer=sgd(0.05), key=jax.random.key(0), eval_data=test, quiet=True)
+    _, history = fit(
+        _model(),
+        _init(),
+        train,
+        epochs=3,
+        batch_size=256,
+        optimizer=sgd(0.05),
+        key=jax.random.key(0),
+        eval_data=test,
+        quiet=True,
+    )
     assert history["epoch"] == [1, 2, 3]
 
 
@@ -131,7 +188,9 @@ def test_epoch_callbacks_see_what_history_records_and_the_default_log_is_one_lin
     kw = dict(epochs=2, batch_size=256, optimizer=sgd(0.05), key=jax.random.key(0), eval_data=test)
     _, history = fit(_model(), _init(), train, quiet=True, epoch_callbacks=[seen.append], **kw)
     assert [s.epoch for s in seen] == history["epoch"] == [1, 2] and all(isinstance(s, EpochSummary) for s in seen)
-    assert [s.eval_accuracy for s in seen] == history["eval_accuracy"] and [s.train_loss for s in seen] == history["train_loss"]
+    assert [s.eval_accuracy for s in seen] == history["eval_accuracy"] and [s.train_loss for s in seen] == history[
+        "train_loss"
+    ]
     assert capsys.readouterr().out == ""  # quiet: the library writes nothing
     fit(_model(), _init(), train, quiet=False, **kw)
     lines = capsys.readouterr().out.splitlines()
@@ -155,7 +214,9 @@ def test_a_mid_epoch_checkpoint_refuses_another_batch_size_or_data_length(small_
     assert (position["batch"], position["batch_size"], position["examples"]) == (2, 256, 1024)
     with pytest.raises(ValueError, match=r"fit: batch_size=128 contradicts the checkpoint's 256: .* stopped mid-epoch"):
         fit(_model(), _init(), train, resume=True, **dict(kw, batch_size=128))
-    with pytest.raises(ValueError, match=r"fit: train_data holds 1000 examples, which contradicts the checkpoint's 1024"):
+    with pytest.raises(
+        ValueError, match=r"fit: train_data holds 1000 examples, which contradicts the checkpoint's 1024"
+    ):
         fit(_model(), _init(), (train[0][:1000], train[1][:1000]), resume=True, **kw)
 
 
@@ -166,5 +227,7 @@ def test_evaluate_refuses_logits_that_are_not_finite(small_data):
     _, test = small_data
     params = _init()
     params[4]["b"] = params[4]["b"].at[3].set(jnp.nan)
-    with pytest.raises(ValueError, match=r"evaluate: the model's outputs are not finite on batch 0 \(examples 0 to 199 of 500\)"):
+    with pytest.raises(
+        ValueError, match=r"evaluate: the model's outputs are not finite on batch 0 \(examples 0 to 199 of 500\)"
+    ):
         evaluate(_model(), params, (test[0], test[1]), batch_size=200)

@@ -6,12 +6,13 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from strategies import distinct
-from tinyfn import losses, models, reference as R
+
+from tinyfn import losses, models
+from tinyfn import reference as R
 from tinyfn.layers import conv as conv_module
-from tinyfn.layers import pool as pool_module
 from tinyfn.layers import conv2d, deconv2d, max_pool2d
+from tinyfn.layers import pool as pool_module
 
 
 def _loss(w, x):
@@ -37,7 +38,9 @@ def test_jit_vmap_and_grad_compose(rng):
     np.testing.assert_allclose(per_example, expected, rtol=2e-4, atol=1e-4)
     grad_of_vmap = jax.grad(lambda w: jax.vmap(_loss, in_axes=(None, 0))(w, xs).sum())(w)
     np.testing.assert_allclose(grad_of_vmap, expected.sum(0), rtol=2e-4, atol=1e-4)
-    np.testing.assert_allclose(jax.jit(jax.vmap(_loss, in_axes=(None, 0)))(w, xs), jax.vmap(_ref_loss, in_axes=(None, 0))(w, xs), rtol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(jax.vmap(_loss, in_axes=(None, 0)))(w, xs), jax.vmap(_ref_loss, in_axes=(None, 0))(w, xs), rtol=1e-5
+    )
 
 
 def test_every_layer_of_lenet_goes_through_its_custom_rule():
@@ -46,7 +49,9 @@ def test_every_layer_of_lenet_goes_through_its_custom_rule():
     x, y = jnp.zeros((2, 1, 28, 28)), jnp.array([1, 2])
     jaxpr = str(jax.make_jaxpr(lambda p: losses.softmax_cross_entropy(model.apply(p, x), y))(params))
     names = re.findall(r"custom_vjp_call\[\s*name=(\w+)", jaxpr)
-    assert sorted(names) == sorted(["_conv2d"] * 2 + ["_max_pool"] * 2 + ["_relu"] * 4 + ["_linear"] * 3 + ["_softmax_cross_entropy"])
+    assert sorted(names) == sorted(
+        ["_conv2d"] * 2 + ["_max_pool"] * 2 + ["_relu"] * 4 + ["_linear"] * 3 + ["_softmax_cross_entropy"]
+    )
 
 
 def test_pooling_gradient_comes_from_its_handwritten_rule(rng):

@@ -25,7 +25,7 @@ from tinyfn.layers import (
     multi_head_attention,
     serial,
     to_spec,
-)  # fmt: skip
+)
 from tinyfn.layers.transformer import params_from_torch
 from tinyfn.models import vit
 

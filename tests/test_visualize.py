@@ -3,11 +3,12 @@
 import chex
 import jax
 import jax.numpy as jnp
-from matplotlib.figure import Figure
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
-from tinyfn import models, visualize as V
+from tinyfn import models
+from tinyfn import visualize as V
 from tinyfn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU, Softmax, serial
 
 
@@ -22,7 +23,9 @@ def _tiny(model, input_shape=(None, 1, 4, 4)):
     return params
 
 
-X4 = np.array([[1.0, -2.0, 0.5, 3.0], [4.0, 0.0, -1.0, 2.0], [-3.0, 2.5, 6.0, -0.5], [0.2, 1.0, 0.1, 5.0]], np.float32)[None, None]
+X4 = np.array([[1.0, -2.0, 0.5, 3.0], [4.0, 0.0, -1.0, 2.0], [-3.0, 2.5, 6.0, -0.5], [0.2, 1.0, 0.1, 5.0]], np.float32)[
+    None, None
+]
 
 
 def test_projection_through_pool_relu_conv_worked_by_hand():
@@ -158,7 +161,14 @@ def _png(path):
 
 def test_figures_are_written_with_the_expected_size_and_are_not_blank(tmp_path, rng):
     imgs = rng.standard_normal((9, 1, 5, 5))
-    fig = V.plot_deconv_grid([imgs, imgs[::-1]], [imgs ** 2, imgs], tmp_path / "grid.png", layer="conv2", channels=[0, 3], image_indices=[range(9), range(9, 18)])
+    fig = V.plot_deconv_grid(
+        [imgs, imgs[::-1]],
+        [imgs**2, imgs],
+        tmp_path / "grid.png",
+        layer="conv2",
+        channels=[0, 3],
+        image_indices=[range(9), range(9, 18)],
+    )
     assert isinstance(fig, Figure)
     pic = _png(tmp_path / "grid.png")
     assert pic.shape[:2] == (650, 640) and pic[..., :3].var() > 1e-3
@@ -169,7 +179,11 @@ def test_figures_are_written_with_the_expected_size_and_are_not_blank(tmp_path, 
     V.plot_feature_maps(rng.standard_normal((16, 10, 10)), tmp_path / "maps.png", title="conv2 · image 0")
     pic = _png(tmp_path / "maps.png")
     assert pic.shape[:2] == (400, 1200) and pic[..., :3].var() > 1e-3  # figsize (1.5 * 8, 1.7 * 2 + 0.6)
-    cols = {"deconvnet": rng.standard_normal((2, 1, 8, 8)), "saliency": rng.standard_normal((2, 1, 8, 8)), "guided backprop": rng.standard_normal((2, 1, 8, 8))}
+    cols = {
+        "deconvnet": rng.standard_normal((2, 1, 8, 8)),
+        "saliency": rng.standard_normal((2, 1, 8, 8)),
+        "guided backprop": rng.standard_normal((2, 1, 8, 8)),
+    }
     V.plot_comparison(rng.standard_normal((2, 1, 8, 8)), cols, tmp_path / "cmp.png", row_titles=["image 0", "image 1"])
     pic = _png(tmp_path / "cmp.png")
     assert pic.shape[:2] == (420, 760) and pic[..., :3].var() > 1e-3
@@ -187,11 +201,17 @@ def _boxes(fig):
     canvas = FigureCanvasAgg(fig)  # draws this one figure; the process's backend is untouched
     canvas.draw()
     renderer = canvas.get_renderer()
-    return [(ax.get_title(), ax.get_window_extent(renderer), ax.title.get_window_extent(renderer)) for ax in fig.axes if ax.get_title()]
+    return [
+        (ax.get_title(), ax.get_window_extent(renderer), ax.title.get_window_extent(renderer))
+        for ax in fig.axes
+        if ax.get_title()
+    ]
 
 
 def test_feature_map_titles_do_not_overlap_the_row_above_and_the_input_is_shown(rng):
-    fig = V.plot_feature_maps(rng.standard_normal((16, 10, 10)), title="conv2 · image 0", image=rng.standard_normal((1, 28, 28)))
+    fig = V.plot_feature_maps(
+        rng.standard_normal((16, 10, 10)), title="conv2 · image 0", image=rng.standard_normal((1, 28, 28))
+    )
     boxes = _boxes(fig)
     assert boxes[0][0] == "input" and sum(t.startswith("channel") for t, _, _ in boxes) == 16
     for title, _, title_box in boxes:  # no title runs into another axes' image
@@ -262,7 +282,9 @@ def test_a_projector_compiles_once_across_channels(monkeypatch):
 def test_a_stateful_model_is_recorded_in_evaluation_mode_and_the_walk_names_batch_norm():
     from tinyfn.layers import BatchNorm2D, init_with_state, residual
 
-    model = serial(Conv2D(2, 3), BatchNorm2D(), ReLU(), residual(serial(Conv2D(2, 3, padding=1), ReLU())), Flatten(), Linear(3))
+    model = serial(
+        Conv2D(2, 3), BatchNorm2D(), ReLU(), residual(serial(Conv2D(2, 3, padding=1), ReLU())), Flatten(), Linear(3)
+    )
     _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 6, 6))
     state = (state[0], {"mean": jnp.asarray([0.5, -1.0]), "var": jnp.asarray([4.0, 0.25])}, *state[2:])
     x = jax.random.normal(jax.random.key(1), (2, 1, 6, 6))
@@ -270,8 +292,12 @@ def test_a_stateful_model_is_recorded_in_evaluation_mode_and_the_walk_names_batc
     assert [t.name for t in table] == ["conv1", "bn1", "relu1", "residual1", "flatten1", "linear1"]
     rec = V.record(model, params, x, model_state=state)
     conv = np.asarray(rec.outputs[0])
-    expected = (conv - np.array([0.5, -1.0])[None, :, None, None]) / np.sqrt(np.array([4.0, 0.25]) + 1e-5)[None, :, None, None]
-    np.testing.assert_allclose(rec.outputs[1], expected, rtol=1e-5, atol=1e-6)  # the running statistics, not the batch's
+    expected = (conv - np.array([0.5, -1.0])[None, :, None, None]) / np.sqrt(np.array([4.0, 0.25]) + 1e-5)[
+        None, :, None, None
+    ]
+    np.testing.assert_allclose(
+        rec.outputs[1], expected, rtol=1e-5, atol=1e-6
+    )  # the running statistics, not the batch's
     with pytest.raises(ValueError, match="record: the model carries state.*model_state="):
         V.record(model, params, x)
     assert V.make_projector(model, "conv1", model_state=state)(params, x, 1).shape == x.shape

@@ -7,7 +7,7 @@ with a message that names the argument, the value it got and what it expected.
 from __future__ import annotations
 
 import operator
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +50,9 @@ def positive_int(name: str, value, *, op: str | None = None) -> int:
     return v
 
 
-def float_array(name: str, x, *, ndim: int | None = None, layout: str = "", empty_batch: bool = True, op: str | None = None):
+def float_array(
+    name: str, x, *, ndim: int | None = None, layout: str = "", empty_batch: bool = True, op: str | None = None
+):
     """``x`` as a jax array of a floating dtype, optionally of rank ``ndim``.
 
     No dimension may be zero, except the first (the batch) when ``empty_batch``.
@@ -63,7 +65,9 @@ def float_array(name: str, x, *, ndim: int | None = None, layout: str = "", empt
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{_pre(op)}{name} must be an array, got {type(x).__name__} ({exc})") from None
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{_pre(op)}{name} must have a floating dtype, got {x.dtype} (convert with .astype(jnp.float32))")
+        raise TypeError(
+            f"{_pre(op)}{name} must have a floating dtype, got {x.dtype} (convert with .astype(jnp.float32))"
+        )
     if ndim is not None and x.ndim != ndim:
         hint = f" {layout}" if layout else ""
         raise ValueError(f"{_pre(op)}{name} must have rank {ndim}{hint}, got shape {tuple(x.shape)}")
@@ -103,7 +107,9 @@ def window_geometry(op: str, in_hw, window, stride, padding, output_padding=None
     ``output_padding < stride`` and the output ``(size - 1) stride - 2 padding + window + output_padding >= 1``.
     """
     if output_padding is not None and any(o >= s for o, s in zip(output_padding, stride)):
-        raise ValueError(f"{op}: output_padding {tuple(output_padding)} must be smaller than stride {tuple(stride)} in each dimension")
+        raise ValueError(
+            f"{op}: output_padding {tuple(output_padding)} must be smaller than stride {tuple(stride)} in each dimension"
+        )
     if in_hw is None:
         return
     if output_padding is None:
@@ -131,9 +137,13 @@ def axis(name: str, value, x, *, op: str | None = None) -> int:
         raise TypeError(f"{_pre(op)}{name} must be an int, got {value!r}")
     value = int(value)
     if not -x.ndim <= value < x.ndim:
-        raise ValueError(f"{_pre(op)}{name} must be an int in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {value!r}")
+        raise ValueError(
+            f"{_pre(op)}{name} must be an int in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {value!r}"
+        )
     if x.shape[value] == 0:
-        raise ValueError(f"{_pre(op)}{name} {value} of x (shape {tuple(x.shape)}) is empty: normalising over no values is undefined")
+        raise ValueError(
+            f"{_pre(op)}{name} {value} of x (shape {tuple(x.shape)}) is empty: normalising over no values is undefined"
+        )
     return value % x.ndim
 
 
@@ -178,7 +188,6 @@ def input_shape(value, *, ndim: int | None = None, layout: str = "", op: str | N
     return (batch if batch is None else int(batch), *(int(d) for d in rest))
 
 
-
 def input_shapes(
     value, *, n: int | None = None, each: str = "one per branch", flat: bool = True, op: str | None = None
 ) -> tuple:
@@ -192,6 +201,7 @@ def input_shapes(
     if not ok or (n is not None and len(value) != n):
         raise ValueError(f"{_pre(op)}input_shape must be a tuple of {count}, {each}, got {value!r}")
     return tuple(input_shape(s, op=op) if flat else tuple(s) for s in value)
+
 
 _IMAGE_CHANNELS = (1, 2, 3, 4)  # grey, grey + alpha, RGB, RGBA
 
@@ -273,7 +283,9 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
         return
     if isinstance(expected, dict):
         if not isinstance(params, Mapping):
-            raise TypeError(f"{_pre(op)}{path}{note(path)} must be a dict with keys {sorted(expected)} (as init makes), got {_describe(params)}")
+            raise TypeError(
+                f"{_pre(op)}{path}{note(path)} must be a dict with keys {sorted(expected)} (as init makes), got {_describe(params)}"
+            )
         missing = [k for k in sorted(expected) if k not in params]
         extra = [k for k in params if k not in expected]
         if missing or extra:
@@ -290,7 +302,9 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
         return
     if isinstance(expected, (tuple, list)):
         if not isinstance(params, (tuple, list)) or len(params) != len(expected):
-            raise ValueError(f"{_pre(op)}{path}{note(path)} must be a tuple of length {len(expected)} (as init makes), got {_describe(params)}")
+            raise ValueError(
+                f"{_pre(op)}{path}{note(path)} must be a tuple of length {len(expected)} (as init makes), got {_describe(params)}"
+            )
         for i, (p, e) in enumerate(zip(params, expected)):
             params_match(p, e, path=f"{path}[{i}]", op=op, where=where)
         return
@@ -299,9 +313,13 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
     if shape is None:
         raise TypeError(f"{_pre(op)}{path}{note(path)} must be an array of shape {want_shape}, got {_describe(params)}")
     if shape != want_shape:
-        raise ValueError(f"{_pre(op)}{path}{note(path)} has shape {shape}, expected {want_shape} (as init makes for this input)")
+        raise ValueError(
+            f"{_pre(op)}{path}{note(path)} has shape {shape}, expected {want_shape} (as init makes for this input)"
+        )
     if _kind(dtype) != _kind(want_dtype):
-        raise TypeError(f"{_pre(op)}{path}{note(path)} has dtype {dtype}, expected a {_kind(want_dtype)} dtype (init makes {want_dtype})")
+        raise TypeError(
+            f"{_pre(op)}{path}{note(path)} has dtype {dtype}, expected a {_kind(want_dtype)} dtype (init makes {want_dtype})"
+        )
 
 
 def shape_tree(x) -> tuple:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO
 
 
 def atomic_write(path, write: Callable[[IO[bytes]], None], *, durable: bool = False) -> Path:

@@ -394,6 +394,6 @@ def _check_vjp_pytree(f, args, reference, argnums, argnames, **kwargs):
     chosen = None
     if argnums is not None:
         chosen = [i for i, (p, leaf) in enumerate(leaves_with_paths) if p[0].idx in set(argnums) and _is_float(leaf)]
-    unflat = lambda fn: (lambda *ls: fn(*jax.tree_util.tree_unflatten(treedef, ls)))
+    unflat = lambda fn: lambda *ls: fn(*jax.tree_util.tree_unflatten(treedef, ls))
     reference = None if reference is None else unflat(reference)
     return check_vjp(unflat(f), leaves, reference=reference, argnums=chosen, argnames=names, **kwargs)

@@ -78,17 +78,25 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
     finite check (``fit``'s guard) stops at that step.
     """
     op = "softmax_cross_entropy"
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+    if (
+        isinstance(label_smoothing, bool)
+        or not isinstance(label_smoothing, (int, float))
+        or not 0 <= label_smoothing < 1
+    ):
         raise ValueError(f"{op}: label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
     logits = _checks.float_array("logits", logits, ndim=2, layout="(N, num_classes)", op=op)
     if logits.shape[0] == 0:
-        raise ValueError(f"{op}: the batch is empty (logits has shape {tuple(logits.shape)}); the mean over no examples is undefined")
+        raise ValueError(
+            f"{op}: the batch is empty (logits has shape {tuple(logits.shape)}); the mean over no examples is undefined"
+        )
     if not hasattr(labels, "dtype"):
         labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"{op}: labels must be integer class indices, got dtype {labels.dtype}")
     if labels.shape != logits.shape[:1]:
-        raise ValueError(f"{op}: labels has shape {tuple(labels.shape)}, expected ({logits.shape[0]},) to match logits {tuple(logits.shape)}")
+        raise ValueError(
+            f"{op}: labels has shape {tuple(labels.shape)}, expected ({logits.shape[0]},) to match logits {tuple(logits.shape)}"
+        )
     if not isinstance(labels, jax.core.Tracer):
         bad = np.flatnonzero((np.asarray(labels) < 0) | (np.asarray(labels) >= logits.shape[1]))
         if bad.size:
@@ -100,9 +108,11 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
         valid = _valid(labels, logits.shape[1])
         first = jnp.argmin(valid)
         checkify.check(
-            valid.all(), f"{op}: labels[{{i}}] = {{v}} is outside [0, {logits.shape[1]}) for logits of shape {tuple(logits.shape)}",
-            i=first, v=labels[first],
-        )  # fmt: skip
+            valid.all(),
+            f"{op}: labels[{{i}}] = {{v}} is outside [0, {logits.shape[1]}) for logits of shape {tuple(logits.shape)}",
+            i=first,
+            v=labels[first],
+        )
     return _softmax_cross_entropy(logits, labels.astype(jnp.int32), float(label_smoothing))
 
 
@@ -137,9 +147,13 @@ def mse(pred, target):
     target = _checks.float_array("target", target, op="mse")
     _checks.same_dtype("mse", pred=pred, target=target)
     if pred.shape != target.shape:
-        raise ValueError(f"mse: pred has shape {tuple(pred.shape)} but target has shape {tuple(target.shape)}; expected equal shapes")
+        raise ValueError(
+            f"mse: pred has shape {tuple(pred.shape)} but target has shape {tuple(target.shape)}; expected equal shapes"
+        )
     if pred.size == 0:
-        raise ValueError(f"mse: the batch is empty (pred has shape {tuple(pred.shape)}); the mean over no elements is undefined")
+        raise ValueError(
+            f"mse: the batch is empty (pred has shape {tuple(pred.shape)}); the mean over no elements is undefined"
+        )
     return _mse(pred, target)
 
 

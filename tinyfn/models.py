@@ -5,9 +5,23 @@ from __future__ import annotations
 import operator
 
 from tinyfn import _checks
-from tinyfn.layers import Conv2D, Dropout, Flatten, Float32, Linear, MaxPool2D, ReLU, serial
-from tinyfn.layers import BatchNorm2D, GlobalAvgPool2D, residual
-from tinyfn.layers import LayerNorm, PatchEmbedding, TakeToken, TransformerBlock
+from tinyfn.layers import (
+    BatchNorm2D,
+    Conv2D,
+    Dropout,
+    Flatten,
+    Float32,
+    GlobalAvgPool2D,
+    LayerNorm,
+    Linear,
+    MaxPool2D,
+    PatchEmbedding,
+    ReLU,
+    TakeToken,
+    TransformerBlock,
+    residual,
+    serial,
+)
 
 __all__ = ["lenet5", "wide_cnn", "resnet", "basic_block", "vit", "MODELS", "get_model"]
 
@@ -28,17 +42,30 @@ def lenet5(num_classes: int = 10, *, compute_dtype=None):
     num_classes = _checks.positive_int("num_classes", num_classes)
     cd = dict(compute_dtype=compute_dtype)
     return serial(
-        Conv2D(6, 5, padding=2, **cd), ReLU(), MaxPool2D(2),
-        Conv2D(16, 5, **cd), ReLU(), MaxPool2D(2),
+        Conv2D(6, 5, padding=2, **cd),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(16, 5, **cd),
+        ReLU(),
+        MaxPool2D(2),
         Flatten(),
-        Linear(120, **cd), ReLU(),
-        Linear(84, **cd), ReLU(),
+        Linear(120, **cd),
+        ReLU(),
+        Linear(84, **cd),
+        ReLU(),
         Linear(num_classes, **cd),
         *_in_float32(compute_dtype),
-    )  # fmt: skip
+    )
 
 
-def wide_cnn(num_classes: int = 10, channels: tuple[int, int] = (32, 64), hidden: int = 128, dropout: float = 0.25, *, compute_dtype=None):
+def wide_cnn(
+    num_classes: int = 10,
+    channels: tuple[int, int] = (32, 64),
+    hidden: int = 128,
+    dropout: float = 0.25,
+    *,
+    compute_dtype=None,
+):
     """A wider two-conv CNN for ``(N, 1, 28, 28)`` (421,642 params with the defaults), where matrix products dominate.
 
     conv(32, 3×3, pad 1) - relu - pool 2 - conv(64, 3×3, pad 1) - relu - pool 2 - flatten -
@@ -48,13 +75,20 @@ def wide_cnn(num_classes: int = 10, channels: tuple[int, int] = (32, 64), hidden
     c1, c2 = (_checks.positive_int("channels", c) for c in channels)
     cd = dict(compute_dtype=compute_dtype)
     return serial(
-        Conv2D(c1, 3, padding=1, **cd), ReLU(), MaxPool2D(2),
-        Conv2D(c2, 3, padding=1, **cd), ReLU(), MaxPool2D(2),
-        Flatten(), Dropout(dropout),
-        Linear(_checks.positive_int("hidden", hidden), **cd), ReLU(), Dropout(dropout),
+        Conv2D(c1, 3, padding=1, **cd),
+        ReLU(),
+        MaxPool2D(2),
+        Conv2D(c2, 3, padding=1, **cd),
+        ReLU(),
+        MaxPool2D(2),
+        Flatten(),
+        Dropout(dropout),
+        Linear(_checks.positive_int("hidden", hidden), **cd),
+        ReLU(),
+        Dropout(dropout),
         Linear(num_classes, **cd),
         *_in_float32(compute_dtype),
-    )  # fmt: skip
+    )
 
 
 def basic_block(channels: int, stride: int = 1, project: bool = False, *, compute_dtype=None):
@@ -67,14 +101,26 @@ def basic_block(channels: int, stride: int = 1, project: bool = False, *, comput
     """
     cd = dict(use_bias=False, compute_dtype=compute_dtype)
     body = serial(
-        Conv2D(channels, 3, stride, 1, **cd), BatchNorm2D(), ReLU(),
-        Conv2D(channels, 3, 1, 1, **cd), BatchNorm2D(),
-    )  # fmt: skip
+        Conv2D(channels, 3, stride, 1, **cd),
+        BatchNorm2D(),
+        ReLU(),
+        Conv2D(channels, 3, 1, 1, **cd),
+        BatchNorm2D(),
+    )
     shortcut = serial(Conv2D(channels, 1, stride, **cd), BatchNorm2D()) if project else None
     return serial(residual(body, shortcut), ReLU())
 
 
-def resnet(num_classes: int = 10, width: int = 24, blocks_per_stage: int | tuple[int, ...] = (1, 1, 3), stages: int = 3, first_stride: int = 1, stem_stride: int = 2, *, compute_dtype=None):
+def resnet(
+    num_classes: int = 10,
+    width: int = 24,
+    blocks_per_stage: int | tuple[int, ...] = (1, 1, 3),
+    stages: int = 3,
+    first_stride: int = 1,
+    stem_stride: int = 2,
+    *,
+    compute_dtype=None,
+):
     """A small ResNet for ``(N, C, H, W)`` images (He et al.'s CIFAR design), with batch norm.
 
     A stem conv(width) - bn - relu, then ``stages`` stages of ``blocks_per_stage``
@@ -116,7 +162,9 @@ def resnet(num_classes: int = 10, width: int = 24, blocks_per_stage: int | tuple
     if stem_stride == 1:
         stem = Conv2D(width, 3, 1, 1, use_bias=False, **cd)
     elif stem_stride % 2:
-        raise ValueError(f"resnet: stem_stride must be 1 or even (its kernel is 2·stem_stride, its padding stem_stride/2), got {stem_stride}")
+        raise ValueError(
+            f"resnet: stem_stride must be 1 or even (its kernel is 2·stem_stride, its padding stem_stride/2), got {stem_stride}"
+        )
     else:
         stem = Conv2D(width, 2 * stem_stride, stem_stride, stem_stride // 2, use_bias=False, **cd)
     layers = [stem, BatchNorm2D(), ReLU()]
@@ -133,7 +181,9 @@ def _stage_blocks(blocks_per_stage, stages: int) -> tuple[int, ...]:
     """``blocks_per_stage`` as one count per stage: an int for every stage, or a sequence of ``stages`` ints."""
     if isinstance(blocks_per_stage, (list, tuple)):
         if len(blocks_per_stage) != stages:
-            raise ValueError(f"resnet: blocks_per_stage must be an int or one count per stage ({stages}), got {tuple(blocks_per_stage)!r}")
+            raise ValueError(
+                f"resnet: blocks_per_stage must be an int or one count per stage ({stages}), got {tuple(blocks_per_stage)!r}"
+            )
         counts = tuple(_stage_count(i, b) for i, b in enumerate(blocks_per_stage))
         if not any(counts):
             raise ValueError(f"resnet: blocks_per_stage must hold at least one block, got {tuple(blocks_per_stage)!r}")
@@ -152,9 +202,14 @@ def _stage_count(i: int, count) -> int:
 
 
 def vit(
-    num_classes: int = 10, patch: int = 4, embed_dim: int = 64, depth: int = 4, num_heads: int = 4,
-    mlp_ratio: float = 2, dropout: float = 0.0,
-):  # fmt: skip
+    num_classes: int = 10,
+    patch: int = 4,
+    embed_dim: int = 64,
+    depth: int = 4,
+    num_heads: int = 4,
+    mlp_ratio: float = 2,
+    dropout: float = 0.0,
+):
     """A small vision transformer (Dosovitskiy et al. 2021) for ``(N, C, H, W)`` images, ``H``, ``W`` multiples of ``patch``.
 
     PatchEmbedding(patch, embed_dim) (a class token and learned positions) - ``depth`` pre-norm

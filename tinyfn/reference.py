@@ -14,10 +14,9 @@ Same signatures and semantics as the ops in ``tinyfn.layers`` and
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from tinyfn._checks import int_pair
@@ -72,13 +71,19 @@ def conv2d(x, w, b=None, *, stride=1, padding=0):
 def conv2d_lax(x, w, b=None, *, stride=1, padding=0):
     """Convolution by XLA (``lax.conv_general_dilated``), for forward checks."""
     (ph, pw) = int_pair("padding", padding)
-    y = lax.conv_general_dilated(x, w, int_pair("stride", stride), [(ph, ph), (pw, pw)], dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    y = lax.conv_general_dilated(
+        x, w, int_pair("stride", stride), [(ph, ph), (pw, pw)], dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )
     return y if b is None else y + b[None, :, None, None]
 
 
 def deconv2d(x, w, b=None, *, stride=1, padding=0, output_padding=0):
     """Transposed convolution by scattering: each ``x[n,c,r,q] w[c,o,i,j]`` is added at ``(r s+i-p, q s+j-p)``."""
-    (sh, sw), (ph, pw), (oh, ow) = int_pair("stride", stride), int_pair("padding", padding), int_pair("output_padding", output_padding)
+    (sh, sw), (ph, pw), (oh, ow) = (
+        int_pair("stride", stride),
+        int_pair("padding", padding),
+        int_pair("output_padding", output_padding),
+    )
     n, c, h, wd = x.shape
     _, o, kh, kw = w.shape
     hout, wout = (h - 1) * sh - 2 * ph + kh + oh, (wd - 1) * sw - 2 * pw + kw + ow
@@ -174,7 +179,16 @@ def mse(pred, target):
 
 # ---- normalisation, average pooling and fan-in (definitions, differentiated by JAX) ----
 
-__all__ += ["batch_norm", "batch_norm_with_stats", "batch_norm_inference", "layer_norm", "avg_pool2d", "global_avg_pool2d", "add_arrays", "concat_arrays"]
+__all__ += [
+    "batch_norm",
+    "batch_norm_with_stats",
+    "batch_norm_inference",
+    "layer_norm",
+    "avg_pool2d",
+    "global_avg_pool2d",
+    "add_arrays",
+    "concat_arrays",
+]
 
 
 def batch_norm(x, gamma=None, beta=None, *, eps=1e-5):

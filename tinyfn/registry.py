@@ -247,4 +247,3 @@ def off_kink(rng, shape, margin=0.1, dtype=np.float32):
     """Normal values pushed at least ``margin`` away from 0 (no ReLU kink within ``eps``)."""
     z = rng.standard_normal(shape)
     return jnp.asarray(np.sign(z) * (margin + np.abs(z)), dtype)
-

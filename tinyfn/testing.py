@@ -150,9 +150,16 @@ def check_vjp(spec: OpSpec, sample: Sample, *, finite_differences: bool = True, 
     f, ref = spec.bind(sample)
     raise_on_failure = kwargs.pop("raise_on_failure", True)
     report = gradcheck.check_vjp(
-        f, sample.args, reference=ref, argnums=spec.diff_argnums, argnames=spec.argnames, seed=seed,
-        finite_differences=finite_differences, raise_on_failure=False, **kwargs,
-    )  # fmt: skip
+        f,
+        sample.args,
+        reference=ref,
+        argnums=spec.diff_argnums,
+        argnames=spec.argnames,
+        seed=seed,
+        finite_differences=finite_differences,
+        raise_on_failure=False,
+        **kwargs,
+    )
     if raise_on_failure and not report.passed:
         _fail(spec, sample, f"VJP check failed\n{report}")
     return report
@@ -245,8 +252,12 @@ def check_rejects_integer_input(spec: OpSpec, sample: Sample) -> None:
             call()
         except (TypeError, ValueError) as exc:
             if not str(exc).startswith(prefix) or "int32" not in str(exc):
-                _fail(spec, sample, f"an int32 argument was refused {variant}, but the message does not start with "
-                                    f"{prefix!r} and name the dtype: {exc}")  # fmt: skip
+                _fail(
+                    spec,
+                    sample,
+                    f"an int32 argument was refused {variant}, but the message does not start with "
+                    f"{prefix!r} and name the dtype: {exc}",
+                )
             continue
         _fail(spec, sample, f"an int32 array where a float array was expected was accepted {variant}")
 

@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tinyfn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     common = _Parser(add_help=False)  # accepted after the command too; SUPPRESS keeps a --debug given before it
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, help_text in _COMMANDS:

@@ -12,10 +12,18 @@ from tinyfn.cli.runs import TTA_NAMES
 
 def add_arguments(p):
     p.add_argument("checkpoint", type=Path, help="a run directory or a .safetensors checkpoint")
-    p.add_argument("--data", default=None, help="'embedded', 'fashion-mnist' or an IDX directory (default: the data the run trained on)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="'embedded', 'fashion-mnist' or an IDX directory (default: the data the run trained on)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=1000, help="images per evaluation batch (default 1000)")
-    p.add_argument("--tta", choices=TTA_NAMES, default=None,
-                   help="test-time augmentation: flip averages the class probabilities of each image and its mirror image (default: the run's recipe)")
+    p.add_argument(
+        "--tta",
+        choices=TTA_NAMES,
+        default=None,
+        help="test-time augmentation: flip averages the class probabilities of each image and its mirror image (default: the run's recipe)",
+    )
 
 
 def run(args) -> int:
@@ -31,7 +39,14 @@ def run(args) -> int:
     x = D.normalize(test.images, norm.get("mean", 0.0), norm.get("std", 1.0))
     tta = args.tta or (meta.get("recipe") or {}).get("tta", "none")
     # evaluate refuses a batch whose logits are not finite (NaN params would predict class 0 everywhere)
-    tested = evaluate(model, params, (x, test.labels), batch_size=args.batch_size, model_state=loaded.model_state, views=TTA_VIEWS[tta])
+    tested = evaluate(
+        model,
+        params,
+        (x, test.labels),
+        batch_size=args.batch_size,
+        model_state=loaded.model_state,
+        views=TTA_VIEWS[tta],
+    )
     loss, acc, preds = tested
     views = "" if tta == "none" else f", test-time views: {tta}"
     print(f"{args.checkpoint} on {data} test ({len(test):,} images{views})")

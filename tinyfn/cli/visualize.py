@@ -40,9 +40,17 @@ def run(args) -> int:
     model, params, meta = loaded
     out = args.out or checkpoint_path(args.checkpoint).parent / "visualize"
     paths, notes = make_figures(
-        model, params, meta, model_state=loaded.model_state, data=args.data, layer=args.layer, channels=args.channels,
-        k=args.k, n_images=args.images, out=out,
-    )  # fmt: skip
+        model,
+        params,
+        meta,
+        model_state=loaded.model_state,
+        data=args.data,
+        layer=args.layer,
+        channels=args.channels,
+        k=args.k,
+        n_images=args.images,
+        out=out,
+    )
     for p in paths:
         print(p)
     for note in notes:

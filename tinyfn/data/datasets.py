@@ -22,9 +22,23 @@ __all__ = [
     "normalize",
 ]
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 _EMBEDDED = "fashion_mnist_subset.npz"
 
 
@@ -72,7 +86,9 @@ def load_idx_dir(split: str, data_dir, classes=None) -> Dataset:
     n_classes = int(labels.max()) + 1
     if classes is not None and n_classes > len(classes):
         bad = int(np.argmax(labels >= len(classes)))
-        raise ValueError(f"{paths[1]}: labels must be in 0..{len(classes) - 1} for the {len(classes)} classes given, got {labels[bad]} at index {bad}")
+        raise ValueError(
+            f"{paths[1]}: labels must be in 0..{len(classes) - 1} for the {len(classes)} classes given, got {labels[bad]} at index {bad}"
+        )
     if classes is None:
         classes = FASHION_MNIST_CLASSES if n_classes <= 10 else tuple(str(i) for i in range(n_classes))
     return Dataset(images[:, None], labels, tuple(classes))
@@ -95,7 +111,9 @@ def load_embedded(split: str = "train") -> Dataset:
     _check_split(split)
     with resources.files("tinyfn.data").joinpath(_EMBEDDED).open("rb") as f:
         with np.load(f, allow_pickle=False) as npz:
-            return Dataset(npz[f"{split}_images"][:, None], npz[f"{split}_labels"].astype(np.int32), FASHION_MNIST_CLASSES)
+            return Dataset(
+                npz[f"{split}_images"][:, None], npz[f"{split}_labels"].astype(np.int32), FASHION_MNIST_CLASSES
+            )
 
 
 def load_dataset(name: str, split: str) -> Dataset:

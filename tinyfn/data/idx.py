@@ -16,7 +16,14 @@ import numpy as np
 
 __all__ = ["read_idx", "write_idx", "IDXError"]
 
-_TYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_TYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 _CODES = {np.dtype(v).newbyteorder("="): k for k, v in _TYPES.items()}
 
 
@@ -66,7 +73,9 @@ def read_idx(path) -> np.ndarray:
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
-        raise IDXError(f"{path}: file is {what}: dimensions {dims} of {dtype.name} need {expected} bytes, found {len(data)}")
+        raise IDXError(
+            f"{path}: file is {what}: dimensions {dims} of {dtype.name} need {expected} bytes, found {len(data)}"
+        )
     return np.frombuffer(data, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -76,7 +85,9 @@ def write_idx(path, array, *, compress: bool | None = None) -> Path:
     array = np.asarray(array)
     dtype = array.dtype.newbyteorder("=")
     if dtype not in _CODES:
-        raise TypeError(f"write_idx: dtype {array.dtype} has no IDX type; expected one of uint8, int8, int16, int32, float32, float64")
+        raise TypeError(
+            f"write_idx: dtype {array.dtype} has no IDX type; expected one of uint8, int8, int16, int32, float32, float64"
+        )
     payload = bytes([0, 0, _CODES[dtype], array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     payload += array.astype(_TYPES[_CODES[dtype]]).tobytes()
     if compress if compress is not None else path.suffix == ".gz":

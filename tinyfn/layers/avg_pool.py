@@ -52,7 +52,9 @@ def _window_sum_transpose(g, window, stride, padding, hw):
     ho, wo = g.shape[2:]
     extra_h, extra_w = h + 2 * ph - ((ho - 1) * sh + kh), w + 2 * pw - ((wo - 1) * sw + kw)  # rows no window reaches
     zero = jnp.zeros((), g.dtype)
-    gd = lax.pad(g, zero, ((0, 0, 0), (0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1)))
+    gd = lax.pad(
+        g, zero, ((0, 0, 0), (0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1))
+    )
     full = lax.reduce_window(gd, 0.0, lax.add, (1, 1, kh, kw), (1, 1, 1, 1), "VALID")  # 0.0: as in _window_sum
     return full[:, :, ph : ph + h, pw : pw + w]
 
@@ -68,7 +70,9 @@ def _avg_pool(x, window, stride, padding, count_include_pad):
     return _plain_avg_pool(x, window, stride, padding, count_include_pad)
 
 
-def _avg_pool_fwd(x, window, stride, padding, count_include_pad):  # the plain forward, so that forward mode runs through it
+def _avg_pool_fwd(
+    x, window, stride, padding, count_include_pad
+):  # the plain forward, so that forward mode runs through it
     return _plain_avg_pool(x, window, stride, padding, count_include_pad), x.shape[2:]
 
 

@@ -58,15 +58,25 @@ from __future__ import annotations
 import operator
 import re
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 
 from tinyfn import _checks
 
-__all__ = ["Layer", "make_layer", "make_combinator", "serial", "parameterless", "has_state", "init_with_state",
-           "apply_with_state", "split_keys"]  # fmt: skip
+__all__ = [
+    "Layer",
+    "make_layer",
+    "make_combinator",
+    "serial",
+    "parameterless",
+    "has_state",
+    "init_with_state",
+    "apply_with_state",
+    "split_keys",
+]
 
 
 class Layer(NamedTuple):
@@ -181,10 +191,16 @@ def _stateful_apply_error(name: str) -> Callable:
 
 
 def make_layer(
-    name: str, init: Callable | None = None, apply: Callable | None = None, *, config: Mapping[str, Any] | None = None,
-    init_with_state: Callable | None = None, apply_with_state: Callable | None = None, children: Sequence[Layer] = (),
+    name: str,
+    init: Callable | None = None,
+    apply: Callable | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    init_with_state: Callable | None = None,
+    apply_with_state: Callable | None = None,
+    children: Sequence[Layer] = (),
     where: Callable[[str], str] | None = None,
-) -> Layer:  # fmt: skip
+) -> Layer:
     """The one way to build a layer: the ``apply`` given is wrapped in the params (and state) check.
 
     A stateless layer: ``make_layer(name, init, apply, config=...)`` with
@@ -267,10 +283,15 @@ def split_keys(key, n: int) -> list:
 
 
 def make_combinator(
-    name: str, layers: Sequence[Layer], init_with_state: Callable, apply_with_state: Callable, *,
-    keys: tuple[str, ...] | None = None, config: Mapping[str, Any] | None = None,
+    name: str,
+    layers: Sequence[Layer],
+    init_with_state: Callable,
+    apply_with_state: Callable,
+    *,
+    keys: tuple[str, ...] | None = None,
+    config: Mapping[str, Any] | None = None,
     children: Sequence[Layer] | None = None,
-) -> Layer:  # fmt: skip
+) -> Layer:
     """A layer over ``layers``, written once in its stateful form; the stateless form is derived.
 
     ``init_with_state(key, input_shape) -> (output_shape, params_per_layer, states_per_layer)`` and

@@ -145,7 +145,9 @@ def add_arrays(xs):
     xs = _check_inputs("add", xs)
     for i, x in enumerate(xs[1:], 1):
         if x.shape != xs[0].shape or x.dtype != xs[0].dtype:
-            raise ValueError(f"add: x[{i}] has shape {x.shape} and dtype {x.dtype}, expected x[0]'s {xs[0].shape} and {xs[0].dtype}")
+            raise ValueError(
+                f"add: x[{i}] has shape {x.shape} and dtype {x.dtype}, expected x[0]'s {xs[0].shape} and {xs[0].dtype}"
+            )
     return _sum(xs)
 
 
@@ -191,8 +193,14 @@ def concat_arrays(xs, axis: int = 1):
         raise ValueError(f"concat: axis {axis} is out of range for rank {ndim}")
     axis %= ndim
     for i, x in enumerate(xs[1:], 1):
-        if x.ndim != ndim or x.shape[:axis] + x.shape[axis + 1 :] != xs[0].shape[:axis] + xs[0].shape[axis + 1 :] or x.dtype != xs[0].dtype:
-            raise ValueError(f"concat: x[{i}] has shape {x.shape} ({x.dtype}); it must match x[0] {xs[0].shape} ({xs[0].dtype}) except along axis {axis}")
+        if (
+            x.ndim != ndim
+            or x.shape[:axis] + x.shape[axis + 1 :] != xs[0].shape[:axis] + xs[0].shape[axis + 1 :]
+            or x.dtype != xs[0].dtype
+        ):
+            raise ValueError(
+                f"concat: x[{i}] has shape {x.shape} ({x.dtype}); it must match x[0] {xs[0].shape} ({xs[0].dtype}) except along axis {axis}"
+            )
     return _concat(xs, axis)
 
 

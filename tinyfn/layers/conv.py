@@ -54,7 +54,9 @@ def _conv2d_fwd(x, w, b, stride, padding, how):
 def _conv2d_bwd(stride, padding, how, res, g):
     x, cols, w, b = res
     dx = _conv_input_grad(g, w, stride, padding, x.shape[2:], how)  # Law 1: Y* = W* X*  =>  dX* = W*ᵀ g
-    dw = kernels.conv_weight_grad(x, g, stride, padding, w.shape[2:], how, cols)  # Law 2: Y = W X* (X* the im2col matrix)  =>  dW = g X*ᵀ
+    dw = kernels.conv_weight_grad(
+        x, g, stride, padding, w.shape[2:], how, cols
+    )  # Law 2: Y = W X* (X* the im2col matrix)  =>  dW = g X*ᵀ
     db = None if b is None else g.sum(axis=(0, 2, 3))
     return dx, dw, db
 
@@ -133,8 +135,12 @@ def _deconv2d_fwd(x, w, b, stride, padding, out_hw, how):
 
 def _deconv2d_bwd(stride, padding, out_hw, how, res, g):
     x, w, b = res
-    dx = kernels.conv_forward(g, w, stride, padding, how, op="deconv2d")  # Law 1: Y* = W*ᵀ X*  =>  dX* = (W*ᵀ)ᵀ g = W* g, a convolution
-    dw = kernels.conv_weight_grad(g, x, stride, padding, w.shape[2:], how, op="deconv2d")  # the conv weight gradient, g and x swapped
+    dx = kernels.conv_forward(
+        g, w, stride, padding, how, op="deconv2d"
+    )  # Law 1: Y* = W*ᵀ X*  =>  dX* = (W*ᵀ)ᵀ g = W* g, a convolution
+    dw = kernels.conv_weight_grad(
+        g, x, stride, padding, w.shape[2:], how, op="deconv2d"
+    )  # the conv weight gradient, g and x swapped
     db = None if b is None else g.sum(axis=(0, 2, 3))
     return dx, dw, db
 
@@ -178,7 +184,9 @@ def deconv2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, formulation
 # ----------------------------------------------------------------------------- layers
 
 
-def _layer_config(name, out_channels, kernel_size, stride, padding, output_padding, formulation, chunk_bytes, compute_dtype):
+def _layer_config(
+    name, out_channels, kernel_size, stride, padding, output_padding, formulation, chunk_bytes, compute_dtype
+):
     """The checked constructor arguments of ``Conv2D`` (``output_padding=None``) and ``Deconv2D``:
     the geometry, and the evaluation options that were set."""
     config = {
@@ -189,16 +197,31 @@ def _layer_config(name, out_channels, kernel_size, stride, padding, output_paddi
     }
     if output_padding is not None:
         config["output_padding"] = _checks.int_pair("output_padding", output_padding, minimum=0, op=name)
-        _checks.window_geometry(name, None, config["kernel_size"], config["stride"], config["padding"], config["output_padding"])
+        _checks.window_geometry(
+            name, None, config["kernel_size"], config["stride"], config["padding"], config["output_padding"]
+        )
     kernels.check_options(name, formulation, chunk_bytes)
-    options = {"formulation": formulation, "chunk_bytes": chunk_bytes, "compute_dtype": precision.check_compute_dtype(name, compute_dtype)}
+    options = {
+        "formulation": formulation,
+        "chunk_bytes": chunk_bytes,
+        "compute_dtype": precision.check_compute_dtype(name, compute_dtype),
+    }
     return config, {k: v for k, v in options.items() if v is not None}  # the options shown only when set
 
 
 def Conv2D(
-    out_channels: int, kernel_size, stride=1, padding=0, *, use_bias=True, w_init="he_normal", dtype=jnp.float32,
-    formulation=None, chunk_bytes=None, compute_dtype=None,
-) -> Layer:  # fmt: skip
+    out_channels: int,
+    kernel_size,
+    stride=1,
+    padding=0,
+    *,
+    use_bias=True,
+    w_init="he_normal",
+    dtype=jnp.float32,
+    formulation=None,
+    chunk_bytes=None,
+    compute_dtype=None,
+) -> Layer:
     """Convolution layer with params ``{"w": (out, in, kh, kw), "b": (out,)}``.
 
     ``w`` is drawn by ``w_init`` with ``fan_in = in * kh * kw`` (He normal by
@@ -207,7 +230,9 @@ def Conv2D(
     ``compute_dtype`` (e.g. ``jnp.bfloat16``): params stay ``dtype``, the products and the output
     are in ``compute_dtype`` (see ``tinyfn.layers.precision``).
     """
-    cfg, options = _layer_config("Conv2D", out_channels, kernel_size, stride, padding, None, formulation, chunk_bytes, compute_dtype)
+    cfg, options = _layer_config(
+        "Conv2D", out_channels, kernel_size, stride, padding, None, formulation, chunk_bytes, compute_dtype
+    )
     out_channels, kernel, stride, padding = cfg["out_channels"], cfg["kernel_size"], cfg["stride"], cfg["padding"]
     compute_dtype = options.get("compute_dtype")
     w_init = initializers.get(w_init)
@@ -230,9 +255,19 @@ def Conv2D(
 
 
 def Deconv2D(
-    out_channels: int, kernel_size, stride=1, padding=0, output_padding=0, *, use_bias=True, w_init="he_normal",
-    dtype=jnp.float32, formulation=None, chunk_bytes=None, compute_dtype=None,
-) -> Layer:  # fmt: skip
+    out_channels: int,
+    kernel_size,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    *,
+    use_bias=True,
+    w_init="he_normal",
+    dtype=jnp.float32,
+    formulation=None,
+    chunk_bytes=None,
+    compute_dtype=None,
+) -> Layer:
     """Transposed-convolution layer with params ``{"w": (in, out, kh, kw), "b": (out,)}``.
 
     ``w`` is drawn by ``w_init`` with ``fan_in = in * kh * kw / (sh * sw)``, the
@@ -240,7 +275,9 @@ def Deconv2D(
     ``(N, in, H, W)``, output ``(N, out_channels, Ho, Wo)`` as in ``deconv2d``;
     ``formulation``, ``chunk_bytes``, ``compute_dtype`` as in ``Conv2D``.
     """
-    cfg, options = _layer_config("Deconv2D", out_channels, kernel_size, stride, padding, output_padding, formulation, chunk_bytes, compute_dtype)
+    cfg, options = _layer_config(
+        "Deconv2D", out_channels, kernel_size, stride, padding, output_padding, formulation, chunk_bytes, compute_dtype
+    )
     out_channels, kernel, stride, padding = cfg["out_channels"], cfg["kernel_size"], cfg["stride"], cfg["padding"]
     output_padding, compute_dtype = cfg["output_padding"], options.get("compute_dtype")
     w_init = initializers.get(w_init)
@@ -257,7 +294,13 @@ def Deconv2D(
 
     def apply(params, x, *, key=None, train=False):
         x, w, b = precision.cast(compute_dtype, x, params["w"], params.get("b"))
-        kw = dict(stride=stride, padding=padding, output_padding=output_padding, formulation=formulation, chunk_bytes=chunk_bytes)
+        kw = dict(
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            formulation=formulation,
+            chunk_bytes=chunk_bytes,
+        )
         return deconv2d(x, w, b, **kw)
 
     return make_layer("Deconv2D", init, apply, config={**cfg, "use_bias": use_bias, **options})

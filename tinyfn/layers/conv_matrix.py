@@ -10,9 +10,8 @@ algebra on small inputs.
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax.numpy as jnp
+import numpy as np
 
 from tinyfn import _checks
 from tinyfn.layers.conv import conv2d_args, deconv2d_args
@@ -33,7 +32,10 @@ def unrolled_filter_matrix(w, input_hw, *, stride=1, padding=0):
     op = "unrolled_filter_matrix"
     w = _checks.float_array("w", w, ndim=4, layout="(out_channels, in_channels, kh, kw)", empty_batch=False, op=op)
     h, wd = _checks.int_pair("input_hw", input_hw, minimum=1, op=op)
-    (sh, sw), (ph, pw) = _checks.int_pair("stride", stride, minimum=1, op=op), _checks.int_pair("padding", padding, minimum=0, op=op)
+    (sh, sw), (ph, pw) = (
+        _checks.int_pair("stride", stride, minimum=1, op=op),
+        _checks.int_pair("padding", padding, minimum=0, op=op),
+    )
     k, c, kh, kw = w.shape
     _checks.window_geometry(op, (h, wd), (kh, kw), (sh, sw), (ph, pw))
     ho, wo = conv_output_size((h, wd), (kh, kw), (sh, sw), (ph, pw))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
@@ -69,7 +68,9 @@ def linear(x, w, b=None):
     return _linear(x.reshape(-1, w.shape[0]), w, b).reshape(*lead, w.shape[1])
 
 
-def Linear(out_features: int, *, use_bias: bool = True, w_init="he_normal", dtype=jnp.float32, compute_dtype=None) -> Layer:
+def Linear(
+    out_features: int, *, use_bias: bool = True, w_init="he_normal", dtype=jnp.float32, compute_dtype=None
+) -> Layer:
     """Fully connected layer with params ``{"w": (in, out), "b": (out,)}``.
 
     ``w`` is drawn by ``w_init`` (He normal, ``N(0, 2/in)``, by default: the

@@ -33,7 +33,15 @@ import jax.numpy as jnp
 from tinyfn import _checks
 from tinyfn.layers.base import Layer, make_layer
 
-__all__ = ["batch_norm", "batch_norm_with_stats", "batch_norm_inference", "layer_norm", "BatchNorm1D", "BatchNorm2D", "LayerNorm"]
+__all__ = [
+    "batch_norm",
+    "batch_norm_with_stats",
+    "batch_norm_inference",
+    "layer_norm",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "LayerNorm",
+]
 
 
 def _wide(a):
@@ -129,7 +137,9 @@ def _norm_args(op, x, gamma, beta, channels_axis_shape):
     beta = _checks.float_array("beta", beta, empty_batch=False, op=op)
     for name, v in (("gamma", gamma), ("beta", beta)):
         if tuple(v.shape) != tuple(channels_axis_shape):
-            raise ValueError(f"{op}: {name} has shape {tuple(v.shape)}, expected {tuple(channels_axis_shape)} for x of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"{op}: {name} has shape {tuple(v.shape)}, expected {tuple(channels_axis_shape)} for x of shape {tuple(x.shape)}"
+            )
     _checks.same_dtype(op, x=x, gamma=gamma, beta=beta)
     return gamma, beta
 
@@ -169,7 +179,9 @@ def batch_norm_with_stats(x, gamma=None, beta=None, *, eps: float = 1e-5):
         raise ValueError(f"batch_norm: x must have rank >= 2 (N, C, ...), got shape {tuple(x.shape)}")
     m = x.size // x.shape[1] if x.shape[1] else 0
     if m < 2:
-        raise ValueError(f"batch_norm: expected more than 1 value per channel in training, got x of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"batch_norm: expected more than 1 value per channel in training, got x of shape {tuple(x.shape)}"
+        )
     gamma, beta = _norm_args("batch_norm", x, gamma, beta, (x.shape[1],))
     return _batch_norm(x, gamma, beta, _check_eps("batch_norm", eps))
 
@@ -267,7 +279,9 @@ def layer_norm(x, gamma=None, beta=None, *, normalized_ndim: int = 1, eps: float
     x = _checks.float_array("x", x, op="layer_norm")
     normalized_ndim = _checks.positive_int("normalized_ndim", normalized_ndim, op="layer_norm")
     if x.ndim <= normalized_ndim:
-        raise ValueError(f"layer_norm: x must have a batch axis and {normalized_ndim} normalised axes, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"layer_norm: x must have a batch axis and {normalized_ndim} normalised axes, got shape {tuple(x.shape)}"
+        )
     gamma, beta = _norm_args("layer_norm", x, gamma, beta, x.shape[x.ndim - normalized_ndim :])
     return _layer_norm(x, gamma, beta, _check_eps("layer_norm", eps))
 
@@ -340,7 +354,9 @@ def LayerNorm(normalized_ndim: int = 1, eps: float = 1e-5, affine: bool = True) 
     def init(key, input_shape):
         shape = _checks.input_shape(input_shape, op="LayerNorm")
         if len(shape) <= normalized_ndim:
-            raise ValueError(f"LayerNorm: input_shape must have a batch entry and {normalized_ndim} normalised axes, got {shape}")
+            raise ValueError(
+                f"LayerNorm: input_shape must have a batch entry and {normalized_ndim} normalised axes, got {shape}"
+            )
         trailing = shape[len(shape) - normalized_ndim :]
         params = {"gamma": jnp.ones(trailing, jnp.float32), "beta": jnp.zeros(trailing, jnp.float32)} if affine else {}
         return shape, params

@@ -21,7 +21,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from tinyfn import _checks
 from tinyfn.layers import kernels
@@ -112,7 +111,9 @@ def _unpool(y, switches, hw):
     flat = jnp.zeros((n * c, h * w), y.dtype)
     rows = jnp.arange(n * c)[:, None]
     # Out-of-range switches (negative ones were moved past the end) are dropped, as a scatter with mode="drop".
-    return flat.at[rows, switches.reshape(n * c, ho * wo)].add(y.reshape(n * c, ho * wo), mode="drop").reshape(n, c, h, w)
+    return (
+        flat.at[rows, switches.reshape(n * c, ho * wo)].add(y.reshape(n * c, ho * wo), mode="drop").reshape(n, c, h, w)
+    )
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -127,7 +128,10 @@ def _max_unpool_fwd(y, switches, hw):
 def _max_unpool_bwd(hw, switches, g):
     n, c = g.shape[:2]
     # Unpooling is z = Sᵀ y (S pooling's selection matrix), so by Law 1: dy = S g, a gather at the switches.
-    rows_g, rows_s = g.reshape(n * c, g.shape[2] * g.shape[3]), switches.reshape(n * c, switches.shape[2] * switches.shape[3])
+    rows_g, rows_s = (
+        g.reshape(n * c, g.shape[2] * g.shape[3]),
+        switches.reshape(n * c, switches.shape[2] * switches.shape[3]),
+    )
     dy = jnp.take_along_axis(rows_g, rows_s, axis=1, mode="fill", fill_value=0)
     return dy.reshape(switches.shape), None
 
@@ -159,7 +163,9 @@ def max_unpool2d(y, switches, output_size):
     if not jnp.issubdtype(switches.dtype, jnp.integer):
         raise TypeError(f"max_unpool2d: switches must have an integer dtype, got {switches.dtype}")
     if tuple(switches.shape) != tuple(y.shape):
-        raise ValueError(f"max_unpool2d: switches has shape {tuple(switches.shape)}, expected y's shape {tuple(y.shape)}")
+        raise ValueError(
+            f"max_unpool2d: switches has shape {tuple(switches.shape)}, expected y's shape {tuple(y.shape)}"
+        )
     size = tuple(output_size)
     if len(size) == 4:
         if tuple(size[:2]) != tuple(y.shape[:2]):

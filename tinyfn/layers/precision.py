@@ -23,7 +23,9 @@ def check_compute_dtype(op: str, compute_dtype):
     try:
         dtype = jnp.dtype(compute_dtype)
     except TypeError:
-        raise TypeError(f"{op}: compute_dtype must be a floating dtype such as jnp.bfloat16 or None, got {compute_dtype!r}") from None
+        raise TypeError(
+            f"{op}: compute_dtype must be a floating dtype such as jnp.bfloat16 or None, got {compute_dtype!r}"
+        ) from None
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{op}: compute_dtype must be a floating dtype such as jnp.bfloat16 or None, got {dtype}")
     return dtype

@@ -15,7 +15,8 @@ is named in the error, with where it sits in the tree.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,10 @@ def to_spec(model: Layer, *, _where: str = "model") -> dict[str, Any]:
             f"to_spec: {_where} is a layer named {model.name!r} that tinyfn cannot rebuild; "
             f"register its constructor with tinyfn.layers.register_layer({model.name!r}, ...)"
         )
-    spec: dict[str, Any] = {"name": model.name, "config": {k: _encode(v, f"{_where} ({model.name})", k) for k, v in model.config.items()}}
+    spec: dict[str, Any] = {
+        "name": model.name,
+        "config": {k: _encode(v, f"{_where} ({model.name})", k) for k, v in model.config.items()},
+    }
     if model.children:
         spec["children"] = [to_spec(c, _where=f"{_where}.children[{i}]") for i, c in enumerate(model.children)]
     json.dumps(spec)  # every value is JSON by construction; this fails loudly if not

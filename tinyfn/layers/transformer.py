@@ -48,7 +48,7 @@ __all__ = [
     "multi_head_attention",
     "params_from_torch",
     "take_token",
-]  # fmt: skip
+]
 
 _MHA_KEYS = ("in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")
 
@@ -78,10 +78,17 @@ def _heads(x, in_proj_weight, in_proj_bias, num_heads):
 
 
 def multi_head_attention(
-    x, in_proj_weight, in_proj_bias=None, out_proj_weight=None, out_proj_bias=None, *, num_heads, mask=None,
+    x,
+    in_proj_weight,
+    in_proj_bias=None,
+    out_proj_weight=None,
+    out_proj_bias=None,
+    *,
+    num_heads,
+    mask=None,
     causal=False,
     formulation=None,
-):  # fmt: skip
+):
     """Multi-head self-attention of ``x`` (``nn.MultiheadAttention(E, H, batch_first=True)(x, x, x)[0]``).
 
     Args:
@@ -208,9 +215,15 @@ def MultiHeadAttention(
         _tokens_shape(op, jnp.shape(x), embed_dim)
         p = params
         return multi_head_attention(
-            x, p["in_proj_weight"], p.get("in_proj_bias"), p["out_proj_weight"], p.get("out_proj_bias"),
-            num_heads=num_heads, causal=causal, formulation=formulation,
-        )  # fmt: skip
+            x,
+            p["in_proj_weight"],
+            p.get("in_proj_bias"),
+            p["out_proj_weight"],
+            p.get("out_proj_bias"),
+            num_heads=num_heads,
+            causal=causal,
+            formulation=formulation,
+        )
 
     config = {
         "embed_dim": embed_dim,
@@ -327,9 +340,14 @@ def TakeToken(index: int = 0) -> Layer:
 
 
 def TransformerBlock(
-    embed_dim: int, num_heads: int, mlp_ratio: float = 4, dropout: float = 0.0, *, causal: bool = False,
+    embed_dim: int,
+    num_heads: int,
+    mlp_ratio: float = 4,
+    dropout: float = 0.0,
+    *,
+    causal: bool = False,
     formulation=None,
-) -> Layer:  # fmt: skip
+) -> Layer:
     """The pre-norm transformer block on ``(N, T, E)``: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
 
     ``MLP = Linear(mlp_ratio·E) - GELU - Linear(E)`` (Glorot uniform weights), with ``Dropout(dropout)``

@@ -18,7 +18,7 @@ class probabilities over them.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,9 @@ def random_crop(padding: int = 2, fill: float = 0.0) -> Augmentation:
     def crop(key, x):
         x = _batch("random_crop", x)
         n, c, h, w = x.shape
-        padded = jnp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=jnp.asarray(fill, x.dtype))
+        padded = jnp.pad(
+            x, ((0, 0), (0, 0), (padding, padding), (padding, padding)), constant_values=jnp.asarray(fill, x.dtype)
+        )
         offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
 
         def one(image, offset):

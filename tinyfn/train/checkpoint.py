@@ -22,19 +22,24 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from safetensors.numpy import save
 
 from tinyfn._files import atomic_write
 from tinyfn._version import __version__
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "restore_like", "checkpoint_path",
-    "CHECKPOINT_NAME", "FORMAT_VERSION",
-]  # fmt: skip
+    "Checkpoint",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "restore_like",
+    "checkpoint_path",
+    "CHECKPOINT_NAME",
+    "FORMAT_VERSION",
+]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the checkpoint's name inside a run directory
 FORMAT_VERSION = 2  # 2: the random key in the metadata (1: a tensor "key"); both are read
@@ -177,10 +182,22 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
 
 # safetensors' dtype names; numpy has no bfloat16 or float8, JAX's (ml_dtypes') do
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16, "F8_E4M3": jnp.float8_e4m3fn,
-    "F8_E5M2": jnp.float8_e5m2, "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U64": np.uint64,
-    "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
-}  # fmt: skip
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": jnp.bfloat16,
+    "F8_E4M3": jnp.float8_e4m3fn,
+    "F8_E5M2": jnp.float8_e5m2,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
 
 def _read(path: Path):

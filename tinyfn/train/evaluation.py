@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tinyfn.layers import has_state
 from tinyfn.losses import softmax_cross_entropy
@@ -45,9 +44,16 @@ def _check_finite(m, batch, start, size, n):
 
 
 def evaluate(
-    model, params, data, *, batch_size: int = 1000, loss_fn=softmax_cross_entropy, eval_step=None, model_state=None,
+    model,
+    params,
+    data,
+    *,
+    batch_size: int = 1000,
+    loss_fn=softmax_cross_entropy,
+    eval_step=None,
+    model_state=None,
     views=None,
-) -> EvalResult:  # fmt: skip
+) -> EvalResult:
     """Mean loss, accuracy and the predictions of ``model`` on ``data = (x, y)``, in batches.
 
     The model runs in evaluation mode. A stateful model (batch norm) needs its

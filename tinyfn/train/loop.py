@@ -46,13 +46,12 @@ summation order). Only process 0 writes checkpoints.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
-
-import numpy as np
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tinyfn.layers import apply_with_state, has_state, init_with_state
 from tinyfn.losses import softmax_cross_entropy
@@ -321,12 +320,29 @@ def _epochs(run: Run, data, *, epochs, steps, saver, evaluate_now, epoch_callbac
 
 
 def fit(
-    model, params, train_data, *, epochs: int, batch_size: int, optimizer, key, eval_data=None, checkpoint_dir=None,
-    resume: bool = False, loss_fn=softmax_cross_entropy, metadata: dict | None = None, quiet: bool = False,
+    model,
+    params,
+    train_data,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer,
+    key,
+    eval_data=None,
+    checkpoint_dir=None,
+    resume: bool = False,
+    loss_fn=softmax_cross_entropy,
+    metadata: dict | None = None,
+    quiet: bool = False,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
-    epoch_callbacks: Sequence[Callable[[EpochSummary], None]] | None = None, eval_batch_size: int = 1000, mesh=None,
-    on_nonfinite: str = "stop", model_state=None, augment=None, eval_loss_fn=None,
-) -> FitResult:  # fmt: skip
+    epoch_callbacks: Sequence[Callable[[EpochSummary], None]] | None = None,
+    eval_batch_size: int = 1000,
+    mesh=None,
+    on_nonfinite: str = "stop",
+    model_state=None,
+    augment=None,
+    eval_loss_fn=None,
+) -> FitResult:
     """Train ``model`` from ``params`` with mini-batch ``optimizer`` steps; returns ``(params, history)``.
 
     ``optimizer`` is a gradient transformation (tinyfn's ``sgd``/``adam``/``adamw``/``chain`` or any optax
@@ -352,8 +368,18 @@ def fit(
             (run.params, run.opt_state, run.model_state), mesh
         )
     return _epochs(
-        run, (x, y), epochs=epochs, steps=steps, saver=saver, evaluate_now=evaluate_now,
+        run,
+        (x, y),
+        epochs=epochs,
+        steps=steps,
+        saver=saver,
+        evaluate_now=evaluate_now,
         epoch_callbacks=(() if quiet else (ConsoleLog(),)) if epoch_callbacks is None else epoch_callbacks,
-        train_step=train_step, put=_placement(mesh, batch_size), key=key, batch_size=batch_size,
-        on_nonfinite=on_nonfinite, callbacks=callbacks, quiet=quiet,
-    )  # fmt: skip
+        train_step=train_step,
+        put=_placement(mesh, batch_size),
+        key=key,
+        batch_size=batch_size,
+        on_nonfinite=on_nonfinite,
+        callbacks=callbacks,
+        quiet=quiet,
+    )

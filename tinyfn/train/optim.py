@@ -39,7 +39,8 @@ float16 params train as float32 ones would (in bfloat16, ``0.999`` rounds to
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -133,7 +134,9 @@ def cosine(learning_rate: float, total_steps: int, final_learning_rate: float = 
     it from ``warmup_steps`` on.
     """
     if total_steps < 1 or not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"cosine: need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}")
+        raise ValueError(
+            f"cosine: need 0 <= warmup_steps < total_steps, got warmup_steps={warmup_steps}, total_steps={total_steps}"
+        )
 
     def schedule(step):
         step = jnp.asarray(step) * 1.0
@@ -146,14 +149,21 @@ def cosine(learning_rate: float, total_steps: int, final_learning_rate: float = 
 
 
 def _check_number(op, name, value, lo, hi=math.inf, *, closed_hi=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value and (value <= hi if closed_hi else value < hi)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and lo <= value
+        and (value <= hi if closed_hi else value < hi)
+    )
     if not ok:
         raise ValueError(f"{op}: {name} must be a number in [{lo}, {hi}{']' if closed_hi else ')'}, got {value!r}")
     return float(value)
 
 
 def _schedule(op, learning_rate):
-    return learning_rate if callable(learning_rate) else constant(_check_number(op, "learning_rate", learning_rate, 0.0))
+    return (
+        learning_rate if callable(learning_rate) else constant(_check_number(op, "learning_rate", learning_rate, 0.0))
+    )
 
 
 def _tree_map(f, *trees):
@@ -173,9 +183,15 @@ def _check_trees(op, grads, params):
     gs, ps = jax.tree_util.tree_structure(grads), jax.tree_util.tree_structure(params)
     if gs != ps:
         raise ValueError(f"{op}: grads and params have different tree structures:\n  grads:  {gs}\n  params: {ps}")
-    for path, g, p in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params)):
+    for path, g, p in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0],
+        jax.tree_util.tree_leaves(grads),
+        jax.tree_util.tree_leaves(params),
+    ):
         if jnp.shape(g) != jnp.shape(p):
-            raise ValueError(f"{op}: grads{jax.tree_util.keystr(path[0])} has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(p)}")
+            raise ValueError(
+                f"{op}: grads{jax.tree_util.keystr(path[0])} has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(p)}"
+            )
 
 
 _UNDECAYED = frozenset({"b", "bias", "gamma", "beta"})  # biases and the norms' scale and shift, by their role
@@ -204,10 +220,14 @@ def _decay_mask(op, mask, params):
     tree = mask(params) if callable(mask) else mask
     leaves, structure = jax.tree_util.tree_flatten(tree)
     if structure != jax.tree_util.tree_structure(params):
-        raise ValueError(f"{op}: mask must have the params' tree structure (True where weight decay applies), got\n  mask:   {structure}\n  params: {jax.tree_util.tree_structure(params)}")
+        raise ValueError(
+            f"{op}: mask must have the params' tree structure (True where weight decay applies), got\n  mask:   {structure}\n  params: {jax.tree_util.tree_structure(params)}"
+        )
     for path, leaf in zip(jax.tree_util.tree_flatten_with_path(tree)[0], leaves):
         if not isinstance(leaf, (bool, np.bool_)):
-            raise TypeError(f"{op}: mask{jax.tree_util.keystr(path[0])} must be a Python bool, got {type(leaf).__name__} {leaf!r}")
+            raise TypeError(
+                f"{op}: mask{jax.tree_util.keystr(path[0])} must be a Python bool, got {type(leaf).__name__} {leaf!r}"
+            )
     return [bool(leaf) for leaf in leaves]
 
 
@@ -221,7 +241,9 @@ def _masked(decay, params):
 
 def _check_mask_argument(op, mask):
     if mask is not None and not callable(mask) and not jax.tree_util.tree_leaves(mask):
-        raise TypeError(f"{op}: mask must be a tree of bools like the params or a function params -> such a tree, got {mask!r}")
+        raise TypeError(
+            f"{op}: mask must be a tree of bools like the params or a function params -> such a tree, got {mask!r}"
+        )
     return mask
 
 
@@ -230,7 +252,9 @@ def _needs_params(op, params, weight_decay):
         raise ValueError(f"{op}: weight_decay={weight_decay} needs params: call update(grads, state, params)")
 
 
-def sgd(learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, mask=None) -> GradientTransformation:
+def sgd(
+    learning_rate, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, mask=None
+) -> GradientTransformation:
     """SGD with optional (Nesterov) momentum and L2 weight decay, over any params pytree.
 
     ``learning_rate`` is a number or a schedule ``step -> lr`` (``constant``,
@@ -312,7 +336,9 @@ def _adam(op, learning_rate, b1, b2, eps, weight_decay, decoupled, mask):
     return GradientTransformation(init, update)
 
 
-def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, mask=None) -> GradientTransformation:
+def adam(
+    learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, mask=None
+) -> GradientTransformation:
     """Adam with bias correction (``torch.optim.Adam``; ``weight_decay`` is L2 added to the gradient).
 
     State ``AdamState(count, mu, nu)``; ``learning_rate`` a number or a schedule;
@@ -321,7 +347,9 @@ def adam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, w
     return _adam("adam", learning_rate, b1, b2, eps, weight_decay, decoupled=False, mask=mask)
 
 
-def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01, mask=None) -> GradientTransformation:
+def adamw(
+    learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.01, mask=None
+) -> GradientTransformation:
     """Adam with decoupled weight decay (Loshchilov & Hutter; ``torch.optim.AdamW``, ``optax.adamw``).
 
     The decay ``-η_t λ p`` is added to the update, not to the gradient, so it is
@@ -359,14 +387,18 @@ def chain(*transformations) -> GradientTransformation:
     The state is the tuple of their states. Each may be tinyfn's or optax's:
     ``chain(clip_by_global_norm(1.0), adamw(1e-3))``.
     """
-    transformations = tuple(as_gradient_transformation(t, op=f"chain (argument {i})") for i, t in enumerate(transformations))
+    transformations = tuple(
+        as_gradient_transformation(t, op=f"chain (argument {i})") for i, t in enumerate(transformations)
+    )
 
     def init(params):
         return tuple(t.init(params) for t in transformations)
 
     def update(grads, state, params=None):
         if not isinstance(state, tuple) or len(state) != len(transformations):
-            raise ValueError(f"chain: state must be a tuple of {len(transformations)} states, got {type(state).__name__}")
+            raise ValueError(
+                f"chain: state must be a tuple of {len(transformations)} states, got {type(state).__name__}"
+            )
         new_state = []
         for t, s in zip(transformations, state):
             grads, s = t.update(grads, s, params)

@@ -17,12 +17,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-__all__ = ["DATA_AXIS", "data_mesh", "check_batch_size", "batch_sharding", "replicated", "replicate", "put_batch", "local_rows", "is_writer"]
+__all__ = [
+    "DATA_AXIS",
+    "data_mesh",
+    "check_batch_size",
+    "batch_sharding",
+    "replicated",
+    "replicate",
+    "put_batch",
+    "local_rows",
+    "is_writer",
+]
 
 DATA_AXIS = "data"
 
@@ -37,7 +47,11 @@ def data_mesh(devices=None) -> Mesh:
         if not 1 <= devices <= len(available):
             raise ValueError(
                 f"devices must be between 1 and the {len(available)} available {available[0].platform.upper()} device(s), got {devices}"
-                + ("; for several CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count=N before jax starts" if available[0].platform == "cpu" else "")
+                + (
+                    "; for several CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count=N before jax starts"
+                    if available[0].platform == "cpu"
+                    else ""
+                )
             )
         devices = available[:devices]
     elif isinstance(devices, Sequence) and devices and all(isinstance(d, jax.Device) for d in devices):
@@ -101,7 +115,8 @@ def put_batch(mesh, *arrays):
     if jax.process_count() == 1:
         return tuple(jax.device_put(a, sharding) for a in arrays)
     return tuple(
-        jax.make_array_from_process_local_data(sharding, a, (a.shape[0] * jax.process_count(), *a.shape[1:])) for a in arrays
+        jax.make_array_from_process_local_data(sharding, a, (a.shape[0] * jax.process_count(), *a.shape[1:]))
+        for a in arrays
     )
 
 

@@ -64,4 +64,13 @@ class ConsoleLog:
 
 def progress_bar(*, total: int, initial: int, desc: str, quiet: bool):
     """The bar of one epoch (on stderr, cleared when the epoch ends); ``quiet`` turns it off."""
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, disable=quiet, mininterval=0.5, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        leave=False,
+        disable=quiet,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 import jax
+import numpy as np
 
 from tinyfn.train import parallel
 from tinyfn.train.checkpoint import load_checkpoint, restore_like, save_checkpoint
@@ -15,9 +14,16 @@ from tinyfn.train.checkpoint import load_checkpoint, restore_like, save_checkpoi
 __all__ = ["HISTORY_KEYS", "Run", "Saver", "restore"]
 
 HISTORY_KEYS = (
-    "epoch", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "images_per_second", "epoch_time",
-    "wall_time", "skipped_steps",
-)  # fmt: skip
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "eval_loss",
+    "eval_accuracy",
+    "images_per_second",
+    "epoch_time",
+    "wall_time",
+    "skipped_steps",
+)
 
 
 @dataclass
@@ -77,9 +83,14 @@ class Saver:
         local = lambda tree: jax.tree_util.tree_map(_one_copy, tree)  # noqa: E731
         step = run.epoch * self.steps + batch
         return save_checkpoint(
-            self.path, local(run.params), opt_state=local(run.opt_state), model_state=local(run.model_state), step=step,
-            key=self.key, metadata=meta,
-        )  # fmt: skip
+            self.path,
+            local(run.params),
+            opt_state=local(run.opt_state),
+            model_state=local(run.model_state),
+            step=step,
+            key=self.key,
+            metadata=meta,
+        )
 
 
 def _check_frame(ckpt_path, pos, metadata, *, batch_size, examples):
@@ -127,6 +138,15 @@ def restore(ckpt_path, run: Run, key, *, batch_size: int, examples: int) -> Run:
         model_state = restore_like(ckpt.model_state, run.model_state, what="model_state")
     wall = history["wall_time"][-1] if history["wall_time"] else 0.0
     return Run(
-        ckpt.params, restore_like(ckpt.opt_state, run.opt_state), model_state, pos["epoch"], pos["batch"],
-        pos["loss_sum"], pos["accuracy_sum"], pos["count"], 0, history, wall,
-    )  # fmt: skip
+        ckpt.params,
+        restore_like(ckpt.opt_state, run.opt_state),
+        model_state,
+        pos["epoch"],
+        pos["batch"],
+        pos["loss_sum"],
+        pos["accuracy_sum"],
+        pos["count"],
+        0,
+        history,
+        wall,
+    )

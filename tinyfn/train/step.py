@@ -26,7 +26,14 @@ def _all_finite(tree):
 
 
 def make_train_step(
-    model: Layer, loss_fn, optimizer: GradientTransformation, *, donate: bool = True, mesh=None, with_state: bool | None = None, augment=None,
+    model: Layer,
+    loss_fn,
+    optimizer: GradientTransformation,
+    *,
+    donate: bool = True,
+    mesh=None,
+    with_state: bool | None = None,
+    augment=None,
 ):
     """A jitted training step.
 
@@ -153,7 +160,9 @@ def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None, vie
     """
     with_state = has_state(model) if with_state is None else bool(with_state)
     if has_state(model) and not with_state:
-        raise ValueError(f"make_eval_step: the model carries state ({model.name}); use with_state=True and step(params, model_state, x, y)")
+        raise ValueError(
+            f"make_eval_step: the model carries state ({model.name}); use with_state=True and step(params, model_state, x, y)"
+        )
     views = _check_views(views)
 
     def logits_of(params, model_state, x):
@@ -164,10 +173,14 @@ def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None, vie
         for i, view in enumerate(views):
             seen = view(x)
             if getattr(seen, "shape", None) != x.shape:
-                raise ValueError(f"make_eval_step: views[{i}] ({getattr(view, '__name__', view)}) must keep the batch's shape {x.shape}, got {getattr(seen, 'shape', type(seen).__name__)}")
+                raise ValueError(
+                    f"make_eval_step: views[{i}] ({getattr(view, '__name__', view)}) must keep the batch's shape {x.shape}, got {getattr(seen, 'shape', type(seen).__name__)}"
+                )
             logits = apply_with_state(model, params, model_state, seen, train=False)[0]
             if logits.ndim != 2:
-                raise ValueError(f"make_eval_step: views average class probabilities and need (N, classes) logits, got shape {logits.shape}")
+                raise ValueError(
+                    f"make_eval_step: views average class probabilities and need (N, classes) logits, got shape {logits.shape}"
+                )
             log_probs.append(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
         return jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(float(len(views))), log_probs
 
@@ -190,7 +203,9 @@ def _check_views(views):
     if views is None:
         return None
     if callable(views) or not hasattr(views, "__len__") or len(views) == 0:
-        raise TypeError(f"make_eval_step: views must be a non-empty sequence of functions x -> x (e.g. augment.FLIP_VIEWS), got {views!r}")
+        raise TypeError(
+            f"make_eval_step: views must be a non-empty sequence of functions x -> x (e.g. augment.FLIP_VIEWS), got {views!r}"
+        )
     for i, view in enumerate(views):
         if not callable(view):
             raise TypeError(f"make_eval_step: views[{i}] must be a function x -> x, got {type(view).__name__} {view!r}")

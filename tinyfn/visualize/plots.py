@@ -112,7 +112,9 @@ def plot_feature_maps(maps, path=None, *, title: str, image=None, ncols: int = 8
     ncols = min(ncols, c)
     nrows = -(-c // ncols)
     lead = 0 if image is None else 1
-    fig, axes = new_figure(nrows, ncols + lead, figsize=(1.5 * (ncols + lead), 1.7 * nrows + 0.6), squeeze=False, layout="constrained")
+    fig, axes = new_figure(
+        nrows, ncols + lead, figsize=(1.5 * (ncols + lead), 1.7 * nrows + 0.6), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -131,7 +133,9 @@ def plot_feature_maps(maps, path=None, *, title: str, image=None, ncols: int = 8
     return finish(fig, path)
 
 
-def plot_comparison(images, columns: dict, path=None, *, row_titles, title: str = "three ways back to pixels") -> Figure:
+def plot_comparison(
+    images, columns: dict, path=None, *, row_titles, title: str = "three ways back to pixels"
+) -> Figure:
     """Rows of ``[input, method 1, method 2, ...]``.
 
     ``images (n, C, H, W)``; ``columns`` maps a method name to ``(n, C, H, W)``

@@ -25,12 +25,12 @@ a vision transformer. The other two rules need the transposed maps above.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Union
-
-import numpy as np
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from tinyfn.layers import conv2d, deconv2d, deconv_output_size, has_state, linear, max_unpool2d, relu
@@ -42,7 +42,19 @@ if TYPE_CHECKING:
 LayerRef = Union[str, int, LayerInfo]  # a layer's name ("conv2"), flat index, or table entry
 Channel = Union[int, np.integer, jax.Array]  # an integer scalar
 
-__all__ = ["RULES", "MODES", "check_walkable", "select", "check_channel", "project_down", "deconvnet", "saliency", "guided_backprop", "make_projector", "receptive_field"]
+__all__ = [
+    "RULES",
+    "MODES",
+    "check_walkable",
+    "select",
+    "check_channel",
+    "project_down",
+    "deconvnet",
+    "saliency",
+    "guided_backprop",
+    "make_projector",
+    "receptive_field",
+]
 
 RULES = ("deconvnet", "saliency", "guided")
 MODES = ("max", "topk", "all")
@@ -105,7 +117,9 @@ def _step_down(info: LayerInfo, params, rec: Recording, g, rule: str):
     )
 
 
-def project_down(model: Layer, params: Any, rec: Recording, layer: LayerRef, signal: jax.Array, rule: str = "deconvnet") -> jax.Array:
+def project_down(
+    model: Layer, params: Any, rec: Recording, layer: LayerRef, signal: jax.Array, rule: str = "deconvnet"
+) -> jax.Array:
     """Walk ``signal`` (shaped like ``layer``'s output) down to the input through every layer up to ``layer``."""
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -157,7 +171,9 @@ def check_channel(channel: Channel, count: int, *, op: str, layer: str | None = 
     """
     if isinstance(channel, jax.core.Tracer):
         if not jnp.issubdtype(channel.dtype, jnp.integer) or channel.ndim != 0:
-            raise TypeError(f"{op}: channel must be an integer scalar, got a traced {channel.dtype} of shape {channel.shape}")
+            raise TypeError(
+                f"{op}: channel must be an integer scalar, got a traced {channel.dtype} of shape {channel.shape}"
+            )
         return channel
     is_scalar_int = np.ndim(channel) == 0 and np.issubdtype(np.asarray(channel).dtype, np.integer)
     if isinstance(channel, (bool, np.bool_)) or not is_scalar_int:
@@ -165,7 +181,9 @@ def check_channel(channel: Channel, count: int, *, op: str, layer: str | None = 
     value = int(channel)
     if not 0 <= value < count:
         where = f"layer {layer!r}" if layer is not None else "the activations"
-        raise ValueError(f"{op}: channel {value} is out of range for {where} with {count} channels/units (expected 0..{count - 1})")
+        raise ValueError(
+            f"{op}: channel {value} is out of range for {where} with {count} channels/units (expected 0..{count - 1})"
+        )
     return value
 
 
@@ -187,7 +205,14 @@ def _as_batch(x):
 
 
 def make_projector(
-    model: Layer, layer: LayerRef, *, rule: str = "deconvnet", mode: str = "max", k: int = 9, values: bool | None = None, model_state=None,
+    model: Layer,
+    layer: LayerRef,
+    *,
+    rule: str = "deconvnet",
+    mode: str = "max",
+    k: int = 9,
+    values: bool | None = None,
+    model_state=None,
 ) -> Callable[[Any, jax.Array, Channel], jax.Array]:
     """A ``(params, x, channel) -> projection`` for repeated use, compiled once per input shape.
 
@@ -221,14 +246,18 @@ def make_projector(
     def project(params, x, channel):
         shapes = (jnp.shape(x), jnp.result_type(x), tuple(jnp.shape(a) for a in jax.tree_util.tree_leaves(params)))
         if shapes not in counts:
-            counts[shapes] = jax.eval_shape(lambda p, a: record(model, p, a, upto=info.index, model_state=model_state).outputs[-1], params, x).shape[1]
+            counts[shapes] = jax.eval_shape(
+                lambda p, a: record(model, p, a, upto=info.index, model_state=model_state).outputs[-1], params, x
+            ).shape[1]
         channel = check_channel(channel, counts[shapes], op="make_projector", layer=info.name)
         return _nan_unless_in_range(walk(params, x, channel), channel, counts[shapes])
 
     return project
 
 
-_PROJECTORS: OrderedDict = OrderedDict()  # the projectors of deconvnet/saliency/guided_backprop: one compilation per model
+_PROJECTORS: OrderedDict = (
+    OrderedDict()
+)  # the projectors of deconvnet/saliency/guided_backprop: one compilation per model
 _MAX_PROJECTORS = 32
 
 
@@ -257,7 +286,9 @@ def _project(model, params, x, layer, channel, rule, mode, k, op):
     return result[0] if single else result
 
 
-def deconvnet(model: Layer, params: Any, x: jax.Array, layer: LayerRef, channel: Channel, *, mode: str = "max", k: int = 9) -> jax.Array:
+def deconvnet(
+    model: Layer, params: Any, x: jax.Array, layer: LayerRef, channel: Channel, *, mode: str = "max", k: int = 9
+) -> jax.Array:
     """Zeiler & Fergus's DeconvNet projection of feature map ``channel`` of ``layer`` into pixel space.
 
     Keeps only the chosen activations (``mode``: the strongest, the top ``k`` or
@@ -270,13 +301,31 @@ def deconvnet(model: Layer, params: Any, x: jax.Array, layer: LayerRef, channel:
     return _project(model, params, x, layer, channel, "deconvnet", mode, k, "deconvnet")
 
 
-def saliency(model: Layer, params: Any, x: jax.Array, target: Channel | None = None, *, layer: LayerRef | None = None, mode: str = "max", k: int = 9) -> jax.Array:
+def saliency(
+    model: Layer,
+    params: Any,
+    x: jax.Array,
+    target: Channel | None = None,
+    *,
+    layer: LayerRef | None = None,
+    mode: str = "max",
+    k: int = 9,
+) -> jax.Array:
     """Gradient saliency: ``∂ a / ∂ x`` for a unit ``a``: by default the class score ``target`` (the model's
     last layer, the predicted class when ``target`` is None); or feature map ``target`` of ``layer``."""
     return _gradient_like(model, params, x, target, layer, "saliency", mode, k)
 
 
-def guided_backprop(model: Layer, params: Any, x: jax.Array, target: Channel | None = None, *, layer: LayerRef | None = None, mode: str = "max", k: int = 9) -> jax.Array:
+def guided_backprop(
+    model: Layer,
+    params: Any,
+    x: jax.Array,
+    target: Channel | None = None,
+    *,
+    layer: LayerRef | None = None,
+    mode: str = "max",
+    k: int = 9,
+) -> jax.Array:
     """Guided backprop: the walk of ``saliency`` with ReLUs passing only positive signal where the input was positive."""
     return _gradient_like(model, params, x, target, layer, "guided", mode, k)
 
@@ -289,11 +338,15 @@ def _gradient_like(model, params, x, target, layer, rule, mode, k):
         if out.ndim != 2 or out.shape[0] != 1:
             raise ValueError("target=None (the predicted class) needs one image and a layer with (N, classes) output")
         target = int(jnp.argmax(out[0]))
-    out = _project(model, params, xb, info.index, target, rule, mode, k, "saliency" if rule == "saliency" else "guided_backprop")
+    out = _project(
+        model, params, xb, info.index, target, rule, mode, k, "saliency" if rule == "saliency" else "guided_backprop"
+    )
     return out[0] if single else out
 
 
-def receptive_field(model: Layer, input_shape: tuple, layer: LayerRef, position: tuple[int, int]) -> tuple[int, int, int, int]:
+def receptive_field(
+    model: Layer, input_shape: tuple, layer: LayerRef, position: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """The input rows and columns ``(r0, r1, c0, c1)`` (half-open, clipped to the image) that unit
     ``position = (h, w)`` of ``layer``'s output depends on. Below a linear or flatten layer: the whole image."""
     info = resolve_layer(model, layer)

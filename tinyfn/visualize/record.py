@@ -92,7 +92,9 @@ def resolve_layer(model: Layer, layer) -> LayerInfo:
         for t in table:
             if t.name == layer:
                 return t
-        raise ValueError(f"layer {layer!r} does not exist; expected one of {', '.join(names)} or an index below {len(table)}")
+        raise ValueError(
+            f"layer {layer!r} does not exist; expected one of {', '.join(names)} or an index below {len(table)}"
+        )
     raise TypeError(f"layer must be a name or an int index, got {layer!r}")
 
 
@@ -118,7 +120,9 @@ def check_state(model: Layer, model_state, *, op: str = "record"):
     """``model_state``, or ``{}`` for a stateless model; a stateful one without its state is refused."""
     if model_state is None:
         if has_state(model):
-            raise ValueError(f"{op}: the model carries state (batch norm's running statistics); pass model_state= (e.g. load_model(...).model_state)")
+            raise ValueError(
+                f"{op}: the model carries state (batch norm's running statistics); pass model_state= (e.g. load_model(...).model_state)"
+            )
         return {}
     return model_state
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tinyfn.visualize.record import record, resolve_layer
 
@@ -24,7 +23,9 @@ class TopActivations(NamedTuple):
     positions: np.ndarray  # (len(channels), k, 2) (h, w) of the maximum; zeros for (N, F) layers
 
 
-def top_activations(model, params, images, layer, channels=None, k: int = 9, *, batch_size: int = 500, model_state=None) -> TopActivations:
+def top_activations(
+    model, params, images, layer, channels=None, k: int = 9, *, batch_size: int = 500, model_state=None
+) -> TopActivations:
     """Scan ``images (N, C, H, W)`` in jitted batches and keep, per channel, the ``k`` images whose map peaks highest.
 
     Each image counts once per channel (at its map's maximum, the first in
@@ -42,7 +43,11 @@ def top_activations(model, params, images, layer, channels=None, k: int = 9, *, 
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size}")
     batch_size = min(batch_size, n)
-    out = jax.eval_shape(lambda p, x: record(model, p, x, upto=info.index, model_state=model_state).outputs[-1], params, jnp.asarray(images[:1]))
+    out = jax.eval_shape(
+        lambda p, x: record(model, p, x, upto=info.index, model_state=model_state).outputs[-1],
+        params,
+        jnp.asarray(images[:1]),
+    )
     num_channels = out.shape[1]
     channels = tuple(range(num_channels)) if channels is None else tuple(int(c) for c in channels)
     for c in channels:
@@ -71,5 +76,9 @@ def top_activations(model, params, images, layer, channels=None, k: int = 9, *, 
     values = np.take_along_axis(best.T, order, axis=1)
     flat_pos = np.take_along_axis(where.T, order, axis=1)
     width = out.shape[3] if len(out.shape) == 4 else 1
-    positions = np.stack([flat_pos // width, flat_pos % width], axis=-1) if len(out.shape) == 4 else np.zeros((*order.shape, 2), np.int64)
+    positions = (
+        np.stack([flat_pos // width, flat_pos % width], axis=-1)
+        if len(out.shape) == 4
+        else np.zeros((*order.shape, 2), np.int64)
+    )
     return TopActivations(info.name, channels, values, order, positions)

@@ -27,20 +27,54 @@ from types import MappingProxyType
 
 from tinyfn.layers.kernels import direct, im2col, pooling, xla
 from tinyfn.layers.kernels.choice import (
-    CHUNK_BYTES, FORMULATIONS, Plan, check_options, default_formulation, formulation, gemm_degenerates, plan, record,
+    CHUNK_BYTES,
+    FORMULATIONS,
+    Plan,
+    check_options,
+    default_formulation,
+    formulation,
+    gemm_degenerates,
+    plan,
+    record,
     record_paths,
-)  # fmt: skip
+)
 from tinyfn.layers.kernels.geometry import (
-    chwn, code_to_switches, conv_output_size, deconv_output_size, nchw, pool_args, pool_geometry, valid_taps,
-)  # fmt: skip
+    chwn,
+    code_to_switches,
+    conv_output_size,
+    deconv_output_size,
+    nchw,
+    pool_args,
+    pool_geometry,
+    valid_taps,
+)
 from tinyfn.layers.kernels.im2col import n_chunks
 
 __all__ = [
-    "FORMULATIONS", "CHUNK_BYTES", "TABLE", "Plan", "formulation", "default_formulation", "plan", "check_options",
-    "gemm_degenerates", "record_paths", "conv_output_size", "deconv_output_size", "pool_args", "n_chunks", "chwn",
-    "nchw", "unrolled", "conv_forward", "conv_input_grad", "conv_weight_grad", "pool_argmax", "route_back",
+    "FORMULATIONS",
+    "CHUNK_BYTES",
+    "TABLE",
+    "Plan",
+    "formulation",
+    "default_formulation",
+    "plan",
+    "check_options",
+    "gemm_degenerates",
+    "record_paths",
+    "conv_output_size",
+    "deconv_output_size",
+    "pool_args",
+    "n_chunks",
+    "chwn",
+    "nchw",
+    "unrolled",
+    "conv_forward",
+    "conv_input_grad",
+    "conv_weight_grad",
+    "pool_argmax",
+    "route_back",
     "code_to_switches",
-]  # fmt: skip
+]
 
 TABLE = MappingProxyType({"im2col": im2col, "xla": xla, "direct": direct})
 """Each formulation's module, by name; every one has the same functions."""

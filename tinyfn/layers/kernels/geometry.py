@@ -5,17 +5,28 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from tinyfn import _checks
 
 __all__ = [
-    "conv_output_size", "deconv_output_size", "pool_args", "pool_geometry", "accumulator", "chwn", "nchw", "pad_hw",
-    "taps", "untap", "span", "valid_taps", "code_to_switches", "col2im",
-]  # fmt: skip
+    "conv_output_size",
+    "deconv_output_size",
+    "pool_args",
+    "pool_geometry",
+    "accumulator",
+    "chwn",
+    "nchw",
+    "pad_hw",
+    "taps",
+    "untap",
+    "span",
+    "valid_taps",
+    "code_to_switches",
+    "col2im",
+]
 
 
 def conv_output_size(size, kernel, stride, padding):
