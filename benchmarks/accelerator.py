@@ -190,10 +190,12 @@ def step_table(args, device, forms, default_form, deadline):
     """Section 1: ``{(model, batch): {key: Timed}}`` with keys ``tinyfn[f]``, ``jax_autodiff``, ``torch_eager``;
     the tables share the time left until ``deadline`` equally (fewer rounds where it runs short)."""
     say(
-        f"\n## Training step, float32, {device.platform} ({device.device_kind}): ms/step, median of {args.rounds} interleaved rounds"
+        f"\n## Training step, float32, {device.platform} ({device.device_kind}): ms/step, median of {args.rounds} "
+        "interleaved rounds"
     )
     say(
-        "| model | batch | implementation | ms/step median | min | images/s | x JAX autodiff | first step s | compile s |"
+        "| model | batch | implementation | ms/step median | min | images/s | x JAX autodiff | "
+        "first step s | compile s |"
     )
     say("|---|---|---|---|---|---|---|---|---|")
     results, notes = {}, []
@@ -231,7 +233,8 @@ def step_table(args, device, forms, default_form, deadline):
                 continue
             med = t.median_ms()
             say(
-                f"| {model_name} | {batch_size} | {t.label} | {med:.3f} | {min(t.times) * 1e3:.3f} | {batch_size / med * 1e3:,.0f} | "
+                f"| {model_name} | {batch_size} | {t.label} | {med:.3f} | {min(t.times) * 1e3:.3f} | "
+                f"{batch_size / med * 1e3:,.0f} | "
                 f"{med / base:.2f} | {t.first:.2f} | {max(t.first - med / 1e3, 0.0):.2f} |"
             )
         for t in timed.values():
@@ -262,7 +265,8 @@ def precision_table(args, device, default_form):
     """Section 2: the default formulation with float32 against bfloat16 products, at the largest batch."""
     batch_size = max(args.batch_sizes)
     say(
-        f"\n## Mixed precision at batch {batch_size}: float32 vs bfloat16 products (params float32), tinyfn [{default_form}]"
+        f"\n## Mixed precision at batch {batch_size}: float32 vs bfloat16 products (params float32), tinyfn "
+        f"[{default_form}]"
     )
     if not peers.supports_compute_dtype():
         say("# skipped: this tinyfn's Conv2D/Linear take no compute_dtype")
@@ -288,7 +292,8 @@ def precision_table(args, device, default_form):
                 continue
             med = t.median_ms()
             say(
-                f"| {model_name} | {name} | {med:.3f} | {batch_size / med * 1e3:,.0f} | {med / f32:.2f} | {t.first:.2f} |"
+                f"| {model_name} | {name} | {med:.3f} | {batch_size / med * 1e3:,.0f} | {med / f32:.2f} | "
+                f"{t.first:.2f} |"
             )
 
 
@@ -316,7 +321,8 @@ def ten_steps(model, params, batches, device, form):
 
 
 def correctness(args, device, forms):
-    """Section 3: ``CORRECTNESS_STEPS`` steps of LeNet-5 on ``device`` under each formulation against the CPU's default."""
+    """Section 3: ``CORRECTNESS_STEPS`` steps of LeNet-5 on ``device`` under each formulation against the CPU's
+    default."""
     cpu = jax.devices("cpu")[0]
     n = args.correctness_batch
     ds = data.load_embedded("train")
@@ -326,7 +332,8 @@ def correctness(args, device, forms):
     model = models.lenet5()
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
     say(
-        f"\n## Correctness: {CORRECTNESS_STEPS} SGD steps of LeNet-5 (batch {n}, embedded data) on {device.platform} against the CPU's default, float32 at full precision"
+        f"\n## Correctness: {CORRECTNESS_STEPS} SGD steps of LeNet-5 (batch {n}, embedded data) on {device.platform} "
+        "against the CPU's default, float32 at full precision"
     )
     ref_loss, ref_params = ten_steps(model, params, batches, cpu, "default")
     all_ok = True
@@ -335,7 +342,8 @@ def correctness(args, device, forms):
             loss, got = ten_steps(model, params, batches, device, f)
         except Exception as e:  # noqa: BLE001
             say(
-                f"correctness {device.platform}[{f}] vs cpu[default]: could not run: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                f"correctness {device.platform}[{f}] vs cpu[default]: could not run: {type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160]}"
             )
             all_ok = False
             continue
@@ -346,7 +354,8 @@ def correctness(args, device, forms):
         ok = dloss <= CORRECTNESS_RTOL and dparam <= CORRECTNESS_RTOL and np.all(np.isfinite(loss))
         all_ok &= bool(ok)
         say(
-            f"correctness {device.platform}[{f}] vs cpu[default]: max |Δloss|/|loss| = {dloss:.2e}, max |Δparam|/max|param| = {dparam:.2e} "
+            f"correctness {device.platform}[{f}] vs cpu[default]: max |Δloss|/|loss| = {dloss:.2e}, max "
+            f"|Δparam|/max|param| = {dparam:.2e} "
             f"(tolerance {CORRECTNESS_RTOL:.0e}, final loss {loss[-1]:.4f}): {'ok' if ok else 'FAIL'}"
         )
     return all_ok
@@ -385,7 +394,8 @@ def fit_epoch(args, device):
         wall = time.perf_counter() - t
     steps = len(labels) // batch_size
     say(
-        f"epoch wall {wall:.2f} s (compilation included), {steps * batch_size / wall:,.0f} images/s; train loss {history['train_loss'][-1]:.4f}"
+        f"epoch wall {wall:.2f} s (compilation included), {steps * batch_size / wall:,.0f} images/s; train loss "
+        f"{history['train_loss'][-1]:.4f}"
     )
 
 
@@ -399,18 +409,24 @@ def header(args, device, note):
 
         tv = torch.__version__
         if device.platform == "gpu" and torch.cuda.is_available():
-            tv += f" (CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}; TF32 conv {torch.backends.cudnn.allow_tf32}, matmul {torch.backends.cuda.matmul.allow_tf32})"
+            tv += (
+                f" (CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}; TF32 conv "
+                f"{torch.backends.cudnn.allow_tf32}, matmul {torch.backends.cuda.matmul.allow_tf32})"
+            )
     except ImportError:
         tv = "-"
     say(
-        f"# {device.platform}: {device.device_kind}; python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}, torch {tv}"
+        f"# {device.platform}: {device.device_kind}; python {platform.python_version()}, jax {jax.__version__}, numpy "
+        f"{np.__version__}, torch {tv}"
     )
     say(
-        f"# jax default matmul precision: {getattr(jax.config, 'jax_default_matmul_precision', None) or 'backend default'}; {os.cpu_count()} CPUs"
+        "# jax default matmul precision: "
+        f"{getattr(jax.config, 'jax_default_matmul_precision', None) or 'backend default'}; {os.cpu_count()} CPUs"
     )
     say(f"# {note}")
     say(
-        f"# time budget {args.budget:.0f} s: the step tables take up to 60% of it (fewer rounds if short), later sections are skipped past it"
+        f"# time budget {args.budget:.0f} s: the step tables take up to 60% of it (fewer rounds if short), later "
+        "sections are skipped past it"
     )
 
 
@@ -421,7 +437,8 @@ def main(argv=None):
         device = jax.devices(args.device)[0]
     except RuntimeError as e:
         sys.exit(
-            f"accelerator.py: --device {args.device}: no such device visible to jax ({e}); on a machine without a GPU use --device cpu"
+            f"accelerator.py: --device {args.device}: no such device visible to jax ({e}); on a machine without a GPU "
+            "use --device cpu"
         )
     forms, default_form, note = formulations(device.platform)
     header(args, device, note)

@@ -48,7 +48,10 @@ def parse_args(argv=None):
         "--tune-allocator",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the library's default, glibc untouched",
+        help=(
+            "call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the "
+            "library's default, glibc untouched"
+        ),
     )
     ap.add_argument("--quick", action="store_true", help="smoke test: embedded data, 1 round of 20 steps")
     args = ap.parse_args(argv)
@@ -67,7 +70,8 @@ def load(args):
 
 
 def fit_epoch(model, params, images, labels, args, optimizer):
-    """One ``fit`` epoch: (seconds per step from the first step's end to the last's, seconds to the first step's end)."""
+    """One ``fit`` epoch: (seconds per step from the first step's end to the last's, seconds to the first step's
+    end)."""
     marks = []
     t0 = time.perf_counter()
     train.fit(
@@ -131,7 +135,8 @@ def main(argv=None):
     epoch_s = t_fit * steps
 
     print(
-        f"# {args.model}, {args.data} ({len(images):,} images), batch {args.batch_size}, SGD lr {args.lr} momentum {args.momentum}, "
+        f"# {args.model}, {args.data} ({len(images):,} images), batch {args.batch_size}, SGD lr {args.lr} momentum "
+        f"{args.momentum}, "
         f"{args.rounds} rounds; jax {jax.__version__}; glibc allocator "
         + ("tuned" if tuned else "defaults" if tuned is None else "tuning failed")
     )
@@ -147,7 +152,8 @@ def main(argv=None):
     )
     print(f"| peak resident memory after the first fit epoch (data included) | {peak_mib:,.0f} MiB |")
     print(
-        f"epoch_s={epoch_s:.3f} images_per_s={args.batch_size / t_fit:.0f} outside={outside:.3f} compile_s={compile_s:.2f} peak_mib={peak_mib:.0f}"
+        f"epoch_s={epoch_s:.3f} images_per_s={args.batch_size / t_fit:.0f} outside={outside:.3f} "
+        f"compile_s={compile_s:.2f} peak_mib={peak_mib:.0f}"
     )
 
 

@@ -110,7 +110,7 @@ def step_flops(specs, batch):
     """Analytic FLOPs of one training step: 2 per multiply-add of every conv and linear, forward,
     weight gradient, and input gradient for all but a first layer that sits on the data."""
     macs, first = 0, True
-    for name, cfg, p, shape, out in specs:
+    for name, _cfg, p, _shape, out in specs:
         if name == "Conv2D":
             k, c, kh, kw = p["w"].shape
             m = k * c * kh * kw * out[2] * out[3]
@@ -189,7 +189,7 @@ def matrix_model(model):
 
 def matrix_infeasible(specs):
     """Why the matrix form cannot run this model (``W*`` too large), or ``None``."""
-    for name, cfg, p, shape, out in specs:
+    for name, _cfg, _p, shape, out in specs:
         if name == "Conv2D":
             entries = out[1] * out[2] * out[3] * shape[1] * shape[2] * shape[3]
             if entries > MAX_ENTRIES:
@@ -254,7 +254,7 @@ def torch_eager(model, params, x, y, lr, device, specs):
     _check_supported(specs)
     dev = torch.device("cuda" if device.platform == "gpu" else "cpu")
     mods, it = [], iter(_weights(specs))
-    for name, cfg, p, shape, out in specs:
+    for name, cfg, _p, _shape, _out in specs:
         if name == "Conv2D":
             w, b = next(it)
             m = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2:], stride=cfg["stride"], padding=cfg["padding"])

@@ -46,7 +46,8 @@ def parse_args(argv=None):
 
 
 def walk(layer, shape, path="", key=None):
-    """``(path, layer, input_shape)`` of every leaf layer in order, and ``(path, None, shapes)`` for each residual sum."""
+    """``(path, layer, input_shape)`` of every leaf layer in order, and ``(path, None, shapes)`` for each residual
+    sum."""
     key = jax.random.key(0) if key is None else key
     name = layer.name.lower()
     if name == "serial":

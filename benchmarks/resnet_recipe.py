@@ -41,8 +41,9 @@ from tinyfn.layers import init_with_state
 from tinyfn.losses import softmax_cross_entropy
 
 RESNET_RECIPE = {
-    # the model: models.resnet()'s defaults, width=24, blocks_per_stage=(1, 1, 3), stages=3, first_stride=1, stem_stride=2:
-    # a 4x4 stride-2 stem conv into 14x14, then 24 channels at 14x14, 48 at 7x7, 96 at 4x4 in 1, 1 and 3 basic blocks (506,554 params)
+    # the model: models.resnet()'s defaults, width=24, blocks_per_stage=(1, 1, 3), stages=3, first_stride=1,
+    # stem_stride=2: a 4x4 stride-2 stem conv into 14x14, then 24 channels at 14x14, 48 at 7x7, 96 at 4x4 in 1, 1
+    # and 3 basic blocks (506,554 params)
     "width": 24,
     "blocks_per_stage": (1, 1, 3),
     "stages": 3,
@@ -53,7 +54,8 @@ RESNET_RECIPE = {
     "optimizer": "adamw",
     "learning_rate": 4e-3,
     "weight_decay": 5e-2,
-    "decay": "weights",  # which params the weight decay applies to: all, or weights (filters and matrices: train.weights_only)
+    # which params the weight decay applies to: all, or weights (filters and matrices: train.weights_only)
+    "decay": "weights",
     "warmup_steps": 200,
     "epochs": 15,
     "batch_size": 128,
@@ -95,7 +97,10 @@ def parse_args(argv=None):
         "--fill",
         choices=("background", "zero"),
         default="background",
-        help="what the crops pad with: background is black, (0 - mean) / std of the normalised data; zero is the mean grey",
+        help=(
+            "what the crops pad with: background is black, (0 - mean) / std of the normalised data; zero is the mean "
+            "grey"
+        ),
     )
     ap.add_argument("--tta", choices=("flip", "none"), default=r["tta"])
     return ap.parse_args(argv)
@@ -180,7 +185,8 @@ def main(argv=None):
         acc = correct / len(y_test)
         accs.append(acc)
         print(
-            f"epoch {epoch + 1}: {t1 - t0:.1f} s ({per_step * 1000:.0f} ms/step, projected epoch {per_step * steps_per_epoch:.0f} s), "
+            f"epoch {epoch + 1}: {t1 - t0:.1f} s ({per_step * 1000:.0f} ms/step, projected epoch "
+            f"{per_step * steps_per_epoch:.0f} s), "
             f"last loss {float(m['loss']):.3f}, test accuracy {acc:.4f}, {time.perf_counter() - t_start:.0f} s all in, "
             f"load average {os.getloadavg()[0]:.1f}",
             flush=True,
@@ -188,14 +194,16 @@ def main(argv=None):
     views = train.augment.TTA_VIEWS[args.tta]
     acc_tta = train.evaluate(model, params, (x_test, y_test), model_state=state, views=views)[1] if views else acc
     print(
-        f"test accuracy after epoch {args.epochs}: {acc:.4f} single view, {acc_tta:.4f} with test-time views {args.tta}",
+        f"test accuracy after epoch {args.epochs}: {acc:.4f} single view, {acc_tta:.4f} with test-time views "
+        f"{args.tta}",
         flush=True,
     )
     if args.plot:
         _plot(args.plot, curve, accs)
     del step
     print(
-        f"epoch_s={np.median(epoch_times):.1f} projected_epoch_s={np.median(projected):.1f} test_accuracy={acc:.4f} test_accuracy_tta={acc_tta:.4f} total_s={time.perf_counter() - t_start:.0f}"
+        f"epoch_s={np.median(epoch_times):.1f} projected_epoch_s={np.median(projected):.1f} test_accuracy={acc:.4f} "
+        f"test_accuracy_tta={acc_tta:.4f} total_s={time.perf_counter() - t_start:.0f}"
     )
 
 

@@ -1,6 +1,7 @@
 """Time one AdamW training step of ``tinyfn.models.resnet`` against its peers, interleaved in one process.
 
-    python benchmarks/resnet_step.py [--batch-size 128] [--width 24] [--blocks 1,1,3] [--first-stride 1] [--stem-stride 2] [--steps 10] [--rounds 10]
+    python benchmarks/resnet_step.py [--batch-size 128] [--width 24] [--blocks 1,1,3] [--first-stride 1]
+        [--stem-stride 2] [--steps 10] [--rounds 10]
 
 The network defaults to ``models.resnet()``'s (the recipe's model); ``--width 20
 --blocks 2`` is the one before it, ``--width 16 --blocks 2 --first-stride 2 --stem-stride 1`` the one before that.
@@ -270,7 +271,9 @@ def main(argv=None):
                 times[name].append(time.perf_counter() - t)
     print(f"first two losses, every implementation: {ref[0]:.4f}, {ref[1]:.4f} (within 2e-3)")
     print(
-        f"resnet(width={args.width}, blocks_per_stage={args.blocks}, first_stride={args.first_stride}, stem_stride={args.stem_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, {os.cpu_count()} cores, jax {jax.__version__}"
+        f"resnet(width={args.width}, blocks_per_stage={args.blocks}, first_stride={args.first_stride}, "
+        f"stem_stride={args.stem_stride}) batch {args.batch_size}, {args.rounds} rounds x {args.steps} steps, "
+        f"{os.cpu_count()} cores, jax {jax.__version__}"
     )
     print(f"{'implementation':48s} {'median ms':>10s} {'min ms':>8s} {'images/s':>9s} {'x tinyfn':>9s}")
     base = np.median(times["tinyfn (handwritten rules, jit)"])

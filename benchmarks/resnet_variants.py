@@ -95,7 +95,8 @@ def main(argv=None):
     for (name, _, _, params, width, blocks), t in zip(nets, times):
         n = sum(int(a.size) for a in jax.tree_util.tree_leaves(params))
         print(
-            f"{name:12s} params {n:9,d}  multiply-adds {multiply_adds(width, blocks) / 1e6:5.2f}M  median {np.median(t) * 1e3:7.1f} ms  p25 {np.percentile(t, 25) * 1e3:7.1f} ms"
+            f"{name:12s} params {n:9,d}  multiply-adds {multiply_adds(width, blocks) / 1e6:5.2f}M  median "
+            f"{np.median(t) * 1e3:7.1f} ms  p25 {np.percentile(t, 25) * 1e3:7.1f} ms"
         )
     print("variants " + " ".join(f"{name}={np.median(t) * 1e3:.1f}" for (name, *_), t in zip(nets, times)))
 

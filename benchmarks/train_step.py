@@ -81,7 +81,10 @@ def parse_args(argv=None):
         "--tune-allocator",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the library's default, glibc untouched",
+        help=(
+            "call tinyfn.tune_allocator() first, as the tinyfn command line does (default); --no-tune-allocator: the "
+            "library's default, glibc untouched"
+        ),
     )
     ap.add_argument("--no-peak", action="store_true", help="skip measuring the matmul peak")
     ap.add_argument("--quick", action="store_true", help="smoke test: batch 32, 2 steps x 2 rounds, no peak")
@@ -196,7 +199,10 @@ def report(args, specs, results, notes, peak, device):
     )
     if peak:
         print(f"# float32 matmul peak measured: {peak:.0f} GFLOP/s")
-    head = f"| {'implementation':42s} | ms/step median | min | max | images/s | GFLOP/s |{' % peak |' if peak else ''} x tinyfn | faults/step | first step s |"
+    head = (
+        f"| {'implementation':42s} | ms/step median | min | max | images/s | GFLOP/s |"
+        f"{' % peak |' if peak else ''} x tinyfn | faults/step | first step s |"
+    )
     print(head)
     print("|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|")
     base = np.median(results["tinyfn"][1]) if "tinyfn" in results else np.nan
@@ -205,7 +211,8 @@ def report(args, specs, results, notes, peak, device):
         gf = flops / (med / 1e3) / 1e9
         pk = f" {100 * gf / peak:.0f}% |" if peak else ""
         print(
-            f"| {LABELS[name]:42s} | {med:.2f} | {lo:.2f} | {hi:.2f} | {args.batch_size / med * 1e3:,.0f} | {gf:.1f} |{pk} "
+            f"| {LABELS[name]:42s} | {med:.2f} | {lo:.2f} | {hi:.2f} | {args.batch_size / med * 1e3:,.0f} | "
+            f"{gf:.1f} |{pk} "
             f"{med / 1e3 / base:.2f} | {flt:,.0f} | {first:.2f} |"
         )
     for note in notes:

@@ -32,10 +32,11 @@ sizes = st.one_of(st.integers(1, 5), st.sampled_from([0, -1, 2.5, None, "3", Tru
 small = st.integers(0, 4)
 pairs = st.one_of(sizes, st.tuples(sizes, sizes), st.tuples(small), st.tuples(small, small, small), st.just([2, 2]))
 dtypes = st.sampled_from([jnp.float32, jnp.float32, jnp.float32, jnp.float16, jnp.int32, jnp.bool_, jnp.float64])
+dims_0_to_6 = st.integers(0, 6)
 
 
 @st.composite
-def arrays(draw, ndim=None, dims=st.integers(0, 6)):
+def arrays(draw, ndim=None, dims=dims_0_to_6):
     """A numpy array of a random (sometimes wrong) rank, dtype and shape, sometimes not an array at all."""
     kind = draw(st.sampled_from(["array"] * 8 + ["list", "scalar", "none"]))
     if kind == "none":

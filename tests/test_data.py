@@ -83,7 +83,9 @@ def test_any_idx_directory_loads(tmp_path):
 def test_missing_and_inconsistent_files(tmp_path):
     with pytest.raises(
         FileNotFoundError,
-        match=r"no train-images-idx3-ubyte and train-labels-idx1-ubyte\[.gz\] in .*apt-get install dataset-fashion-mnist",
+        match=(
+            r"no train-images-idx3-ubyte and train-labels-idx1-ubyte\[.gz\] in .*apt-get install dataset-fashion-mnist"
+        ),
     ):
         load_idx_dir("train", tmp_path)
     _idx_dir(tmp_path, wrong_count=True)

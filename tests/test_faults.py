@@ -121,8 +121,9 @@ TRAINER = textwrap.dedent(
     params = model.init(jax.random.key(0), (None, 1, 28, 28))[1]
     started = lambda info: print("step", info.step, flush=True) if info.step == 2 else None
     try:
-        fit(model, params, (x, y), epochs={epochs}, batch_size=16, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(1),
-            checkpoint_dir=sys.argv[1], quiet=True, callbacks=[started, lambda info: __import__("time").sleep(0.02)])
+        fit(model, params, (x, y), epochs={epochs}, batch_size=16, optimizer=sgd(0.05, momentum=0.9),
+            key=jax.random.key(1), checkpoint_dir=sys.argv[1], quiet=True,
+            callbacks=[started, lambda info: __import__("time").sleep(0.02)])
     except KeyboardInterrupt as e:
         print("interrupted", getattr(e, "signum", None), flush=True)
         sys.exit(143)

@@ -1,4 +1,5 @@
-"""fit with model state (batch norm), augmentation inside the step, and optax optimizers: trained, checkpointed, resumed."""
+"""fit with model state (batch norm), augmentation inside the step, and optax optimizers: trained, checkpointed,
+resumed."""
 
 import chex
 import jax
@@ -228,7 +229,8 @@ def test_a_bfloat16_adam_state_checkpoints_and_resumes_bit_identically(small_dat
 
 
 def test_a_bfloat16_model_trains_with_adam_like_optax_and_resumes_bit_identically(small_data, tmp_path):
-    """bfloat16 params under tinyfn's adam: the loss falls as under optax.adam, and an interrupted run resumes bit for bit."""
+    """bfloat16 params under tinyfn's adam: the loss falls as under optax.adam, and an interrupted run resumes bit
+    for bit."""
     optax = pytest.importorskip("optax")
     train, _ = small_data
     model = serial(Conv2D(2, 5, stride=3), ReLU(), Flatten(), Linear(10))

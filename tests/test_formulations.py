@@ -212,7 +212,8 @@ LOW_PRECISION_TOL = {jnp.bfloat16: 2.0**-8, jnp.float16: 2.0**-11}
 
 @pytest.mark.parametrize("dtype", list(LOW_PRECISION_TOL), ids=lambda d: jnp.dtype(d).name)
 def test_every_formulation_sums_low_precision_products_in_float32(rng, dtype):
-    """bf16/f16 conv forward and both gradients, C = 256 into one channel, within one rounding of a float64 reference."""
+    """bf16/f16 conv forward and both gradients, C = 256 into one channel, within one rounding of a float64
+    reference."""
     x, w, g = (jnp.asarray(rng.standard_normal(s), dtype) for s in ((2, 256, 4, 4), (1, 256, 3, 3), (2, 1, 4, 4)))
     with jax.enable_x64(True):
         exact = [jnp.asarray(np.asarray(a, np.float64)) for a in (x, w, g)]

@@ -45,7 +45,8 @@ class LayersUnderJitAndWithout(chex.TestCase):
                 eager = apply(params, x)
                 chex.assert_shape(eager, out_shape)
                 chex.assert_trees_all_close(self.variant(apply)(params, x), eager, rtol=1e-5, atol=1e-6)
-                grad = lambda p: jax.grad(lambda p: jnp.sum(jnp.sin(apply(p, x))))(p)  # noqa: E731
+                # grad closes over this iteration's apply and x, and only runs within this iteration
+                grad = lambda p: jax.grad(lambda p: jnp.sum(jnp.sin(apply(p, x))))(p)  # noqa: E731, B023
                 chex.assert_trees_all_close(self.variant(grad)(params), grad(params), rtol=1e-5, atol=1e-6)
 
 

@@ -86,7 +86,8 @@ def test_resnet_strided_stem_reaches_the_same_stages_without_the_first_projectio
     )
     count = lambda p: sum(a.size for a in jax.tree_util.tree_leaves(p))  # noqa: E731
     assert shape_a == shape_b == (None, 10) and count(params_a) == 175_258
-    # the same network, less the projection (1x1 conv 16->16 and its batch norm: 256 + 32) and with a 4x4 stem for the 3x3 (+7 * 16)
+    # the same network, less the projection (1x1 conv 16->16 and its batch norm: 256 + 32) and with a 4x4 stem for
+    # the 3x3 (+7 * 16)
     assert count(params_b) == 175_258 - 256 - 32 + 7 * 16
     assert params_b[0]["w"].shape == (16, 1, 4, 4)
     stem_out = strided.children[0].apply(params_b[0], jnp.zeros((2, 1, 28, 28)))

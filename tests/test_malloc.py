@@ -45,7 +45,9 @@ def test_importing_tinyfn_and_plotting_leave_the_allocator_and_the_backend_alone
     import tinyfn, tinyfn.train, tinyfn.visualize, tinyfn.data
     import numpy as np
     from matplotlib.figure import Figure
-    fig = tinyfn.train.plot_history({{"epoch": [1], "train_loss": [1.0], "train_accuracy": [0.5]}}, {str(tmp_path / "c.png")!r})
+    fig = tinyfn.train.plot_history(
+        {{"epoch": [1], "train_loss": [1.0], "train_accuracy": [0.5]}}, {str(tmp_path / "c.png")!r}
+    )
     assert isinstance(fig, Figure)
     tinyfn.visualize.plot_filters(np.ones((2, 1, 3, 3)))
     """

@@ -12,7 +12,8 @@ LOOPS = {"while", "scan", "cond"}
 
 
 def _primitives(jaxpr, seen=None):
-    """Every primitive name in ``jaxpr`` and in the jaxprs nested in its equations' params (jit, custom_vjp/jvp bodies, ...)."""
+    """Every primitive name in ``jaxpr`` and in the jaxprs nested in its equations' params (jit, custom_vjp/jvp
+    bodies, ...)."""
     seen = set() if seen is None else seen
     for eqn in jaxpr.eqns:
         seen.add(eqn.primitive.name)

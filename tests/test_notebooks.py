@@ -10,7 +10,8 @@ Conventions checked here (documented in notebooks/README.md):
   right after it is tagged ``solution``. The run drops every exercise cell and executes its solution in its place,
   so the asserts that follow check a working answer.
 * Outputs: notebooks are committed without outputs, so the page never shows numbers from an older library. Set
-  ``TINYFN_EXECUTED_NOTEBOOKS=DIR`` to keep the freshly executed copies (``.ci/run`` keeps them in ``build/executed-notebooks/``).
+  ``TINYFN_EXECUTED_NOTEBOOKS=DIR`` to keep the freshly executed copies (``.ci/run`` keeps them in
+  ``build/executed-notebooks/``).
 """
 
 import json

@@ -258,7 +258,7 @@ def test_tinyfn_transformations_inside_an_optax_chain_match_optax_own(x64):
     for opt in (ours, theirs):
         p, s = params, opt.init(params)
         for i in range(10):
-            g = jax.tree_util.tree_map(lambda a: jnp.sin(a * (i + 1)) * 3, p)
+            g = jax.tree_util.tree_map(lambda a, i=i: jnp.sin(a * (i + 1)) * 3, p)
             u, s = opt.update(g, s, p)
             p = optax.apply_updates(p, u)
         results.append(p)
@@ -317,7 +317,7 @@ def test_adamw_mask_matches_optax(x64):
     ):
         p, s = params, opt.init(params)
         for i in range(10):
-            u, s = opt.update(jax.tree_util.tree_map(lambda a: jnp.cos(a * (i + 2)), p), s, p)
+            u, s = opt.update(jax.tree_util.tree_map(lambda a, i=i: jnp.cos(a * (i + 2)), p), s, p)
             p = apply_updates(p, u)
         results.append(p)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10), *results)
@@ -334,7 +334,7 @@ def test_sgd_and_adam_masks_decay_exactly_the_chosen_leaves(x64):
             opt, p = make(wd, m), params
             s = opt.init(p)
             for i in range(5):
-                p, s = _step(opt, jax.tree_util.tree_map(lambda a: jnp.tanh(a * (i + 1)), p), s, p)
+                p, s = _step(opt, jax.tree_util.tree_map(lambda a, i=i: jnp.tanh(a * (i + 1)), p), s, p)
             runs[name] = p
         np.testing.assert_allclose(runs["masked"]["w"], runs["all"]["w"], rtol=1e-12)  # the matrix decays
         np.testing.assert_allclose(runs["masked"]["b"], runs["none"]["b"], rtol=1e-12)  # the vector does not

@@ -42,13 +42,17 @@ SCRIPT = textwrap.dedent(
     mesh = data_mesh(8)
     p8, m8 = run(mesh)
     out["loss"] = [float(m1["loss"]), float(m8["loss"])]
-    out["max_param_diff"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
+    out["max_param_diff"] = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8))
+    )
     out["max_param_scale"] = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(p1))
     out["param_devices"] = len(jax.tree.leaves(p8)[0].sharding.device_set)
     out["metrics_replicated"] = m8["loss"].sharding.is_fully_replicated
 
     try:
-        make_train_step(model, losses.softmax_cross_entropy, opt, mesh=mesh)(params, opt.init(params), x[:12], y[:12], jax.random.key(0))
+        make_train_step(model, losses.softmax_cross_entropy, opt, mesh=mesh)(
+            params, opt.init(params), x[:12], y[:12], jax.random.key(0)
+        )
     except ValueError as e:
         out["step_error"] = str(e)
     try:
@@ -65,8 +69,13 @@ SCRIPT = textwrap.dedent(
         pf1, h1 = fit(model, params, (xs, ys), eval_data=(xs, ys), **kw)
         ck = load_checkpoint(d + "/checkpoint.safetensors", like=params)
         out["fit_loss"] = [h1["train_loss"], h8["train_loss"]]
-        out["fit_diff"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(pf1), jax.tree.leaves(pf8)))
-        out["ckpt_diff"] = max(float(jnp.max(jnp.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(jax.tree.leaves(ck.params), jax.tree.leaves(pf8)))
+        out["fit_diff"] = max(
+            float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(pf1), jax.tree.leaves(pf8))
+        )
+        out["ckpt_diff"] = max(
+            float(jnp.max(jnp.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(jax.tree.leaves(ck.params), jax.tree.leaves(pf8))
+        )
         pr, hr = fit(model, params, (xs, ys), mesh=data_mesh(8), checkpoint_dir=d, resume=True, **dict(kw, epochs=3))
         out["resumed_epochs"] = hr["epoch"]
         out["resumed_devices"] = len(jax.tree.leaves(pr)[0].sharding.device_set)

@@ -70,7 +70,8 @@ def test_a_model_round_trips_through_json_and_computes_the_same(build, shape):
 
 
 def _old_spec():
-    """A spec as tinyfn wrote it before the layers took stax's casing (``fan_out``, ``identity``, ``add``, ``concat``)."""
+    """A spec as tinyfn wrote it before the layers took stax's casing (``fan_out``, ``identity``, ``add``,
+    ``concat``)."""
     fan = {"name": "fan_out", "config": {"n": 2}}
     identity, linear = (
         {"name": "identity", "config": {}},

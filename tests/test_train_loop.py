@@ -200,7 +200,8 @@ def test_epoch_callbacks_see_what_history_records_and_the_default_log_is_one_lin
 
 
 def test_a_mid_epoch_checkpoint_refuses_another_batch_size_or_data_length(small_data, tmp_path):
-    """Its batch index counts batches of the run's size over the run's data: anything else revisits or skips examples."""
+    """Its batch index counts batches of the run's size over the run's data: anything else revisits or skips
+    examples."""
     train, _ = small_data
     kw = dict(epochs=1, batch_size=256, optimizer=sgd(0.05), key=jax.random.key(0), quiet=True, checkpoint_dir=tmp_path)
 

@@ -108,7 +108,8 @@ def window_geometry(op: str, in_hw, window, stride, padding, output_padding=None
     """
     if output_padding is not None and any(o >= s for o, s in zip(output_padding, stride)):
         raise ValueError(
-            f"{op}: output_padding {tuple(output_padding)} must be smaller than stride {tuple(stride)} in each dimension"
+            f"{op}: output_padding {tuple(output_padding)} must be smaller than stride {tuple(stride)} in each "
+            "dimension"
         )
     if in_hw is None:
         return
@@ -148,7 +149,8 @@ def axis(name: str, value, x, *, op: str | None = None) -> int:
 
 
 def layer_axis(name: str, value, *, op: str | None = None) -> int:
-    """An axis given to a layer constructor: an int (its range is checked against ``input_shape`` by ``axis_of_shape``)."""
+    """An axis given to a layer constructor: an int (its range is checked against ``input_shape`` by
+    ``axis_of_shape``)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{_pre(op)}{name} must be an int, got {value!r}")
     return int(value)
@@ -171,7 +173,8 @@ def _is_int(d) -> bool:
 
 
 def input_shape(value, *, ndim: int | None = None, layout: str = "", op: str | None = None) -> tuple:
-    """A layer's ``input_shape``: a batch entry (``None`` or an int >= 0), then positive ints; ``ndim`` entries if given."""
+    """A layer's ``input_shape``: a batch entry (``None`` or an int >= 0), then positive ints; ``ndim`` entries if
+    given."""
     try:
         shape = tuple(value)
     except TypeError:
@@ -284,7 +287,8 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
     if isinstance(expected, dict):
         if not isinstance(params, Mapping):
             raise TypeError(
-                f"{_pre(op)}{path}{note(path)} must be a dict with keys {sorted(expected)} (as init makes), got {_describe(params)}"
+                f"{_pre(op)}{path}{note(path)} must be a dict with keys {sorted(expected)} (as init makes), got "
+                f"{_describe(params)}"
             )
         missing = [k for k in sorted(expected) if k not in params]
         extra = [k for k in params if k not in expected]
@@ -303,7 +307,8 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
     if isinstance(expected, (tuple, list)):
         if not isinstance(params, (tuple, list)) or len(params) != len(expected):
             raise ValueError(
-                f"{_pre(op)}{path}{note(path)} must be a tuple of length {len(expected)} (as init makes), got {_describe(params)}"
+                f"{_pre(op)}{path}{note(path)} must be a tuple of length {len(expected)} (as init makes), got "
+                f"{_describe(params)}"
             )
         for i, (p, e) in enumerate(zip(params, expected)):
             params_match(p, e, path=f"{path}[{i}]", op=op, where=where)
@@ -318,7 +323,8 @@ def params_match(params, expected, *, path: str = "params", op: str | None = Non
         )
     if _kind(dtype) != _kind(want_dtype):
         raise TypeError(
-            f"{_pre(op)}{path}{note(path)} has dtype {dtype}, expected a {_kind(want_dtype)} dtype (init makes {want_dtype})"
+            f"{_pre(op)}{path}{note(path)} has dtype {dtype}, expected a {_kind(want_dtype)} dtype (init makes "
+            f"{want_dtype})"
         )
 
 

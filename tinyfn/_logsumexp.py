@@ -1,4 +1,5 @@
-"""Log-sum-exp and log-softmax, computed stably: the plain forward math shared by ``softmax``, ``log_softmax`` and the losses.
+"""Log-sum-exp and log-softmax, computed stably: the plain forward math shared by ``softmax``, ``log_softmax`` and
+the losses.
 
 These are ordinary JAX functions (differentiable by JAX, forward mode
 included). The ops call them inside their ``custom_vjp`` rules, whose

@@ -22,7 +22,8 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, figsize, squeeze: bool = True,
 
 
 def finish(fig, path=None):
-    """Save ``fig`` as a PNG at ``path`` (if given: temporary file, then rename; the umask decides the mode); return ``fig``."""
+    """Save ``fig`` as a PNG at ``path`` (if given: temporary file, then rename; the umask decides the mode); return
+    ``fig``."""
     if path is not None:
         atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
     return fig

@@ -45,7 +45,8 @@ def _prefix_consistent(key) -> bool:
 
 
 def _random(key, shape, dtype, uniform=None):
-    """``jax.random.normal(key, shape, dtype)`` or, with ``uniform=(low, high)``, ``jax.random.uniform``, bit for bit."""
+    """``jax.random.normal(key, shape, dtype)`` or, with ``uniform=(low, high)``, ``jax.random.uniform``, bit for
+    bit."""
     shape = tuple(shape)
     n = math.prod(shape)
     if n > _LARGEST_BUCKETED or not _prefix_consistent(key):  # a large draw: its own compile costs little beside it

@@ -95,7 +95,8 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
         raise TypeError(f"{op}: labels must be integer class indices, got dtype {labels.dtype}")
     if labels.shape != logits.shape[:1]:
         raise ValueError(
-            f"{op}: labels has shape {tuple(labels.shape)}, expected ({logits.shape[0]},) to match logits {tuple(logits.shape)}"
+            f"{op}: labels has shape {tuple(labels.shape)}, expected ({logits.shape[0]},) to match logits "
+            f"{tuple(logits.shape)}"
         )
     if not isinstance(labels, jax.core.Tracer):
         bad = np.flatnonzero((np.asarray(labels) < 0) | (np.asarray(labels) >= logits.shape[1]))

@@ -126,8 +126,8 @@ def resnet(
     A stem conv(width) - bn - relu, then ``stages`` stages of ``blocks_per_stage``
     basic blocks of ``width · 2^s`` channels (one count for every stage, or one per
     stage as in torchvision's ``layers=[...]``: ``(1, 1, 4)``; a stage of 0 blocks is skipped, so
-    ``(0, 1, 3)`` takes the stem's output straight into the second stage's strided block); the first block of the first stage
-    has stride ``first_stride``, the first block of every later stage stride 2
+    ``(0, 1, 3)`` takes the stem's output straight into the second stage's strided block); the first block of the
+    first stage has stride ``first_stride``, the first block of every later stage stride 2
     (each with a 1×1 projection shortcut); global average pooling, linear(num_classes).
     The stem is a 3×3 conv at the input's resolution (``stem_stride=1``) or, with
     ``stem_stride=s > 1``, a (2s)×(2s) conv of stride s and padding s/2: every
@@ -163,7 +163,8 @@ def resnet(
         stem = Conv2D(width, 3, 1, 1, use_bias=False, **cd)
     elif stem_stride % 2:
         raise ValueError(
-            f"resnet: stem_stride must be 1 or even (its kernel is 2·stem_stride, its padding stem_stride/2), got {stem_stride}"
+            "resnet: stem_stride must be 1 or even (its kernel is 2·stem_stride, its padding stem_stride/2), got "
+            f"{stem_stride}"
         )
     else:
         stem = Conv2D(width, 2 * stem_stride, stem_stride, stem_stride // 2, use_bias=False, **cd)
@@ -182,7 +183,8 @@ def _stage_blocks(blocks_per_stage, stages: int) -> tuple[int, ...]:
     if isinstance(blocks_per_stage, (list, tuple)):
         if len(blocks_per_stage) != stages:
             raise ValueError(
-                f"resnet: blocks_per_stage must be an int or one count per stage ({stages}), got {tuple(blocks_per_stage)!r}"
+                f"resnet: blocks_per_stage must be an int or one count per stage ({stages}), got "
+                f"{tuple(blocks_per_stage)!r}"
             )
         counts = tuple(_stage_count(i, b) for i, b in enumerate(blocks_per_stage))
         if not any(counts):
@@ -210,7 +212,8 @@ def vit(
     mlp_ratio: float = 2,
     dropout: float = 0.0,
 ):
-    """A small vision transformer (Dosovitskiy et al. 2021) for ``(N, C, H, W)`` images, ``H``, ``W`` multiples of ``patch``.
+    """A small vision transformer (Dosovitskiy et al. 2021) for ``(N, C, H, W)`` images, ``H``, ``W`` multiples of
+    ``patch``.
 
     PatchEmbedding(patch, embed_dim) (a class token and learned positions) - ``depth`` pre-norm
     TransformerBlocks (``num_heads`` heads, an MLP of ``mlp_ratio · embed_dim``) - LayerNorm -

@@ -183,8 +183,10 @@ SKIPPED = {
     "residual": "a combinator of layers (its sum is add_arrays)",
     "make_layer": "builds a layer around an init/apply pair",
     "make_combinator": "builds a combinator of layers",
-    "multi_head_attention": "linear and dot_product_attention composed (both registered); against nn.MultiheadAttention "
-    "in tests/test_transformer.py",
+    "multi_head_attention": (
+        "linear and dot_product_attention composed (both registered); against nn.MultiheadAttention "
+        "in tests/test_transformer.py"
+    ),
     "attention_probabilities": "the attention weights, for looking at (JAX's autodiff, no rule of its own)",
     "summary": "prints a model's table",
     "to_spec": "architecture as data",

@@ -22,7 +22,10 @@ def add_arguments(p):
         "--tta",
         choices=TTA_NAMES,
         default=None,
-        help="test-time augmentation: flip averages the class probabilities of each image and its mirror image (default: the run's recipe)",
+        help=(
+            "test-time augmentation: flip averages the class probabilities of each image and its mirror image "
+            "(default: the run's recipe)"
+        ),
     )
 
 

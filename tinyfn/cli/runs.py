@@ -69,9 +69,9 @@ RECIPES = {
         val_fraction=VAL_FRACTION,
     ),
     # models.resnet() (24-48-96 channels in 1, 1 and 3 blocks after a 4x4 stride-2 stem), AdamW (decay on filters and
-    # matrices only), cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1, all 60,000 training
-    # images (no validation split), flip views at test time: the recipe of benchmarks/resnet_recipe.py (RESNET_RECIPE);
-    # its measured runs are in benchmarks/README.md ("ResNet").
+    # matrices only), cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1, all 60,000
+    # training images (no validation split), flip views at test time: the recipe of benchmarks/resnet_recipe.py
+    # (RESNET_RECIPE); its measured runs are in benchmarks/README.md ("ResNet").
     # models.vit() (4x4 patches, 4 pre-norm blocks of 64 features and 4 heads), AdamW (decay on weight matrices only),
     # cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1, all training images, flip views.
     "vit": dict(
@@ -184,7 +184,8 @@ def resumed_recipe(args, recorded: dict, where) -> dict:
 
 
 def make_optimizer(recipe, total_steps):
-    """The ``--optimizer`` of ``recipe`` with its schedule: SGD (Nesterov momentum, L2 weight decay), Adam (L2) or AdamW (decoupled).
+    """The ``--optimizer`` of ``recipe`` with its schedule: SGD (Nesterov momentum, L2 weight decay), Adam (L2) or
+    AdamW (decoupled).
 
     ``--decay weights`` applies the weight decay to filters and weight matrices
     only (``tinyfn.train.weights_only``), not to batch norm's scale and shift nor to biases.
@@ -216,7 +217,8 @@ def train_loss(recipe):
 
 
 def make_augment(recipe, image_shape, normalization=(0.0, 1.0)):
-    """``--augment``: random crops with ``crop_padding`` (``--crop-padding``; 0: none) and horizontal flips, or ``None``.
+    """``--augment``: random crops with ``crop_padding`` (``--crop-padding``; 0: none) and horizontal flips, or
+    ``None``.
 
     The crops pad with black: the pixel value 0 in the units of the normalised
     data, ``(0 - mean) / std`` for ``normalization = (mean, std)``.
@@ -283,7 +285,8 @@ def schedule(name, lr, total_steps):
 
 
 def validation_split(n: int, fraction: float, seed: int):
-    """``(train_indices, val_indices)``: ``round(fraction * n)`` examples held out, chosen by ``seed``, each part sorted."""
+    """``(train_indices, val_indices)``: ``round(fraction * n)`` examples held out, chosen by ``seed``, each part
+    sorted."""
     n_val = int(round(fraction * n))
     if n_val and n - n_val < 1:
         raise ValueError(f"--val-fraction {fraction} leaves no training images out of {n:,}")

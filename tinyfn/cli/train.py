@@ -53,7 +53,8 @@ def add_arguments(p):
         "--model",
         default=None,
         help="a model of tinyfn.models.MODELS: lenet5, wide_cnn, resnet, vit (default: lenet5 on "
-        "embedded data, wide_cnn on full data; resnet and vit bring their own recipes: AdamW, cosine with warm-up, augmentation)",
+        "embedded data, wide_cnn on full data; resnet and vit bring their own recipes: AdamW, cosine with warm-up, "
+        "augmentation)",
     )
     add(
         "--optimizer",

@@ -87,7 +87,8 @@ def load_idx_dir(split: str, data_dir, classes=None) -> Dataset:
     if classes is not None and n_classes > len(classes):
         bad = int(np.argmax(labels >= len(classes)))
         raise ValueError(
-            f"{paths[1]}: labels must be in 0..{len(classes) - 1} for the {len(classes)} classes given, got {labels[bad]} at index {bad}"
+            f"{paths[1]}: labels must be in 0..{len(classes) - 1} for the {len(classes)} classes given, got "
+            f"{labels[bad]} at index {bad}"
         )
     if classes is None:
         classes = FASHION_MNIST_CLASSES if n_classes <= 10 else tuple(str(i) for i in range(n_classes))

@@ -86,7 +86,8 @@ def write_idx(path, array, *, compress: bool | None = None) -> Path:
     dtype = array.dtype.newbyteorder("=")
     if dtype not in _CODES:
         raise TypeError(
-            f"write_idx: dtype {array.dtype} has no IDX type; expected one of uint8, int8, int16, int32, float32, float64"
+            f"write_idx: dtype {array.dtype} has no IDX type; expected one of uint8, int8, int16, int32, float32, "
+            "float64"
         )
     payload = bytes([0, 0, _CODES[dtype], array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     payload += array.astype(_TYPES[_CODES[dtype]]).tobytes()

@@ -47,7 +47,8 @@ def _divisor(hw, window, stride, padding, count_include_pad, dtype):
 
 
 def _window_sum_transpose(g, window, stride, padding, hw):
-    """``Sᵀ g`` for the window-sum ``S``: dilate ``g`` by the stride, pad by ``k - 1``, sum windows of ``k``, crop the padding."""
+    """``Sᵀ g`` for the window-sum ``S``: dilate ``g`` by the stride, pad by ``k - 1``, sum windows of ``k``, crop
+    the padding."""
     (kh, kw), (sh, sw), (ph, pw), (h, w) = window, stride, padding, hw
     ho, wo = g.shape[2:]
     extra_h, extra_w = h + 2 * ph - ((ho - 1) * sh + kh), w + 2 * pw - ((wo - 1) * sw + kw)  # rows no window reaches

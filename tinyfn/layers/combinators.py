@@ -199,7 +199,8 @@ def concat_arrays(xs, axis: int = 1):
             or x.dtype != xs[0].dtype
         ):
             raise ValueError(
-                f"concat: x[{i}] has shape {x.shape} ({x.dtype}); it must match x[0] {xs[0].shape} ({xs[0].dtype}) except along axis {axis}"
+                f"concat: x[{i}] has shape {x.shape} ({x.dtype}); it must match x[0] {xs[0].shape} ({xs[0].dtype}) "
+                f"except along axis {axis}"
             )
     return _concat(xs, axis)
 

@@ -80,7 +80,8 @@ def _conv_args(op, x, w, b, stride, padding, output_padding=None):
     c_in, c_out = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
     if x.shape[1] != c_in:
         raise ValueError(
-            f"{op}: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but w expects {c_in} (shape {tuple(w.shape)}, laid out {w_layout})"
+            f"{op}: x has {x.shape[1]} channels (shape {tuple(x.shape)}) but w expects {c_in} (shape {tuple(w.shape)}, "
+            f"laid out {w_layout})"
         )
     if b is not None and b.shape[0] != c_out:
         raise ValueError(f"{op}: b has shape {tuple(b.shape)}, expected ({c_out},) to match w {tuple(w.shape)}")

@@ -138,7 +138,8 @@ def _norm_args(op, x, gamma, beta, channels_axis_shape):
     for name, v in (("gamma", gamma), ("beta", beta)):
         if tuple(v.shape) != tuple(channels_axis_shape):
             raise ValueError(
-                f"{op}: {name} has shape {tuple(v.shape)}, expected {tuple(channels_axis_shape)} for x of shape {tuple(x.shape)}"
+                f"{op}: {name} has shape {tuple(v.shape)}, expected {tuple(channels_axis_shape)} for x of shape "
+                f"{tuple(x.shape)}"
             )
     _checks.same_dtype(op, x=x, gamma=gamma, beta=beta)
     return gamma, beta
@@ -339,7 +340,8 @@ def BatchNorm2D(momentum: float = 0.1, eps: float = 1e-5, affine: bool = True) -
 
 
 def BatchNorm1D(momentum: float = 0.1, eps: float = 1e-5, affine: bool = True) -> Layer:
-    """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` (``torch.nn.BatchNorm1d``), e.g. after ``Linear``. See ``BatchNorm2D``."""
+    """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` (``torch.nn.BatchNorm1d``), e.g. after ``Linear``. See
+    ``BatchNorm2D``."""
     return _batch_norm_layer("BatchNorm1D", (2, 3), "(N, C) or (N, C, L)", momentum, eps, affine)
 
 

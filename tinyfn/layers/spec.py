@@ -34,7 +34,8 @@ from tinyfn.layers.reshape import Flatten
 
 __all__ = ["to_spec", "from_spec", "register_layer", "LAYERS"]
 
-# name -> (constructor, takes_children): leaves are built as constructor(**config), combinators as constructor(*children, **config)
+# name -> (constructor, takes_children): leaves are built as constructor(**config), combinators as
+# constructor(*children, **config)
 LAYERS: dict[str, tuple[Callable[..., Layer], bool]] = {
     "Linear": (Linear, False),
     "Conv2D": (Conv2D, False),

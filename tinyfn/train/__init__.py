@@ -1,4 +1,5 @@
-"""Training: optax-protocol optimizers (no optax dependency), a jitted step, the fit loop, augmentation, checkpoints and plots.
+"""Training: optax-protocol optimizers (no optax dependency), a jitted step, the fit loop, augmentation, checkpoints
+and plots.
 
 A library: nothing here parses arguments or prints. ``fit`` reports through
 callbacks (``StepInfo`` per step, ``EpochSummary`` per epoch; ``ConsoleLog`` is

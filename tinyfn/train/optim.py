@@ -190,7 +190,8 @@ def _check_trees(op, grads, params):
     ):
         if jnp.shape(g) != jnp.shape(p):
             raise ValueError(
-                f"{op}: grads{jax.tree_util.keystr(path[0])} has shape {jnp.shape(g)} but the parameter has shape {jnp.shape(p)}"
+                f"{op}: grads{jax.tree_util.keystr(path[0])} has shape {jnp.shape(g)} but the parameter has shape "
+                f"{jnp.shape(p)}"
             )
 
 
@@ -214,14 +215,16 @@ def weights_only(params):
 
 
 def _decay_mask(op, mask, params):
-    """``mask`` (a tree of bools shaped like ``params``, or a function of ``params`` giving one) as a list of Python bools, one per leaf."""
+    """``mask`` (a tree of bools shaped like ``params``, or a function of ``params`` giving one) as a list of Python
+    bools, one per leaf."""
     if mask is None:
         return None
     tree = mask(params) if callable(mask) else mask
     leaves, structure = jax.tree_util.tree_flatten(tree)
     if structure != jax.tree_util.tree_structure(params):
         raise ValueError(
-            f"{op}: mask must have the params' tree structure (True where weight decay applies), got\n  mask:   {structure}\n  params: {jax.tree_util.tree_structure(params)}"
+            f"{op}: mask must have the params' tree structure (True where weight decay applies), got\n  mask:   "
+            f"{structure}\n  params: {jax.tree_util.tree_structure(params)}"
         )
     for path, leaf in zip(jax.tree_util.tree_flatten_with_path(tree)[0], leaves):
         if not isinstance(leaf, (bool, np.bool_)):

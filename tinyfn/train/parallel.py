@@ -46,7 +46,8 @@ def data_mesh(devices=None) -> Mesh:
     elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
         if not 1 <= devices <= len(available):
             raise ValueError(
-                f"devices must be between 1 and the {len(available)} available {available[0].platform.upper()} device(s), got {devices}"
+                f"devices must be between 1 and the {len(available)} available {available[0].platform.upper()} "
+                f"device(s), got {devices}"
                 + (
                     "; for several CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count=N before jax starts"
                     if available[0].platform == "cpu"

@@ -20,7 +20,8 @@ __all__ = ["plot_history", "confusion_matrix", "plot_confusion"]
 
 
 def plot_history(history: dict, path=None, *, title: str = "training", eval_label: str = "eval") -> Figure:
-    """Loss (left) and accuracy (right) per epoch, for training and for ``fit``'s ``eval_data`` (labelled ``eval_label``).
+    """Loss (left) and accuracy (right) per epoch, for training and for ``fit``'s ``eval_data`` (labelled
+    ``eval_label``).
 
     ``history`` is what ``fit`` returns. Epochs are whole numbers on the x-axis
     (one epoch gets one tick, not a range around it). Returns the ``Figure``.

@@ -161,7 +161,8 @@ def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None, vie
     with_state = has_state(model) if with_state is None else bool(with_state)
     if has_state(model) and not with_state:
         raise ValueError(
-            f"make_eval_step: the model carries state ({model.name}); use with_state=True and step(params, model_state, x, y)"
+            f"make_eval_step: the model carries state ({model.name}); use with_state=True and step(params, "
+            "model_state, x, y)"
         )
     views = _check_views(views)
 
@@ -174,12 +175,14 @@ def make_eval_step(model: Layer, loss_fn, *, with_state: bool | None = None, vie
             seen = view(x)
             if getattr(seen, "shape", None) != x.shape:
                 raise ValueError(
-                    f"make_eval_step: views[{i}] ({getattr(view, '__name__', view)}) must keep the batch's shape {x.shape}, got {getattr(seen, 'shape', type(seen).__name__)}"
+                    f"make_eval_step: views[{i}] ({getattr(view, '__name__', view)}) must keep the batch's shape "
+                    f"{x.shape}, got {getattr(seen, 'shape', type(seen).__name__)}"
                 )
             logits = apply_with_state(model, params, model_state, seen, train=False)[0]
             if logits.ndim != 2:
                 raise ValueError(
-                    f"make_eval_step: views average class probabilities and need (N, classes) logits, got shape {logits.shape}"
+                    "make_eval_step: views average class probabilities and need (N, classes) logits, got shape "
+                    f"{logits.shape}"
                 )
             log_probs.append(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
         return jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(float(len(views))), log_probs
@@ -204,7 +207,8 @@ def _check_views(views):
         return None
     if callable(views) or not hasattr(views, "__len__") or len(views) == 0:
         raise TypeError(
-            f"make_eval_step: views must be a non-empty sequence of functions x -> x (e.g. augment.FLIP_VIEWS), got {views!r}"
+            "make_eval_step: views must be a non-empty sequence of functions x -> x (e.g. augment.FLIP_VIEWS), got "
+            f"{views!r}"
         )
     for i, view in enumerate(views):
         if not callable(view):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,8 @@ from tinyfn.visualize.record import LayerInfo, Recording, check_state, layer_tab
 if TYPE_CHECKING:
     from tinyfn.layers import Layer
 
-LayerRef = Union[str, int, LayerInfo]  # a layer's name ("conv2"), flat index, or table entry
-Channel = Union[int, np.integer, jax.Array]  # an integer scalar
+LayerRef = str | int | LayerInfo  # a layer's name ("conv2"), flat index, or table entry
+Channel = int | np.integer | jax.Array  # an integer scalar
 
 __all__ = [
     "RULES",
@@ -81,8 +81,9 @@ def check_walkable(model: Layer, layer: LayerRef, *, op: str = "make_projector",
     for below in layer_table(model)[: info.index + 1]:
         if below.layer.name not in _WALKABLE and not (rule == "saliency" and not has_state(below.layer)):
             raise ValueError(
-                f"{op}: cannot project through layer {below.name!r} ({below.layer.name}): only {', '.join(_WALKABLE)} have a "
-                f"transposed map here; choose a layer before it (feature maps and top activations work for every layer)"
+                f"{op}: cannot project through layer {below.name!r} ({below.layer.name}): only {', '.join(_WALKABLE)} "
+                "have a transposed map here; choose a layer before it "
+                "(feature maps and top activations work for every layer)"
             )
 
 
@@ -326,7 +327,8 @@ def guided_backprop(
     mode: str = "max",
     k: int = 9,
 ) -> jax.Array:
-    """Guided backprop: the walk of ``saliency`` with ReLUs passing only positive signal where the input was positive."""
+    """Guided backprop: the walk of ``saliency`` with ReLUs passing only positive signal where the input was
+    positive."""
     return _gradient_like(model, params, x, target, layer, "guided", mode, k)
 
 

@@ -121,7 +121,8 @@ def check_state(model: Layer, model_state, *, op: str = "record"):
     if model_state is None:
         if has_state(model):
             raise ValueError(
-                f"{op}: the model carries state (batch norm's running statistics); pass model_state= (e.g. load_model(...).model_state)"
+                f"{op}: the model carries state (batch norm's running statistics); pass model_state= (e.g. "
+                "load_model(...).model_state)"
             )
         return {}
     return model_state
