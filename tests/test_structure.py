@@ -32,7 +32,12 @@ LAYERS = (
     ("tinyfn.losses",),
     ("tinyfn.reference",),
     ("tinyfn.gradcheck", "tinyfn.registry"),
-    ("tinyfn.testing", "tinyfn._builtin_ops", "tinyfn._builtin_ops_transformer"),  # the checks, the registered ops
+    (
+        "tinyfn.testing",
+        "tinyfn._builtin_ops_pooling",
+        "tinyfn._builtin_ops",
+        "tinyfn._builtin_ops_transformer",
+    ),  # the checks, the registered ops
     ("tinyfn.models",),
     ("tinyfn",),  # the package face
     ("tinyfn.data",),

@@ -71,11 +71,9 @@ def softmax_cross_entropy(logits, labels, *, label_smoothing: float = 0.0, check
     Returns:
       A scalar. Backward (handwritten): ``(softmax(logits) - q) / N``, ``q = onehot(labels)`` without smoothing.
 
-    Labels out of range are refused eagerly (with their position and value).
-    Under ``jit`` their values are unknown at trace time: then the loss *and* its
-    gradient are NaN (the gradient's rows of those examples, hence every
-    parameter gradient that depends on them), never a plausible number, so a
-    finite check (``fit``'s guard) stops at that step.
+    Labels out of range are refused eagerly (with their position and value). Under ``jit`` their values are unknown at
+    trace time: then the loss *and* its gradient are NaN (the gradient's rows of those examples, hence every parameter
+    gradient that depends on them), never a plausible number, so a finite check (``fit``'s guard) stops at that step.
     """
     op = "softmax_cross_entropy"
     if (
@@ -206,8 +204,8 @@ def binary_cross_entropy_with_logits(logits, targets, *, pos_weight=None):
     Returns:
       A scalar, computed through ``log σ(z) = -softplus(-z)`` so that no exponential overflows.
 
-    Backward (handwritten): ``(σ(z) - t) / size`` for ``z`` (``((1 - t) σ(z) - w t (1 - σ(z))) / size``
-    with ``pos_weight``), ``(w softplus(-z) - softplus(z)) / size`` for ``t``.
+    Backward (handwritten): ``(σ(z) - t) / size`` for ``z`` (``((1 - t) σ(z) - w t (1 - σ(z))) / size`` with
+    ``pos_weight``), ``(w softplus(-z) - softplus(z)) / size`` for ``t``.
     """
     op = "binary_cross_entropy_with_logits"
     logits = _checks.float_array("logits", logits, op=op)

@@ -34,10 +34,9 @@ def _in_float32(compute_dtype):
 def lenet5(num_classes: int = 10, *, compute_dtype=None):
     """LeNet-5 for ``(N, 1, 28, 28)`` images (61,706 params for 10 classes).
 
-    conv(6, 5×5, pad 2) - relu - pool 2 - conv(16, 5×5) - relu - pool 2 - flatten -
-    linear(120) - relu - linear(84) - relu - linear(num_classes). With ``compute_dtype``
-    (``jnp.bfloat16``, say) the conv and linear layers compute in it, the params stay
-    float32 and the logits come back as float32.
+    conv(6, 5×5, pad 2) - relu - pool 2 - conv(16, 5×5) - relu - pool 2 - flatten - linear(120) - relu - linear(84) -
+    relu - linear(num_classes). With ``compute_dtype`` (``jnp.bfloat16``, say) the conv and linear layers compute in
+    it, the params stay float32 and the logits come back as float32.
     """
     num_classes = _checks.positive_int("num_classes", num_classes)
     cd = dict(compute_dtype=compute_dtype)
@@ -68,8 +67,8 @@ def wide_cnn(
 ):
     """A wider two-conv CNN for ``(N, 1, 28, 28)`` (421,642 params with the defaults), where matrix products dominate.
 
-    conv(32, 3×3, pad 1) - relu - pool 2 - conv(64, 3×3, pad 1) - relu - pool 2 - flatten -
-    dropout - linear(hidden) - relu - dropout - linear(num_classes). ``compute_dtype`` as in ``lenet5``.
+    conv(32, 3×3, pad 1) - relu - pool 2 - conv(64, 3×3, pad 1) - relu - pool 2 - flatten - dropout - linear(hidden) -
+    relu - dropout - linear(num_classes). ``compute_dtype`` as in ``lenet5``.
     """
     num_classes = _checks.positive_int("num_classes", num_classes)
     c1, c2 = (_checks.positive_int("channels", c) for c in channels)
@@ -94,10 +93,9 @@ def wide_cnn(
 def basic_block(channels: int, stride: int = 1, project: bool = False, *, compute_dtype=None):
     """He et al.'s basic residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``.
 
-    Both convolutions are 3×3 without bias (batch norm's shift replaces it); the
-    first has ``stride``. With ``project`` the shortcut is a strided 1×1
-    convolution and batch norm (for a change of width or resolution), else the identity.
-    ``compute_dtype``: the convolutions compute in it (batch norm's statistics stay float32).
+    Both convolutions are 3×3 without bias (batch norm's shift replaces it); the first has ``stride``. With
+    ``project`` the shortcut is a strided 1×1 convolution and batch norm (for a change of width or resolution), else
+    the identity. ``compute_dtype``: the convolutions compute in it (batch norm's statistics stay float32).
     """
     cd = dict(use_bias=False, compute_dtype=compute_dtype)
     body = serial(
@@ -123,34 +121,28 @@ def resnet(
 ):
     """A small ResNet for ``(N, C, H, W)`` images (He et al.'s CIFAR design), with batch norm.
 
-    A stem conv(width) - bn - relu, then ``stages`` stages of ``blocks_per_stage``
-    basic blocks of ``width · 2^s`` channels (one count for every stage, or one per
-    stage as in torchvision's ``layers=[...]``: ``(1, 1, 4)``; a stage of 0 blocks is skipped, so
-    ``(0, 1, 3)`` takes the stem's output straight into the second stage's strided block); the first block of the
-    first stage has stride ``first_stride``, the first block of every later stage stride 2
-    (each with a 1×1 projection shortcut); global average pooling, linear(num_classes).
-    The stem is a 3×3 conv at the input's resolution (``stem_stride=1``) or, with
-    ``stem_stride=s > 1``, a (2s)×(2s) conv of stride s and padding s/2: every
-    pixel is seen by the same number of windows, and no activation is computed at
-    full resolution (use it with ``first_stride=1``).
+    A stem conv(width) - bn - relu, then ``stages`` stages of ``blocks_per_stage`` basic blocks of ``width · 2^s``
+    channels (one count for every stage, or one per stage as in torchvision's ``layers=[...]``: ``(1, 1, 4)``; a stage
+    of 0 blocks is skipped, so ``(0, 1, 3)`` takes the stem's output straight into the second stage's strided block);
+    the first block of the first stage has stride ``first_stride``, the first block of every later stage stride 2
+    (each with a 1×1 projection shortcut); global average pooling, linear(num_classes). The stem is a 3×3 conv at the
+    input's resolution (``stem_stride=1``) or, with ``stem_stride=s > 1``, a (2s)×(2s) conv of stride s and padding
+    s/2: every pixel is seen by the same number of windows, and no activation is computed at full resolution (use it
+    with ``first_stride=1``).
 
-    The defaults (a 4×4 stride-2 stem, then 24-48-96 channels at 14×14, 7×7 and
-    4×4 on 28×28 inputs in 1, 1 and 3 blocks) are the model of the command line's
-    resnet recipe: 506,554 params for 10 classes, 11.1M multiply-adds per image
-    forward. It trains a step in about the time of ``width=20, blocks_per_stage=2``
-    (272,930 params, 8.7M; the previous default), whose extra block at 14×14, where
-    the activations are largest, costs as much as two at 4×4, and reaches about 0.4
-    points more test accuracy: width moved it more than depth (``benchmarks/README.md``, ResNet).
-    ``width=16, blocks_per_stage=2, stem_stride=1, first_stride=2`` (a 3×3 stem at
-    28×28, the first block halving the resolution through a 1×1 projection:
-    175,258 params, 5.7M) is the one before; ``stem_stride=2, first_stride=1``
-    reaches the same stages with no 28×28 activation but the input and trains a
-    step about 1.2 times faster on two CPU cores, with the same accuracy. ``first_stride=1`` with the 3×3 stem runs
-    the stages at 28×28, 14×14, 7×7 (20.2M multiply-adds at width 16). A stateful
-    model: train it with ``tinyfn.layers.init_with_state`` and ``make_train_step``
-    (``with_state``). ``compute_dtype`` (``jnp.bfloat16``): the convolutions and the
-    linear layer compute in it, batch norm and average pooling keep their statistics
-    and sums in float32, the params stay float32 and the logits come back as float32.
+    The defaults (a 4×4 stride-2 stem, then 24-48-96 channels at 14×14, 7×7 and 4×4 on 28×28 inputs in 1, 1 and 3
+    blocks) are the model of the command line's resnet recipe: 506,554 params for 10 classes, 11.1M multiply-adds per
+    image forward. It trains a step in about the time of ``width=20, blocks_per_stage=2`` (272,930 params, 8.7M; the
+    previous default), whose extra block at 14×14, where the activations are largest, costs as much as two at 4×4, and
+    reaches about 0.4 points more test accuracy: width moved it more than depth (``benchmarks/README.md``, ResNet).
+    ``width=16, blocks_per_stage=2, stem_stride=1, first_stride=2`` (a 3×3 stem at 28×28, the first block halving the
+    resolution through a 1×1 projection: 175,258 params, 5.7M) is the one before; ``stem_stride=2, first_stride=1``
+    reaches the same stages with no 28×28 activation but the input and trains a step about 1.2 times faster on two CPU
+    cores, with the same accuracy. ``first_stride=1`` with the 3×3 stem runs the stages at 28×28, 14×14, 7×7 (20.2M
+    multiply-adds at width 16). A stateful model: train it with ``tinyfn.layers.init_with_state`` and
+    ``make_train_step`` (``with_state``). ``compute_dtype`` (``jnp.bfloat16``): the convolutions and the linear layer
+    compute in it, batch norm and average pooling keep their statistics and sums in float32, the params stay float32
+    and the logits come back as float32.
     """
     num_classes = _checks.positive_int("num_classes", num_classes)
     width = _checks.positive_int("width", width)
@@ -215,11 +207,10 @@ def vit(
     """A small vision transformer (Dosovitskiy et al. 2021) for ``(N, C, H, W)`` images, ``H``, ``W`` multiples of
     ``patch``.
 
-    PatchEmbedding(patch, embed_dim) (a class token and learned positions) - ``depth`` pre-norm
-    TransformerBlocks (``num_heads`` heads, an MLP of ``mlp_ratio · embed_dim``) - LayerNorm -
-    TakeToken(0) (the class token) - Linear(num_classes). The defaults read 28×28 images as
-    49 patches of 4×4 plus the class token: 50 tokens of 64 features, 4 blocks of 4 heads,
-    139,018 params for 10 classes.
+    PatchEmbedding(patch, embed_dim) (a class token and learned positions) - ``depth`` pre-norm TransformerBlocks
+    (``num_heads`` heads, an MLP of ``mlp_ratio · embed_dim``) - LayerNorm - TakeToken(0) (the class token) -
+    Linear(num_classes). The defaults read 28×28 images as 49 patches of 4×4 plus the class token: 50 tokens of 64
+    features, 4 blocks of 4 heads, 139,018 params for 10 classes.
     """
     num_classes = _checks.positive_int("num_classes", num_classes, op="vit")
     depth = _checks.positive_int("depth", depth, op="vit")
@@ -233,8 +224,8 @@ MODELS = {"lenet5": lenet5, "wide_cnn": wide_cnn, "resnet": resnet, "vit": vit}
 def get_model(name: str, **kwargs):
     """A model by name from ``MODELS``, built with ``kwargs``; an argument the model does not take is named.
 
-    ``get_model("lenet5", compute_dtype=jnp.bfloat16)`` builds LeNet-5 computing in
-    bfloat16; a model without an argument given says so, naming the models that take it.
+    ``get_model("lenet5", compute_dtype=jnp.bfloat16)`` builds LeNet-5 computing in bfloat16; a model without an
+    argument given says so, naming the models that take it.
     """
     import inspect
 

@@ -30,82 +30,46 @@ __all__ = [
     "validation_split",
 ]
 
-VAL_FRACTION = (
-    5_000 / 60_000
-)  # Fashion-MNIST's 60,000 training images keep 5,000 for validation; other data in proportion
+# Fashion-MNIST's 60,000 training images keep 5,000 for validation; other data in proportion
+VAL_FRACTION = 5_000 / 60_000
 
 # The default recipe per data set (overridable flag by flag); "resnet" is --model resnet's own, on any data.
+_SGD = dict(
+    optimizer="sgd",
+    lr=0.05,
+    momentum=0.9,
+    weight_decay=5e-4,
+    schedule="cosine",
+    augment=False,
+    crop_padding=2,
+    label_smoothing=0.0,
+    tta="none",
+    decay="all",
+    val_fraction=VAL_FRACTION,
+)
+# AdamW (decay on filters and matrices only), cosine with a warm-up, random crops (padding 1) and flips, label
+# smoothing 0.1, all the training images (no validation split), flip views at test time.
+_ADAMW = dict(
+    batch_size=128,
+    optimizer="adamw",
+    momentum=0.9,
+    weight_decay=5e-2,
+    schedule="cosine",
+    augment=True,
+    crop_padding=1,
+    label_smoothing=0.1,
+    tta="flip",
+    decay="weights",
+    val_fraction=0.0,
+)
 RECIPES = {
-    "embedded": dict(
-        model="lenet5",
-        epochs=15,
-        batch_size=64,
-        optimizer="sgd",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=5e-4,
-        schedule="cosine",
-        augment=False,
-        crop_padding=2,
-        label_smoothing=0.0,
-        tta="none",
-        decay="all",
-        val_fraction=VAL_FRACTION,
-    ),
-    "full": dict(
-        model="wide_cnn",
-        epochs=12,
-        batch_size=128,
-        optimizer="sgd",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=5e-4,
-        schedule="cosine",
-        augment=False,
-        crop_padding=2,
-        label_smoothing=0.0,
-        tta="none",
-        decay="all",
-        val_fraction=VAL_FRACTION,
-    ),
-    # models.resnet() (24-48-96 channels in 1, 1 and 3 blocks after a 4x4 stride-2 stem), AdamW (decay on filters and
-    # matrices only), cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1, all 60,000
-    # training images (no validation split), flip views at test time: the recipe of benchmarks/resnet_recipe.py
-    # (RESNET_RECIPE); its measured runs are in benchmarks/README.md ("ResNet").
-    # models.vit() (4x4 patches, 4 pre-norm blocks of 64 features and 4 heads), AdamW (decay on weight matrices only),
-    # cosine with a warm-up, random crops (padding 1) and flips, label smoothing 0.1, all training images, flip views.
-    "vit": dict(
-        model="vit",
-        epochs=15,
-        batch_size=128,
-        optimizer="adamw",
-        lr=2e-3,
-        momentum=0.9,
-        weight_decay=5e-2,
-        schedule="cosine",
-        augment=True,
-        crop_padding=1,
-        label_smoothing=0.1,
-        tta="flip",
-        decay="weights",
-        val_fraction=0.0,
-    ),
-    "resnet": dict(
-        model="resnet",
-        epochs=15,
-        batch_size=128,
-        optimizer="adamw",
-        lr=4e-3,
-        momentum=0.9,
-        weight_decay=5e-2,
-        schedule="cosine",
-        augment=True,
-        crop_padding=1,
-        label_smoothing=0.1,
-        tta="flip",
-        decay="weights",
-        val_fraction=0.0,
-    ),
+    "embedded": dict(_SGD, model="lenet5", epochs=15, batch_size=64),
+    "full": dict(_SGD, model="wide_cnn", epochs=12, batch_size=128),
+    # models.vit() (4x4 patches, 4 pre-norm blocks of 64 features and 4 heads)
+    "vit": dict(_ADAMW, model="vit", epochs=15, lr=2e-3),
+    # models.resnet() (24-48-96 channels in 1, 1 and 3 blocks after a 4x4 stride-2 stem): the recipe of
+    # benchmarks/resnet_recipe.py (RESNET_RECIPE); its measured runs are in benchmarks/README.md ("ResNet").
+    "resnet": dict(_ADAMW, model="resnet", epochs=15, lr=4e-3),
 }
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TTA_NAMES = tuple(TTA_VIEWS)  # --tta: the named test-time views ("none", "flip")

@@ -5,52 +5,42 @@ A layer is a pair of pure functions::
     init(key, input_shape) -> (output_shape, params)
     apply(params, x, *, key=None, train=False) -> y
 
-``input_shape`` includes the batch dimension, which may be ``None`` (any batch
-size) or an int; ``init`` computes ``output_shape`` without running the layer
-(``tinyfn._checks.input_shape`` is the one check of an input shape). ``params``
-is a plain pytree: a dict such as ``{"w": ..., "b": ...}`` for one layer, ``{}``
-for a layer without parameters, a tuple of the children's params for
-``serial``. ``key`` feeds the layers that draw random numbers at apply time
-(dropout) and ``train`` switches them between training and evaluation.
+``input_shape`` includes the batch dimension, which may be ``None`` (any batch size) or an int; ``init`` computes
+``output_shape`` without running the layer (``tinyfn._checks.input_shape`` is the one check of an input shape).
+``params`` is a plain pytree: a dict such as ``{"w": ..., "b": ...}`` for one layer, ``{}`` for a layer without
+parameters, a tuple of the children's params for ``serial``. ``key`` feeds the layers that draw random numbers at
+apply time (dropout) and ``train`` switches them between training and evaluation.
 
-**The contract, held by construction.** Every layer is built by ``make_layer``
-(combinators by ``make_combinator``, which calls it), and ``make_layer`` wraps
-the ``apply`` it is given: before the layer computes, ``params`` (and ``state``,
-for a stateful layer) are checked against what ``init`` makes for the input's
-shape: the keys (a misspelt one is named: ``lacks 'gamma' and has unexpected
-'gama'``), missing and extra entries, shapes and kinds of dtype, naming the
-layer and the entry. What ``init`` makes is computed once per input shape
-(``jax.eval_shape``, nothing drawn) and cached, so eagerly the check is a
-lookup and a walk over the tree; under ``jit`` it runs once, at trace time. If
-``init`` refuses the input's shape, nothing is checked here and the op reports
-the input. No layer can forget the check: ``Layer(...)`` is called here only.
+**The contract, held by construction.** Every layer is built by ``make_layer`` (combinators by ``make_combinator``,
+which calls it), and ``make_layer`` wraps the ``apply`` it is given: before the layer computes, ``params`` (and
+``state``, for a stateful layer) are checked against what ``init`` makes for the input's shape: the keys (a misspelt
+one is named: ``lacks 'gamma' and has unexpected 'gama'``), missing and extra entries, shapes and kinds of dtype,
+naming the layer and the entry. What ``init`` makes is computed once per input shape (``jax.eval_shape``, nothing
+drawn) and cached, so eagerly the check is a lookup and a walk over the tree; under ``jit`` it runs once, at trace
+time. If ``init`` refuses the input's shape, nothing is checked here and the op reports the input. No layer can forget
+the check: ``Layer(...)`` is called here only.
 
-A ``Layer`` also carries its ``name``, its constructor arguments (``config``) and a combinator's
-``children``, so checkpoints and visualisations can read a model's structure.
+A ``Layer`` also carries its ``name``, its constructor arguments (``config``) and a combinator's ``children``, so
+checkpoints and visualisations can read a model's structure.
 
-State (batch norm's running statistics) is a second pytree, threaded beside
-params the way Haiku's ``transform_with_state`` does it. A stateful layer fills
-two more fields::
+State (batch norm's running statistics) is a second pytree, threaded beside params the way Haiku's
+``transform_with_state`` does it. A stateful layer fills two more fields::
 
     init_with_state(key, input_shape) -> (output_shape, params, state)
     apply_with_state(params, state, x, *, key=None, train=False) -> (y, new_state)
 
-and its plain ``init`` still returns ``(output_shape, params)`` while its plain
-``apply`` raises, naming the functions to use. Stateless layers leave both
-fields ``None``: their signatures, and a ``serial`` of them, are exactly as
-above. The module functions ``init_with_state``/``apply_with_state`` accept
-every layer (a stateless one has state ``{}``), so training code treats all
-models alike; ``has_state(layer)`` tells them apart. A combinator is written
-once, in its stateful form (``make_combinator``); when no child has state its
-stateless ``init``/``apply`` are derived from that form (Haiku's
-``without_state(transform_with_state(f))``), else it is stateful and its state
-mirrors its params (the tuple of the children's states for ``serial``).
+and its plain ``init`` still returns ``(output_shape, params)`` while its plain ``apply`` raises, naming the functions
+to use. Stateless layers leave both fields ``None``: their signatures, and a ``serial`` of them, are exactly as above.
+The module functions ``init_with_state``/``apply_with_state`` accept every layer (a stateless one has state ``{}``),
+so training code treats all models alike; ``has_state(layer)`` tells them apart. A combinator is written once, in its
+stateful form (``make_combinator``); when no child has state its stateless ``init``/``apply`` are derived from that
+form (Haiku's ``without_state(transform_with_state(f))``), else it is stateful and its state mirrors its params (the
+tuple of the children's states for ``serial``).
 
-Why a separate pytree, and not state inside params or a mutable object:
-gradients are taken with respect to params only and optimizers never see the
-statistics; ``apply_with_state`` stays a pure function that ``jit``, ``grad``
-(``has_aux``) and sharding handle like any other; and the state saves and
-restores like params, so training resumes bit-identically.
+Why a separate pytree, and not state inside params or a mutable object: gradients are taken with respect to params
+only and optimizers never see the statistics; ``apply_with_state`` stays a pure function that ``jit``, ``grad``
+(``has_aux``) and sharding handle like any other; and the state saves and restores like params, so training resumes
+bit-identically.
 """
 
 from __future__ import annotations
@@ -65,18 +55,6 @@ from typing import Any, NamedTuple
 import jax
 
 from tinyfn import _checks
-
-__all__ = [
-    "Layer",
-    "make_layer",
-    "make_combinator",
-    "serial",
-    "parameterless",
-    "has_state",
-    "init_with_state",
-    "apply_with_state",
-    "split_keys",
-]
 
 
 class Layer(NamedTuple):
@@ -203,15 +181,12 @@ def make_layer(
 ) -> Layer:
     """The one way to build a layer: the ``apply`` given is wrapped in the params (and state) check.
 
-    A stateless layer: ``make_layer(name, init, apply, config=...)`` with
-    ``init(key, input_shape) -> (output_shape, params)`` and
-    ``apply(params, x, *, key, train) -> y``. A stateful layer:
-    ``make_layer(name, init_with_state=..., apply_with_state=..., config=...)``
-    (signatures in the module docstring); its plain ``init`` drops the state
-    (or is ``init``, if given) and its plain ``apply`` raises, naming the
-    functions to use. ``config`` holds the constructor's arguments (what
-    ``to_spec`` records), ``children`` a combinator's layers, and ``where(path)``
-    may return a note naming the child that owns a wrong entry.
+    A stateless layer: ``make_layer(name, init, apply, config=...)`` with ``init(key, input_shape) -> (output_shape,
+    params)`` and ``apply(params, x, *, key, train) -> y``. A stateful layer: ``make_layer(name, init_with_state=...,
+    apply_with_state=..., config=...)`` (signatures in the module docstring); its plain ``init`` drops the state (or
+    is ``init``, if given) and its plain ``apply`` raises, naming the functions to use. ``config`` holds the
+    constructor's arguments (what ``to_spec`` records), ``children`` a combinator's layers, and ``where(path)`` may
+    return a note naming the child that owns a wrong entry.
 
     For example, a layer that scales its input by a learnt scalar::
 
@@ -295,15 +270,14 @@ def make_combinator(
     """A layer over ``layers``, written once in its stateful form; the stateless form is derived.
 
     ``init_with_state(key, input_shape) -> (output_shape, params_per_layer, states_per_layer)`` and
-    ``apply_with_state(params_per_layer, states_per_layer, x, *, key, train) -> (y, states_per_layer)``
-    see one entry per layer, in order (use the module functions ``init_with_state``/``apply_with_state``
-    on the children: a stateless child's state is ``{}``). The combinator's params and state are the
-    tuple of those entries, or with ``keys`` the dict ``{keys[i]: entry i}``. When no layer has state,
-    the layer is stateless: ``init`` drops the state, ``apply`` runs the stateful form with ``{}`` for
-    every child, and ``init_with_state``/``apply_with_state`` are ``None``. Either way the apply is
-    checked (``make_layer``), the container first (``serial: params must be a tuple with one entry per
-    layer (2), ...``), and a wrong entry is named with its layer (``params[7]['w'] (layer 7, Linear)``).
-    ``children`` (default ``layers``) is what the ``Layer`` records for specs and ``repr``.
+    ``apply_with_state(params_per_layer, states_per_layer, x, *, key, train) -> (y, states_per_layer)`` see one entry
+    per layer, in order (use the module functions ``init_with_state``/``apply_with_state`` on the children: a
+    stateless child's state is ``{}``). The combinator's params and state are the tuple of those entries, or with
+    ``keys`` the dict ``{keys[i]: entry i}``. When no layer has state, the layer is stateless: ``init`` drops the
+    state, ``apply`` runs the stateful form with ``{}`` for every child, and ``init_with_state``/``apply_with_state``
+    are ``None``. Either way the apply is checked (``make_layer``), the container first (``serial: params must be a
+    tuple with one entry per layer (2), ...``), and a wrong entry is named with its layer (``params[7]['w'] (layer 7,
+    Linear)``). ``children`` (default ``layers``) is what the ``Layer`` records for specs and ``repr``.
     """
     layers = _layers(name, layers)
     n = len(layers)
@@ -389,8 +363,8 @@ def _owner(layers: tuple[Layer, ...], keys) -> Callable[[str], str]:
 def serial(*layers: Layer) -> Layer:
     """Compose layers in sequence; params (and state) are the tuple of the children's.
 
-    ``init`` threads the shape through the children and gives each its own key
-    (split once); ``apply`` splits ``key`` the same way when one is given.
+    ``init`` threads the shape through the children and gives each its own key (split once); ``apply`` splits ``key``
+    the same way when one is given.
 
     >>> from tinyfn.layers import Conv2D, ReLU, Flatten, Linear, serial
     >>> model = serial(Conv2D(4, 3), ReLU(), Flatten(), Linear(10))

@@ -1,21 +1,21 @@
 """Multi-head self-attention, patch embedding and the pre-norm transformer block, on tokens ``(N, T, E)``.
 
-Multi-head self-attention (PyTorch's ``nn.MultiheadAttention(E, H, batch_first=True)``,
-its params stored in PyTorch's names and layouts, so its weights load as they are)::
+Multi-head self-attention (PyTorch's ``nn.MultiheadAttention(E, H, batch_first=True)``, its params stored in PyTorch's
+names and layouts, so its weights load as they are)::
 
     [Q K V] = X W_inᵀ + b_in          (W_in: (3E, E); through ``linear``, the Law 1 / Law 2 rule)
     Q, K, V -> (N, H, T, D)           (D = E / H; a reshape and a transpose per head split)
     O_h = softmax(Q_h K_hᵀ / √D) V_h  (``dot_product_attention``, its handwritten rule)
     Y = concat_h(O_h) W_outᵀ + b_out  (W_out: (E, E); ``linear`` again)
 
-The pre-norm block (Dosovitskiy et al. 2021, as in ViT) composes ``residual``,
-``LayerNorm``, ``MultiHeadAttention``, ``Linear`` and ``GELU``::
+The pre-norm block (Dosovitskiy et al. 2021, as in ViT) composes ``residual``, ``LayerNorm``, ``MultiHeadAttention``,
+``Linear`` and ``GELU``::
 
     x ← x + MHA(LN(x)),    x ← x + W₂ GELU(W₁ LN(x))     (W₁: E → mlp_ratio·E, W₂ back to E)
 
-``PatchEmbedding`` cuts an image into non-overlapping ``p × p`` patches with a
-strided convolution (one token per patch), prepends a learned class token and adds
-learned position embeddings; ``TakeToken(0)`` reads the class token out for the head.
+``PatchEmbedding`` cuts an image into non-overlapping ``p × p`` patches with a strided convolution (one token per
+patch), prepends a learned class token and adds learned position embeddings; ``TakeToken(0)`` reads the class token
+out for the head.
 """
 
 from __future__ import annotations
@@ -36,19 +36,6 @@ from tinyfn.layers.linear import Linear, linear
 from tinyfn.layers.norm import LayerNorm, layer_norm
 from tinyfn.layers.pointwise import GELU
 from tinyfn.layers.spec import register_layer
-
-__all__ = [
-    "MultiHeadAttention",
-    "PatchEmbedding",
-    "PositionEmbedding",
-    "TakeToken",
-    "TransformerBlock",
-    "attention_probabilities",
-    "block_attention_probabilities",
-    "multi_head_attention",
-    "params_from_torch",
-    "take_token",
-]
 
 _MHA_KEYS = ("in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")
 
@@ -122,8 +109,8 @@ def multi_head_attention(
 def attention_probabilities(x, in_proj_weight, in_proj_bias=None, *, num_heads, mask=None, causal=False):
     """The attention weights ``P = softmax(Q Kᵀ / √D)`` of ``multi_head_attention``: ``(N, H, T, T)``, rows sum to 1.
 
-    PyTorch returns their mean over heads as ``need_weights=True``'s second output. A row whose keys
-    are all masked out is 0. For looking at, not for training: its gradient is JAX's autodiff.
+    PyTorch returns their mean over heads as ``need_weights=True``'s second output. A row whose keys are all masked
+    out is 0. For looking at, not for training: its gradient is JAX's autodiff.
     """
     x, w_in, num_heads = _check_mha("attention_probabilities", x, in_proj_weight, in_proj_bias, num_heads)
     q, k, _ = _heads(x, w_in, in_proj_bias, num_heads)
@@ -179,10 +166,9 @@ def MultiHeadAttention(
 ) -> Layer:
     """Multi-head self-attention on ``(N, T, E)`` as a layer (``nn.MultiheadAttention(E, H, batch_first=True)``).
 
-    Params in PyTorch's names and layouts: ``{"in_proj_weight": (3E, E), "in_proj_bias": (3E,),
-    "out_proj_weight": (E, E), "out_proj_bias": (E,)}`` (no biases without ``bias``);
-    ``params_from_torch(m.state_dict())`` loads a PyTorch module's. Initialised as PyTorch:
-    ``W_in`` Glorot uniform, ``W_out`` uniform in ``±1/√E``, biases 0.
+    Params in PyTorch's names and layouts: ``{"in_proj_weight": (3E, E), "in_proj_bias": (3E,), "out_proj_weight": (E,
+    E), "out_proj_bias": (E,)}`` (no biases without ``bias``); ``params_from_torch(m.state_dict())`` loads a PyTorch
+    module's. Initialised as PyTorch: ``W_in`` Glorot uniform, ``W_out`` uniform in ``±1/√E``, biases 0.
 
     >>> _, p = MultiHeadAttention(8, 2).init(jax.random.key(0), (None, 5, 8))
     >>> {k: v.shape for k, v in p.items()}
@@ -238,11 +224,10 @@ def MultiHeadAttention(
 def PatchEmbedding(patch: int, embed_dim: int, *, cls_token: bool = True) -> Layer:
     """Images ``(N, C, H, W)`` to tokens ``(N, T, E)``: one per ``patch × patch`` patch, a class token first.
 
-    ``tokens = conv2d(x, w, b, stride=patch)`` flattened to ``(N, h·w, E)`` (row-major patches),
-    then ``[cls; tokens] + pos``. Params ``{"w": (E, C, p, p), "b": (E,), "cls": (1, 1, E),
-    "pos": (1, T, E)}`` with ``T = (H/p)(W/p) + 1`` (no ``cls``, and one token fewer, without
-    ``cls_token``); ``w`` LeCun normal, ``cls`` 0, ``pos`` ``N(0, 0.02²)``. ``H`` and ``W`` must be
-    multiples of ``patch``. Backward: ``conv2d``'s and ``concat``'s handwritten rules.
+    ``tokens = conv2d(x, w, b, stride=patch)`` flattened to ``(N, h·w, E)`` (row-major patches), then ``[cls; tokens]
+    + pos``. Params ``{"w": (E, C, p, p), "b": (E,), "cls": (1, 1, E), "pos": (1, T, E)}`` with ``T = (H/p)(W/p) + 1``
+    (no ``cls``, and one token fewer, without ``cls_token``); ``w`` LeCun normal, ``cls`` 0, ``pos`` ``N(0, 0.02²)``.
+    ``H`` and ``W`` must be multiples of ``patch``. Backward: ``conv2d``'s and ``concat``'s handwritten rules.
     """
     op = "PatchEmbedding"
     patch = _checks.positive_int("patch", patch, op=op)
@@ -350,12 +335,11 @@ def TransformerBlock(
 ) -> Layer:
     """The pre-norm transformer block on ``(N, T, E)``: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
 
-    ``MLP = Linear(mlp_ratio·E) - GELU - Linear(E)`` (Glorot uniform weights), with ``Dropout(dropout)``
-    after the attention, the GELU and the MLP when ``dropout > 0``. Built as
-    ``serial(residual(serial(LayerNorm(), MultiHeadAttention(...))), residual(serial(LayerNorm(), ...)))``;
-    params are that tree: ``params[0]["body"]`` = (LayerNorm's, MultiHeadAttention's),
-    ``params[1]["body"]`` = (LayerNorm's, Linear's, {}, Linear's). ``causal`` and ``formulation``
-    go to the attention.
+    ``MLP = Linear(mlp_ratio·E) - GELU - Linear(E)`` (Glorot uniform weights), with ``Dropout(dropout)`` after the
+    attention, the GELU and the MLP when ``dropout > 0``. Built as ``serial(residual(serial(LayerNorm(),
+    MultiHeadAttention(...))), residual(serial(LayerNorm(), ...)))``; params are that tree: ``params[0]["body"]`` =
+    (LayerNorm's, MultiHeadAttention's), ``params[1]["body"]`` = (LayerNorm's, Linear's, {}, Linear's). ``causal`` and
+    ``formulation`` go to the attention.
     """
     op = "TransformerBlock"
     embed_dim = _checks.positive_int("embed_dim", embed_dim, op=op)

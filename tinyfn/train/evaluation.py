@@ -15,8 +15,8 @@ __all__ = ["evaluate", "EvalResult"]
 
 class EvalResult(tuple):
     """What ``evaluate`` returns: unpacks as ``(loss, accuracy, predictions)``; with test-time views,
-    ``view_loss`` and ``view_accuracy`` hold each view's own mean loss and accuracy (lists, one per
-    view, in the order of ``views``; ``None`` without views)::
+    ``view_loss`` and ``view_accuracy`` hold each view's own mean loss and accuracy (lists, one per view, in the order
+    of ``views``; ``None`` without views)::
 
         loss, acc, preds = evaluate(...)
         result = evaluate(..., views=FLIP_VIEWS); result.view_accuracy[0]  # the single-view accuracy
@@ -56,14 +56,12 @@ def evaluate(
 ) -> EvalResult:
     """Mean loss, accuracy and the predictions of ``model`` on ``data = (x, y)``, in batches.
 
-    The model runs in evaluation mode. A stateful model (batch norm) needs its
-    ``model_state`` (``fit(...).model_state`` or ``load_model(...).model_state``);
-    ``eval_step`` is a ``make_eval_step(model, loss_fn, with_state=True)``.
-    ``views`` averages the class probabilities over deterministic views of each
-    batch (test-time augmentation, e.g. ``augment.FLIP_VIEWS``; see ``make_eval_step``);
-    the result's ``view_loss`` and ``view_accuracy`` then hold each view's own metrics,
-    computed from the same forward passes. A batch whose loss is not finite (NaN or
-    infinite logits, e.g. from NaN params) raises ``ValueError`` naming the batch.
+    The model runs in evaluation mode. A stateful model (batch norm) needs its ``model_state``
+    (``fit(...).model_state`` or ``load_model(...).model_state``); ``eval_step`` is a ``make_eval_step(model, loss_fn,
+    with_state=True)``. ``views`` averages the class probabilities over deterministic views of each batch (test-time
+    augmentation, e.g. ``augment.FLIP_VIEWS``; see ``make_eval_step``); the result's ``view_loss`` and
+    ``view_accuracy`` then hold each view's own metrics, computed from the same forward passes. A batch whose loss is
+    not finite (NaN or infinite logits, e.g. from NaN params) raises ``ValueError`` naming the batch.
     """
     if eval_step is not None and views is not None:
         raise ValueError(

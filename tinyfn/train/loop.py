@@ -1,46 +1,36 @@
 """The fit loop: keyed shuffling, a jitted step in a Python loop, evaluation, checkpoints, resume.
 
-``fit`` is assembled from small pieces, each named for what it does:
-``_check_fit_arguments`` (refuse what cannot train, before any compilation),
-``_start`` (the run's state, fresh or resumed: ``run_state.restore``),
-``run_state.Saver`` (the checkpoint at a position), ``_placement`` (batches onto
-the device(s)), ``_epoch_plan`` (the keyed order and step keys), ``_train_epoch``
-(the steps, non-finite losses, signals), ``_close_epoch`` (evaluation, history, the
-``EpochSummary``) and ``_epochs`` (the loop over them). It reports through callbacks
-and prints nothing.
+``fit`` is assembled from small pieces, each named for what it does: ``_check_fit_arguments`` (refuse what cannot
+train, before any compilation), ``_start`` (the run's state, fresh or resumed: ``run_state.restore``),
+``run_state.Saver`` (the checkpoint at a position), ``_placement`` (batches onto the device(s)), ``_epoch_plan`` (the
+keyed order and step keys), ``_train_epoch`` (the steps, non-finite losses, signals), ``_close_epoch`` (evaluation,
+history, the ``EpochSummary``) and ``_epochs`` (the loop over them). It reports through callbacks and prints nothing.
 
-Order and keys: each epoch visits ``len(train_data) // batch_size`` batches (the
-remainder is dropped) in the order ``permutation(fold_in(key, epoch))``; the key of
-each step's dropout (and augmentation) is ``fold_in(fold_in(key, epoch), batch)``.
-So a key reproduces a run exactly, and a resumed run matches an uninterrupted one
-bit for bit. The step is compiled once for the whole run.
+Order and keys: each epoch visits ``len(train_data) // batch_size`` batches (the remainder is dropped) in the order
+``permutation(fold_in(key, epoch))``; the key of each step's dropout (and augmentation) is ``fold_in(fold_in(key,
+epoch), batch)``. So a key reproduces a run exactly, and a resumed run matches an uninterrupted one bit for bit. The
+step is compiled once for the whole run.
 
-Reporting: ``callbacks`` are called with a ``StepInfo`` after every step,
-``epoch_callbacks`` with an ``EpochSummary`` after every epoch. Unless ``quiet``, a
-tqdm progress bar runs during each epoch and, when ``epoch_callbacks`` is not given,
-``ConsoleLog()`` writes one line per epoch to stdout. ``history`` maps ``epoch``,
-``train_loss``, ``train_accuracy``, ``eval_loss``, ``eval_accuracy`` (on ``eval_data``,
-NaN without it), ``images_per_second``, ``epoch_time``, ``wall_time`` (seconds since
-the start) and ``skipped_steps`` to one value per epoch.
+Reporting: ``callbacks`` are called with a ``StepInfo`` after every step, ``epoch_callbacks`` with an ``EpochSummary``
+after every epoch. Unless ``quiet``, a tqdm progress bar runs during each epoch and, when ``epoch_callbacks`` is not
+given, ``ConsoleLog()`` writes one line per epoch to stdout. ``history`` maps ``epoch``, ``train_loss``,
+``train_accuracy``, ``eval_loss``, ``eval_accuracy`` (on ``eval_data``, NaN without it), ``images_per_second``,
+``epoch_time``, ``wall_time`` (seconds since the start) and ``skipped_steps`` to one value per epoch.
 
-Checkpoints: with ``checkpoint_dir``, ``CHECKPOINT_NAME`` there is rewritten
-(atomically) after every epoch, when a step's loss becomes NaN/Inf (then a
-``FloatingPointError`` names the epoch and step: the saved params are the last finite
-ones), and on ``KeyboardInterrupt`` (re-raised after saving, with a note naming the
-checkpoint). ``resume=True`` continues from that checkpoint; a checkpoint saved
-mid-epoch resumes only with the same ``batch_size`` and training data length (its
-batch index counts in those). ``on_nonfinite="skip"`` instead drops such steps (params
-unchanged) and counts them in ``history["skipped_steps"]``. SIGINT (Ctrl-C) and
-SIGTERM stop training at the end of the step in flight: the checkpoint is saved at
-that exact position and ``Interrupted`` (a ``KeyboardInterrupt`` whose message says
-where) is raised; a second signal interrupts at once.
+Checkpoints: with ``checkpoint_dir``, ``CHECKPOINT_NAME`` there is rewritten (atomically) after every epoch, when a
+step's loss becomes NaN/Inf (then a ``FloatingPointError`` names the epoch and step: the saved params are the last
+finite ones), and on ``KeyboardInterrupt`` (re-raised after saving, with a note naming the checkpoint).
+``resume=True`` continues from that checkpoint; a checkpoint saved mid-epoch resumes only with the same ``batch_size``
+and training data length (its batch index counts in those). ``on_nonfinite="skip"`` instead drops such steps (params
+unchanged) and counts them in ``history["skipped_steps"]``. SIGINT (Ctrl-C) and SIGTERM stop training at the end of
+the step in flight: the checkpoint is saved at that exact position and ``Interrupted`` (a ``KeyboardInterrupt`` whose
+message says where) is raised; a second signal interrupts at once.
 
-Data parallel: with ``mesh`` (a ``jax.sharding.Mesh`` with a ``"data"`` axis, e.g.
-``tinyfn.train.data_mesh(8)``) every batch is placed split over the devices, params,
-optimizer and model state are replicated and XLA all-reduces the gradients (and batch
-norm's statistics, which are over the global batch); ``batch_size`` must divide by the
-device count. Same seed and global batch, same result as on one device (up to float32
-summation order). Only process 0 writes checkpoints.
+Data parallel: with ``mesh`` (a ``jax.sharding.Mesh`` with a ``"data"`` axis, e.g. ``tinyfn.train.data_mesh(8)``)
+every batch is placed split over the devices, params, optimizer and model state are replicated and XLA all-reduces the
+gradients (and batch norm's statistics, which are over the global batch); ``batch_size`` must divide by the device
+count. Same seed and global batch, same result as on one device (up to float32 summation order). Only process 0 writes
+checkpoints.
 """
 
 from __future__ import annotations
@@ -171,6 +161,14 @@ def _start(model, params, model_state, optimizer, x_shape, key, *, resume, ckpt_
     return run
 
 
+def _replicated(run: Run, mesh) -> Run:
+    """``run`` with params and both states copied to every device of ``mesh`` (as it is without one)."""
+    if mesh is not None:
+        trees = parallel.replicate((run.params, run.opt_state, run.model_state), mesh)
+        run.params, run.opt_state, run.model_state = trees
+    return run
+
+
 def _evaluator(model, eval_data, loss_fn, eval_batch_size):
     """``(params, model_state) -> (loss, accuracy)`` on ``eval_data`` with one compiled step; ``None`` without data."""
     if eval_data is None:
@@ -280,19 +278,8 @@ def _close_epoch(run: Run, *, rate, epoch_time, evaluate_now, epochs, wall_time)
     summary = EpochSummary(
         run.epoch + 1, epochs, train_loss, train_accuracy, eval_loss, eval_accuracy, rate, epoch_time, run.skipped
     )
-    h = run.history
-    for name in (
-        "epoch",
-        "train_loss",
-        "train_accuracy",
-        "eval_loss",
-        "eval_accuracy",
-        "images_per_second",
-        "epoch_time",
-    ):
-        h[name].append(getattr(summary, name))
-    h["skipped_steps"].append(run.skipped)
-    h["wall_time"].append(wall_time())
+    for name in HISTORY_KEYS:  # the summary's fields, and the wall time since the run began
+        run.history[name].append(wall_time() if name == "wall_time" else getattr(summary, name))
     return summary
 
 
@@ -345,14 +332,13 @@ def fit(
 ) -> FitResult:
     """Train ``model`` from ``params`` with mini-batch ``optimizer`` steps; returns ``(params, history)``.
 
-    ``optimizer`` is a gradient transformation (tinyfn's ``sgd``/``adam``/``adamw``/``chain`` or any optax
-    one); its state is checkpointed and resumed too. The result, a ``FitResult``, unpacks as ``(params,
-    history)``; ``result.model_state`` is the model's state after training (batch norm's running statistics,
-    trained in training mode; ``model_state`` starts it from a given one). ``augment`` (``(key, x) -> x``,
-    e.g. ``augment.compose(random_crop(2), random_flip())``) runs on the device inside the compiled step.
-    ``eval_loss_fn`` (default ``loss_fn``) is the loss reported on ``eval_data``. ``checkpoint_dir``,
-    ``resume``, ``metadata`` (JSON, stored in the checkpoint), ``on_nonfinite``, the callbacks, signals and
-    ``mesh`` (data parallel) are described in this module's docstring (``tinyfn.train.loop``).
+    ``optimizer`` is a gradient transformation (tinyfn's ``sgd``/``adam``/``adamw``/``chain`` or any optax one); its
+    state is checkpointed and resumed too. The result, a ``FitResult``, unpacks as ``(params, history)``;
+    ``result.model_state`` is the model's state after training (batch norm's running statistics, trained in training
+    mode; ``model_state`` starts it from a given one). ``augment`` (``(key, x) -> x``, e.g.
+    ``augment.compose(random_crop(2), random_flip())``) runs on the device inside the compiled step. ``eval_loss_fn``
+    (default ``loss_fn``) is the loss reported on ``eval_data``. ``checkpoint_dir``, ``resume``, ``metadata`` (JSON,
+    in the checkpoint), ``on_nonfinite``, callbacks, signals and ``mesh``: see ``tinyfn.train.loop``'s docstring.
     """
     optimizer = as_gradient_transformation(optimizer, op="fit")  # never an optax update taken for the new params
     x, y, eval_data = _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_size, on_nonfinite, mesh)
@@ -360,13 +346,10 @@ def fit(
     steps = len(y) // batch_size
     frame = dict(batch_size=batch_size, examples=len(y))
     run = _start(model, params, model_state, optimizer, x.shape[1:], key, resume=resume, ckpt_path=ckpt_path, **frame)
+    run = _replicated(run, mesh)
     saver = Saver(ckpt_path, key=key, metadata=metadata, epochs=epochs, steps=steps, **frame)
     train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh, with_state=True, augment=augment)
     evaluate_now = _evaluator(model, eval_data, loss_fn if eval_loss_fn is None else eval_loss_fn, eval_batch_size)
-    if mesh is not None:
-        run.params, run.opt_state, run.model_state = parallel.replicate(
-            (run.params, run.opt_state, run.model_state), mesh
-        )
     return _epochs(
         run,
         (x, y),

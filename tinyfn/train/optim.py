@@ -5,14 +5,13 @@ A ``GradientTransformation`` is a pair of pure functions::
     init(params) -> state
     update(grads, state, params=None) -> (updates, state)
 
-and ``apply_updates(params, updates)`` adds the updates: ``p ← p + u``. The
-updates already carry the learning rate and the minus sign. This is optax's
-protocol exactly, so tinyfn's optimizers run inside ``optax.chain`` and any
-optax transformation (``optax.adam(1e-3)``) runs in ``make_train_step``. States
-are NamedTuples (a tuple of them for ``chain``). tinyfn does not depend on optax.
+and ``apply_updates(params, updates)`` adds the updates: ``p ← p + u``. The updates already carry the learning rate
+and the minus sign. This is optax's protocol exactly, so tinyfn's optimizers run inside ``optax.chain`` and any optax
+transformation (``optax.adam(1e-3)``) runs in ``make_train_step``. States are NamedTuples (a tuple of them for
+``chain``). tinyfn does not depend on optax.
 
-With gradient ``g``, step ``t`` (from 1), learning rate ``η_t`` (a number or a
-schedule ``step -> lr`` evaluated at ``t - 1``) and weight decay ``λ``:
+With gradient ``g``, step ``t`` (from 1), learning rate ``η_t`` (a number or a schedule ``step -> lr`` evaluated at
+``t - 1``) and weight decay ``λ``:
 
 * ``sgd`` (PyTorch's ``torch.optim.SGD``, no dampening)::
 
@@ -29,11 +28,10 @@ schedule ``step -> lr`` evaluated at ``t - 1``) and weight decay ``λ``:
 
 * ``clip_by_global_norm(c)``: ``u = g · min(1, c / ‖g‖₂)`` over the whole tree.
 
-Precision: the arithmetic does not depend on the params' dtype. Counts, bias
-corrections, moments and velocities are kept in float32 (float64 for float64
-params) and only the update is cast to the params' dtype, so bfloat16 and
-float16 params train as float32 ones would (in bfloat16, ``0.999`` rounds to
-``1.0`` and Adam's bias correction ``1 - β₂ᵗ`` would be 0).
+Precision: the arithmetic does not depend on the params' dtype. Counts, bias corrections, moments and velocities are
+kept in float32 (float64 for float64 params) and only the update is cast to the params' dtype, so bfloat16 and float16
+params train as float32 ones would (in bfloat16, ``0.999`` rounds to ``1.0`` and Adam's bias correction ``1 - β₂ᵗ``
+would be 0).
 """
 
 from __future__ import annotations
@@ -45,25 +43,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-__all__ = [
-    "GradientTransformation",
-    "Optimizer",
-    "SGDState",
-    "AdamState",
-    "EmptyState",
-    "sgd",
-    "adam",
-    "adamw",
-    "weights_only",
-    "clip_by_global_norm",
-    "chain",
-    "apply_updates",
-    "as_gradient_transformation",
-    "constant",
-    "step_decay",
-    "cosine",
-]
 
 
 class GradientTransformation(NamedTuple):
@@ -126,12 +105,10 @@ def cosine(learning_rate: float, total_steps: int, final_learning_rate: float = 
     """Linear warm-up over ``warmup_steps``, then a half cosine from ``learning_rate`` to ``final_learning_rate``
     at ``total_steps`` (constant afterwards).
 
-    The warm-up is ``learning_rate · (step + 1) / warmup_steps``: the first step
-    already moves (``learning_rate / warmup_steps``) and step ``warmup_steps - 1``
-    reaches the peak. This is ``optax.warmup_cosine_decay_schedule(0, learning_rate,
-    warmup_steps, total_steps, final_learning_rate)`` one step ahead during the
-    warm-up (optax's step 0 has rate 0, a step that changes nothing) and equal to
-    it from ``warmup_steps`` on.
+    The warm-up is ``learning_rate · (step + 1) / warmup_steps``: the first step already moves (``learning_rate /
+    warmup_steps``) and step ``warmup_steps - 1`` reaches the peak. This is ``optax.warmup_cosine_decay_schedule(0,
+    learning_rate, warmup_steps, total_steps, final_learning_rate)`` one step ahead during the warm-up (optax's step 0
+    has rate 0, a step that changes nothing) and equal to it from ``warmup_steps`` on.
     """
     if total_steps < 1 or not 0 <= warmup_steps < total_steps:
         raise ValueError(
@@ -201,9 +178,8 @@ _UNDECAYED = frozenset({"b", "bias", "gamma", "beta"})  # biases and the norms' 
 def weights_only(params):
     """The decay mask of the usual recipes: ``True`` for filters and weight matrices, by each leaf's name and role.
 
-    A leaf named ``b``/``bias`` (biases) or ``gamma``/``beta`` (batch and layer
-    norm's scale and shift, of any rank: ``LayerNorm(normalized_ndim=2)``'s are
-    2-D) is left undecayed; any other leaf is decayed when it has two or more
+    A leaf named ``b``/``bias`` (biases) or ``gamma``/``beta`` (batch and layer norm's scale and shift, of any rank:
+    ``LayerNorm(normalized_ndim=2)``'s are 2-D) is left undecayed; any other leaf is decayed when it has two or more
     dimensions: ``adamw(lr, weight_decay=5e-2, mask=weights_only)``.
     """
 
@@ -260,11 +236,10 @@ def sgd(
 ) -> GradientTransformation:
     """SGD with optional (Nesterov) momentum and L2 weight decay, over any params pytree.
 
-    ``learning_rate`` is a number or a schedule ``step -> lr`` (``constant``,
-    ``step_decay``, ``cosine`` or your own). The state is ``SGDState(count,
-    velocity)``; ``velocity`` is ``None`` without momentum. ``mask`` (optax's
-    meaning): a tree of bools like the params, or a function ``params -> tree``
-    (``weights_only``), ``True`` where the weight decay applies; ``None``: everywhere.
+    ``learning_rate`` is a number or a schedule ``step -> lr`` (``constant``, ``step_decay``, ``cosine`` or your own).
+    The state is ``SGDState(count, velocity)``; ``velocity`` is ``None`` without momentum. ``mask`` (optax's meaning):
+    a tree of bools like the params, or a function ``params -> tree`` (``weights_only``), ``True`` where the weight
+    decay applies; ``None``: everywhere.
 
     >>> opt = sgd(0.1, momentum=0.9)
     >>> params = {"w": jnp.ones(2)}
@@ -344,8 +319,8 @@ def adam(
 ) -> GradientTransformation:
     """Adam with bias correction (``torch.optim.Adam``; ``weight_decay`` is L2 added to the gradient).
 
-    State ``AdamState(count, mu, nu)``; ``learning_rate`` a number or a schedule;
-    ``mask`` as in ``sgd``: where the weight decay applies.
+    State ``AdamState(count, mu, nu)``; ``learning_rate`` a number or a schedule; ``mask`` as in ``sgd``: where the
+    weight decay applies.
     """
     return _adam("adam", learning_rate, b1, b2, eps, weight_decay, decoupled=False, mask=mask)
 
@@ -355,11 +330,10 @@ def adamw(
 ) -> GradientTransformation:
     """Adam with decoupled weight decay (Loshchilov & Hutter; ``torch.optim.AdamW``, ``optax.adamw``).
 
-    The decay ``-η_t λ p`` is added to the update, not to the gradient, so it is
-    not rescaled by the second moment. State ``AdamState(count, mu, nu)``.
-    ``mask`` (``optax.adamw``'s): a tree of bools like the params or a function
-    ``params -> tree``, ``True`` where the decay applies (``weights_only``: not
-    on batch norm's scale and shift nor on biases); ``None``: everywhere.
+    The decay ``-η_t λ p`` is added to the update, not to the gradient, so it is not rescaled by the second moment.
+    State ``AdamState(count, mu, nu)``. ``mask`` (``optax.adamw``'s): a tree of bools like the params or a function
+    ``params -> tree``, ``True`` where the decay applies (``weights_only``: not on batch norm's scale and shift nor on
+    biases); ``None``: everywhere.
     """
     return _adam("adamw", learning_rate, b1, b2, eps, weight_decay, decoupled=True, mask=mask)
 
@@ -387,8 +361,8 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 def chain(*transformations) -> GradientTransformation:
     """Apply transformations in order, each to the previous one's updates (optax's ``chain``).
 
-    The state is the tuple of their states. Each may be tinyfn's or optax's:
-    ``chain(clip_by_global_norm(1.0), adamw(1e-3))``.
+    The state is the tuple of their states. Each may be tinyfn's or optax's: ``chain(clip_by_global_norm(1.0),
+    adamw(1e-3))``.
     """
     transformations = tuple(
         as_gradient_transformation(t, op=f"chain (argument {i})") for i, t in enumerate(transformations)

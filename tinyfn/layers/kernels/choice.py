@@ -17,19 +17,6 @@ import jax
 
 from tinyfn import _checks
 
-__all__ = [
-    "FORMULATIONS",
-    "CHUNK_BYTES",
-    "Plan",
-    "formulation",
-    "default_formulation",
-    "plan",
-    "check_options",
-    "gemm_degenerates",
-    "record_paths",
-    "record",
-]
-
 FORMULATIONS = ("im2col", "xla", "direct")
 
 CHUNK_BYTES = 32 * 2**20
