@@ -93,6 +93,8 @@ class OpSpec:
         ``checks_args=False`` for an op that does not validate its arguments.
       checks_args: whether the op refuses an integer array where it expects floats (with a message
         naming the op); ``False`` for ops that accept any array (``flatten``).
+      float32_outputs: the (floating) outputs the op keeps in float32 at least whatever the inputs' dtype
+        (statistics, such as ``batch_norm_with_stats``' mean and variance); the others keep the inputs' dtype.
       batch_argnums: the arguments whose leading axis is the batch: with that axis emptied, the op returns
         empty-batch outputs or refuses with a message naming the op (a loss: the mean over no examples).
       doc: one line: what the entry checks.
@@ -112,6 +114,7 @@ class OpSpec:
     error_name: str | None = None
     checks_args: bool = True
     batch_argnums: tuple[int, ...] = ()
+    float32_outputs: tuple[int, ...] = ()
     doc: str = ""
 
     def __post_init__(self):
