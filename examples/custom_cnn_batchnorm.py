@@ -12,8 +12,7 @@ import os
 
 import jax
 
-from tinyfn import data, train
-from tinyfn import layers as L
+from tinyfn import data, layers as L, train
 
 QUICK = os.environ.get("TINYFN_EXAMPLE_QUICK") == "1"
 N_TRAIN, N_TEST, EPOCHS = (1024, 500, 1) if QUICK else (8000, 2000, 3)

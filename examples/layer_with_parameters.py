@@ -14,8 +14,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from tinyfn import gradcheck, losses, train
-from tinyfn import layers as L
+from tinyfn import gradcheck, layers as L, losses, train
 from tinyfn.layers import Layer, make_layer
 
 STEPS = 20 if os.environ.get("TINYFN_EXAMPLE_QUICK") == "1" else 200

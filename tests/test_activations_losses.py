@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from strategies import off_kink
 
-from tinyfn import gradcheck, losses
-from tinyfn import reference as R
+from tinyfn import gradcheck, losses, reference as R
 from tinyfn.layers import dropout, flatten, log_softmax, relu, softmax
 
 

@@ -12,11 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import strategies as S
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from tinyfn import layers as L
-from tinyfn import losses
+from tinyfn import layers as L, losses
 from tinyfn.train import sgd
 
 DOCUMENTED = (ValueError, TypeError)

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinyfn import gradcheck
-from tinyfn import reference as R
+from tinyfn import gradcheck, reference as R
 from tinyfn.layers import ATTENTION_FORMULATIONS, dot_product_attention
 
 MASKS = ("none", "boolean", "additive", "causal")

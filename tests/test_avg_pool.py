@@ -6,11 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from tinyfn import gradcheck
-from tinyfn import reference as R
+from tinyfn import gradcheck, reference as R
 from tinyfn.layers import AvgPool2D, GlobalAvgPool2D, avg_pool2d, global_avg_pool2d
 
 

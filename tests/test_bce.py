@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinyfn import gradcheck, losses
-from tinyfn import reference as R
+from tinyfn import gradcheck, losses, reference as R
 
 bce = losses.binary_cross_entropy_with_logits
 

@@ -13,10 +13,16 @@ import pytest
 from hypothesis import given
 from strategies import conv_configs, deconv_configs
 
-from tinyfn import gradcheck
-from tinyfn import reference as R
-from tinyfn.layers import conv as conv_module
-from tinyfn.layers import conv2d, conv2d_matrix, deconv2d, deconv2d_matrix, kernels, unrolled_filter_matrix
+from tinyfn import gradcheck, reference as R
+from tinyfn.layers import (
+    conv as conv_module,
+    conv2d,
+    conv2d_matrix,
+    deconv2d,
+    deconv2d_matrix,
+    kernels,
+    unrolled_filter_matrix,
+)
 
 SEED_X = np.arange(1.0, 10.0, dtype=np.float32).reshape(1, 1, 3, 3)  # a11..a33 = 1..9
 SEED_W = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)  # b11, b12, b21, b22 = 1, 2, 3, 4

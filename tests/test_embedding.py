@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinyfn import gradcheck
-from tinyfn import reference as R
+from tinyfn import gradcheck, reference as R
 from tinyfn.layers import Embedding, embedding, from_spec, to_spec
 
 # ---- for the op registry: a sampler of valid random arguments and a PyTorch oracle ----

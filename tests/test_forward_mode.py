@@ -9,9 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfn import layers as L
-from tinyfn import losses
-from tinyfn import reference as R
+from tinyfn import layers as L, losses, reference as R
 from tinyfn.models import lenet5
 
 

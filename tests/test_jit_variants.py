@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfn import layers as L
-from tinyfn import registry
+from tinyfn import layers as L, registry
 
 KEY = jax.random.key(7)
 

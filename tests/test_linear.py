@@ -3,11 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from tinyfn import gradcheck
-from tinyfn import reference as R
+from tinyfn import gradcheck, reference as R
 from tinyfn.layers import linear
 
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from strategies import off_kink
 
-from tinyfn import gradcheck
-from tinyfn import reference as R
+from tinyfn import gradcheck, reference as R
 from tinyfn.layers import (
     GELU,
     LeakyReLU,

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from strategies import distinct, pool_configs
 
-from tinyfn import gradcheck
-from tinyfn import reference as R
+from tinyfn import gradcheck, reference as R
 from tinyfn.layers import FORMULATIONS, max_pool2d, max_pool2d_with_switches, max_unpool2d
 
 

@@ -8,8 +8,16 @@ import pytest
 
 from tinyfn.data import load_embedded, normalize
 from tinyfn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU, serial
-from tinyfn.train import CHECKPOINT_NAME, ConsoleLog, EpochSummary, StepInfo, fit, load_checkpoint, sgd
-from tinyfn.train import loop as loop_module
+from tinyfn.train import (
+    CHECKPOINT_NAME,
+    ConsoleLog,
+    EpochSummary,
+    StepInfo,
+    fit,
+    load_checkpoint,
+    loop as loop_module,
+    sgd,
+)
 
 
 @pytest.fixture(scope="module")

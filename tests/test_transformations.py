@@ -8,11 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from strategies import distinct
 
-from tinyfn import losses, models
-from tinyfn import reference as R
-from tinyfn.layers import conv as conv_module
-from tinyfn.layers import conv2d, deconv2d, max_pool2d
-from tinyfn.layers import pool as pool_module
+from tinyfn import losses, models, reference as R
+from tinyfn.layers import conv as conv_module, conv2d, deconv2d, max_pool2d, pool as pool_module
 
 
 def _loss(w, x):

@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinyfn import reference as R
-from tinyfn import visualize as V
+from tinyfn import reference as R, visualize as V
 from tinyfn.layers import (
     Embedding,
     Linear,

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from tinyfn import models
-from tinyfn import visualize as V
+from tinyfn import models, visualize as V
 from tinyfn.layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU, Softmax, serial
 
 

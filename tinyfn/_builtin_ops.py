@@ -14,10 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfn import _torch_oracles as T
-from tinyfn import layers as L
-from tinyfn import losses
-from tinyfn import reference as R
+from tinyfn import _torch_oracles as T, layers as L, losses, reference as R
 from tinyfn._builtin_ops_pooling import (
     _form,
     _ints,

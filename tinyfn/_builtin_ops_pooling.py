@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfn import layers as L
-from tinyfn import reference as R
+from tinyfn import layers as L, reference as R
 from tinyfn.registry import Sample, distinct, normal
 
 _F32 = np.float32

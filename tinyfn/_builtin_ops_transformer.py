@@ -12,10 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from tinyfn import _torch_oracles as T
-from tinyfn import layers as L
-from tinyfn import losses
-from tinyfn import reference as R
+from tinyfn import _torch_oracles as T, layers as L, losses, reference as R
 from tinyfn.registry import OpSpec, Sample, normal, off_kink, register_op
 
 _F32 = np.float32

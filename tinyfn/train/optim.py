@@ -52,9 +52,6 @@ class GradientTransformation(NamedTuple):
     update: Callable
 
 
-Optimizer = GradientTransformation  # the name used before the protocol was optax's
-
-
 class EmptyState(NamedTuple):
     """The state of a stateless transformation."""
 

@@ -28,49 +28,25 @@ from types import MappingProxyType
 from tinyfn.layers.kernels import direct, im2col, pooling, xla
 from tinyfn.layers.kernels.choice import (
     CHUNK_BYTES as CHUNK_BYTES,
-)
-from tinyfn.layers.kernels.choice import (
     FORMULATIONS,
     Plan,
-    record,
-)
-from tinyfn.layers.kernels.choice import (
     check_options as check_options,
-)
-from tinyfn.layers.kernels.choice import (
     default_formulation as default_formulation,
-)
-from tinyfn.layers.kernels.choice import (
     formulation as formulation,
-)
-from tinyfn.layers.kernels.choice import (
     gemm_degenerates as gemm_degenerates,
-)
-from tinyfn.layers.kernels.choice import (
     plan as plan,
-)
-from tinyfn.layers.kernels.choice import (
+    record,
     record_paths as record_paths,
 )
 from tinyfn.layers.kernels.geometry import (
     chwn as chwn,
-)
-from tinyfn.layers.kernels.geometry import (
     code_to_switches as code_to_switches,
-)
-from tinyfn.layers.kernels.geometry import (
     conv_output_size,
+    deconv_output_size as deconv_output_size,
+    nchw as nchw,
+    pool_args as pool_args,
     pool_geometry,
     valid_taps,
-)
-from tinyfn.layers.kernels.geometry import (
-    deconv_output_size as deconv_output_size,
-)
-from tinyfn.layers.kernels.geometry import (
-    nchw as nchw,
-)
-from tinyfn.layers.kernels.geometry import (
-    pool_args as pool_args,
 )
 from tinyfn.layers.kernels.im2col import n_chunks as n_chunks
 
