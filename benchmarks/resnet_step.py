@@ -210,6 +210,25 @@ def torch_step(convs, head, width, blocks, first_stride, channels_last, stem_str
     return step
 
 
+def interleaved_times(impls, reference, rounds, steps):
+    """``({name: [seconds per step]}, reference's first two losses)``: every implementation's ``steps`` steps in
+    turn for ``rounds`` rounds, after a warm-up (compilation included) in which each must give the reference's
+    first two losses (the same weights, batch and optimizer: otherwise the comparison is void)."""
+    times = {name: [] for name in impls}
+    first = {name: [run() for _ in range(2)] for name, run in impls.items()}
+    ref = first[reference]
+    for name, losses in first.items():
+        if not np.allclose(losses, ref, rtol=2e-3, atol=2e-4):
+            raise SystemExit(f"{name} computes another step: first losses {losses} against tinyfn's {ref}")
+    for _ in range(rounds):
+        for name, run in impls.items():
+            for _ in range(steps):
+                t = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t)
+    return times, ref
+
+
 def main(argv=None):
     args = parse_args(argv)
     tinyfn.tune_allocator()
@@ -256,19 +275,7 @@ def main(argv=None):
                 name = f"PyTorch {torch.__version__} eager" + (", channels-last" if cl else ", NCHW")
                 impls[name] = lambda step=step, xt=xt, yt=yt: float(step(xt, yt))
                 torch_names.append(name)
-    times = {name: [] for name in impls}
-    first = {name: [run() for _ in range(2)] for name, run in impls.items()}  # warm-up, compilation included
-    # the same weights, batch and optimizer: the same two first losses, or the comparison is void
-    ref = first["tinyfn (handwritten rules, jit)"]
-    for name, losses in first.items():
-        if not np.allclose(losses, ref, rtol=2e-3, atol=2e-4):
-            raise SystemExit(f"{name} computes another step: first losses {losses} against tinyfn's {ref}")
-    for _ in range(args.rounds):
-        for name, run in impls.items():
-            for _ in range(args.steps):
-                t = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t)
+    times, ref = interleaved_times(impls, "tinyfn (handwritten rules, jit)", args.rounds, args.steps)
     print(f"first two losses, every implementation: {ref[0]:.4f}, {ref[1]:.4f} (within 2e-3)")
     print(
         f"resnet(width={args.width}, blocks_per_stage={args.blocks}, first_stride={args.first_stride}, "

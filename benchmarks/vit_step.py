@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,9 @@ import numpy as np
 import tinyfn
 from tinyfn import models, train
 from tinyfn.losses import softmax_cross_entropy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resnet_step import interleaved_times  # noqa: E402  (the benchmarks' shared timing loop)
 
 TINYFN = "tinyfn (handwritten rules, jit)"
 JAX = "JAX autodiff (jax.nn.dot_product_attention, jit)"
@@ -203,18 +206,7 @@ def main(argv=None):
     x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, args.batch_size).astype(np.int32)
     impls, torch_names = _implementations(args, params, x, y)
-    times = {name: [] for name in impls}
-    first = {name: [run() for _ in range(2)] for name, run in impls.items()}  # warm-up, compilation included
-    ref = first[TINYFN]  # the same weights, batch and optimizer: the same two first losses, or the comparison is void
-    for name, losses in first.items():
-        if not np.allclose(losses, ref, rtol=2e-3, atol=2e-4):
-            raise SystemExit(f"{name} computes another step: first losses {losses} against tinyfn's {ref}")
-    for _ in range(args.rounds):
-        for name, run in impls.items():
-            for _ in range(args.steps):
-                t = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t)
+    times, ref = interleaved_times(impls, TINYFN, args.rounds, args.steps)
     print(f"first two losses, every implementation: {ref[0]:.4f}, {ref[1]:.4f} (within 2e-3)")
     print(
         f"vit(patch={args.patch}, embed_dim={args.embed_dim}, depth={args.depth}, num_heads={args.heads}, "
