@@ -69,15 +69,15 @@ def test_the_course_is_there():
     names = {p.name for p in NOTEBOOKS}
     expected = {
         "01_gradients_and_laws.ipynb",
-        "02_linear_layer.ipynb",
-        "03_convolution_as_matrix.ipynb",
-        "04_deconvolution_and_unpooling.ipynb",
-        "05_train_a_cnn.ipynb",
-        "06_deconvnet.ipynb",
-        "07_write_your_own_layer.ipynb",
-        "08_softmax_cross_entropy.ipynb",
-        "09_optimizers.ipynb",
-        "10_batch_norm.ipynb",
+        "03_linear_layer.ipynb",
+        "04_convolution_as_matrix.ipynb",
+        "05_deconvolution_and_unpooling.ipynb",
+        "08_train_a_cnn.ipynb",
+        "09_deconvnet.ipynb",
+        "10_write_your_own_layer.ipynb",
+        "06_softmax_cross_entropy.ipynb",
+        "07_optimizers.ipynb",
+        "11_batch_norm.ipynb",
     }
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
