@@ -37,6 +37,7 @@ LAYERS = (
         "tinyfn._builtin_ops_pooling",
         "tinyfn._builtin_ops",
         "tinyfn._builtin_ops_transformer",
+        "tinyfn._builtin_ops_layers",
     ),  # the checks, the registered ops
     ("tinyfn.models",),
     ("tinyfn",),  # the package face

@@ -12,6 +12,7 @@ plots return ``matplotlib.figure.Figure`` objects without touching the backend.
 
 from tinyfn import (  # noqa: F401  (they register the built-in ops in registry.OPS)
     _builtin_ops,
+    _builtin_ops_layers,
     _builtin_ops_transformer,
     gradcheck as gradcheck,
     initializers as initializers,

@@ -135,3 +135,20 @@ def dot_product_attention(q, k, v, mask=None, causal=False, scale=None):
 
 def take_token(x, index=0):
     return x[:, index]
+
+
+def reshape(x, shape):
+    return x.reshape(x.shape[0], *shape)
+
+
+def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1):
+    return _f().conv1d(x, w, b, stride=stride, padding=padding, dilation=dilation)
+
+
+def group_norm(x, gamma=None, beta=None, *, num_groups, eps=1e-5):
+    return _f().group_norm(x, num_groups, gamma, beta, eps=eps)
+
+
+def upsample_nearest2d(x, scale_factor=2):
+    scale = scale_factor if isinstance(scale_factor, tuple) else (scale_factor, scale_factor)
+    return _f().interpolate(x, scale_factor=tuple(float(s) for s in scale), mode="nearest")

@@ -310,3 +310,39 @@ def dot_product_attention(q, k, v, mask=None, causal=False, scale=None):
     weights = jnp.where(any_key, jnp.exp(logits - top), 0.0)
     probs = weights / jnp.where(any_key, weights.sum(axis=-1, keepdims=True), 1.0)
     return jnp.einsum("nhts,nhsd->nhtd", probs, v)
+
+
+# ---- reshape, 1-D convolution, group norm, nearest upsampling (definitions, differentiated by JAX) ----
+
+__all__ += ["reshape", "conv1d", "group_norm", "upsample_nearest2d"]
+
+
+def reshape(x, shape):
+    return jnp.reshape(x, (x.shape[0], *shape))
+
+
+def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1):
+    """Windows gathered by index, ``(N, C, Lo, K)``, contracted with ``w (O, C, K)``."""
+    k = w.shape[2]
+    xp = jnp.pad(x, ((0, 0), (0, 0), (padding, padding)))
+    lo = (xp.shape[2] - dilation * (k - 1) - 1) // stride + 1
+    idx = np.arange(lo)[:, None] * stride + np.arange(k)[None, :] * dilation
+    y = jnp.einsum("nclk,ock->nol", xp[:, :, idx], w)
+    return y if b is None else y + b[None, :, None]
+
+
+def group_norm(x, gamma=None, beta=None, *, num_groups, eps=1e-5):
+    """Each sample's ``num_groups`` blocks of consecutive channels standardised, then a per-channel affine map."""
+    rows = x.reshape(x.shape[0], num_groups, -1)
+    mean = rows.mean(axis=2, keepdims=True)
+    var = ((rows - mean) ** 2).mean(axis=2, keepdims=True)
+    y = ((rows - mean) / jnp.sqrt(var + eps)).reshape(x.shape)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    y = y if gamma is None else y * gamma.reshape(shape)
+    return y if beta is None else y + beta.reshape(shape)
+
+
+def upsample_nearest2d(x, scale_factor=2):
+    """``y[n, c, i, j] = x[n, c, i // sh, j // sw]``: each row, then each column, repeated."""
+    sh, sw = int_pair("scale_factor", scale_factor)
+    return jnp.repeat(jnp.repeat(x, sh, axis=2), sw, axis=3)

@@ -52,6 +52,7 @@ from tinyfn.layers.conv import (
     deconv2d as deconv2d,
     deconv_output_size as deconv_output_size,
 )
+from tinyfn.layers.conv1d import Conv1D as Conv1D, conv1d as conv1d
 from tinyfn.layers.conv_matrix import (
     conv2d_matrix as conv2d_matrix,
     deconv2d_matrix as deconv2d_matrix,
@@ -59,6 +60,7 @@ from tinyfn.layers.conv_matrix import (
 )
 from tinyfn.layers.dropout import Dropout as Dropout, dropout as dropout
 from tinyfn.layers.embedding import Embedding as Embedding, embedding as embedding
+from tinyfn.layers.group_norm import GroupNorm as GroupNorm, group_norm as group_norm
 from tinyfn.layers.kernels import (
     FORMULATIONS as FORMULATIONS,
     default_formulation as default_formulation,
@@ -93,7 +95,7 @@ from tinyfn.layers.pool import (
     max_unpool2d as max_unpool2d,
 )
 from tinyfn.layers.precision import Float32 as Float32
-from tinyfn.layers.reshape import Flatten as Flatten, flatten as flatten
+from tinyfn.layers.reshape import Flatten as Flatten, Reshape as Reshape, flatten as flatten, reshape as reshape
 from tinyfn.layers.spec import (
     LAYERS as LAYERS,
     from_spec as from_spec,
@@ -111,3 +113,4 @@ from tinyfn.layers.transformer import (
     multi_head_attention as multi_head_attention,
     take_token as take_token,
 )
+from tinyfn.layers.upsample import Upsample as Upsample, upsample_nearest2d as upsample_nearest2d

@@ -30,7 +30,7 @@ from tinyfn.layers.linear import Linear
 from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm
 from tinyfn.layers.pool import MaxPool2D
 from tinyfn.layers.precision import Float32
-from tinyfn.layers.reshape import Flatten
+from tinyfn.layers.reshape import Flatten, Reshape
 
 __all__ = ["to_spec", "from_spec", "register_layer", "LAYERS"]
 
@@ -47,6 +47,7 @@ LAYERS: dict[str, tuple[Callable[..., Layer], bool]] = {
     "Softmax": (Softmax, False),
     "LogSoftmax": (LogSoftmax, False),
     "Flatten": (Flatten, False),
+    "Reshape": (Reshape, False),
     "Dropout": (Dropout, False),
     "Float32": (Float32, False),
     "BatchNorm1D": (BatchNorm1D, False),
