@@ -3,7 +3,10 @@
 ``channel_affine(x, gamma, beta) = gamma · x + beta`` per channel (NCHW). Its rule follows the first law:
 the map is diagonal in ``x`` (``dx = gamma · g``) and linear in ``gamma`` and ``beta`` (``dgamma = Σ g · x``,
 ``dbeta = Σ g``, summed over batch and pixels). ``tinyfn.gradcheck.check_vjp`` compares the rule with JAX's
-autodiff of a plain reference and with float64 finite differences; the layer then trains inside ``serial``.
+autodiff of a plain reference and with float64 finite differences; registered as an ``OpSpec`` (in a table of its
+own here), it goes through ``tinyfn.testing``'s property checks (jit, vmap, forward over reverse) as the built-in ops
+do; ``register_layer`` lets ``to_spec``/``from_spec`` (and checkpoints) rebuild it; the layer then trains inside
+``serial``.
 About 10 s on two CPU cores (``TINYFN_EXAMPLE_QUICK=1``: fewer steps).
 
     python examples/layer_with_parameters.py
@@ -13,8 +16,9 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from tinyfn import gradcheck, layers as L, losses, train
+from tinyfn import gradcheck, layers as L, losses, registry, testing, train
 from tinyfn.layers import Layer, make_layer
 
 STEPS = 20 if os.environ.get("TINYFN_EXAMPLE_QUICK") == "1" else 200
@@ -47,6 +51,8 @@ def ChannelAffine() -> Layer:
 
     def init(key, input_shape):
         del key
+        if len(input_shape) != 4:
+            raise ValueError(f"ChannelAffine: input_shape must be (N, C, H, W), got {tuple(input_shape)}")
         channels = input_shape[1]
         return input_shape, {"gamma": jnp.ones(channels), "beta": jnp.zeros(channels)}
 
@@ -56,10 +62,31 @@ def ChannelAffine() -> Layer:
     return make_layer("ChannelAffine", init, apply)  # wraps apply in the params check: wrong params are named
 
 
-def main():
+def _sample(rng, dtype):
+    shapes = ((2, 3, 4, 4), (3,), (3,))
+    return registry.Sample(tuple(registry.normal(rng, s, dtype) for s in shapes))
+
+
+SPEC = registry.OpSpec("channel_affine", channel_affine, _plain, _sample, ("x", "gamma", "beta"), (0, 1, 2))
+
+
+def check_and_register():
+    """The rule against the reference and finite differences, the property checks, the layer in the spec registry."""
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     args = jax.random.normal(k1, (2, 3, 4, 4)), jax.random.normal(k2, (3,)), jax.random.normal(k3, (3,))
     print(gradcheck.check_vjp(channel_affine, args, reference=_plain, argnames=("x", "gamma", "beta")))  # raises if off
+    mine: list[registry.OpSpec] = []
+    registry.register_op(SPEC, table=mine)  # registry.register_op(SPEC) would add it to tinyfn's own OPS
+    sample = SPEC.sample(np.random.default_rng(0), np.float32)
+    for check in (testing.check_jit, testing.check_vmap, testing.check_vjp):
+        check(mine[0], sample)  # each raises, naming the op and the sample, if the rule disagrees
+    testing.check_hessian(SPEC)  # forward over reverse runs through the rule (its fwd does not call itself)
+    L.register_layer("ChannelAffine", ChannelAffine)  # to_spec / from_spec / checkpoints can rebuild it now
+    assert L.from_spec(L.to_spec(L.serial(ChannelAffine(), L.ReLU()))).children[0].name == "ChannelAffine"
+
+
+def main():
+    check_and_register()
 
     model = L.serial(L.Conv2D(4, 3, padding=1), ChannelAffine(), L.ReLU(), L.Flatten(), L.Linear(2))
     _, params = model.init(jax.random.key(1), (None, 1, 8, 8))
