@@ -16,6 +16,7 @@ EXPECTED = {  # script: the start of the line it prints last
     "finetune_from_checkpoint.py": "finetune_from_checkpoint: test accuracy",
     "optax_optimizer.py": "optax_optimizer: train loss",
     "data_parallel.py": "data_parallel: 4 devices",
+    "causal_copy.py": "causal_copy: held-out loss",
 }
 
 
