@@ -273,6 +273,10 @@ LAYERS = {
     "LogSoftmax": lambda a: L.LogSoftmax(a),
     "ReLU": lambda a: L.ReLU(),
     "Flatten": lambda a: L.Flatten(),
+    "Reshape": lambda a: L.Reshape((a, -1)),
+    "Conv1D": lambda a: L.Conv1D(2, a, padding=1, dilation=2),
+    "GroupNorm": lambda a: L.GroupNorm(a),
+    "Upsample": lambda a: L.Upsample(a),
     "serial": lambda a: L.serial(L.Conv2D(2, a), L.ReLU(), L.Flatten(), L.Linear(3)),
 }
 
