@@ -362,7 +362,10 @@ def _restored(path, templates, opt_state, model_state):
     ):
         if tree is None and template is not None and jax.tree_util.tree_leaves(template):
             raise CheckpointError(f"{path} holds no {what}, but like= gives one to restore")
-        out.append(tree if tree is None or template is None else restore_like(tree, template, what=f"{path}: {what}"))
+        try:
+            out.append(tree if tree is None or template is None else restore_like(tree, template, what=what))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
     return tuple(out)
 
 
