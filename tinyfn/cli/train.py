@@ -262,7 +262,7 @@ def kept_best(recipe, data):
 
 def best_params(recipe, data, out, result):
     """``(params, model_state, note)``: the best validation epoch's (from ``best.safetensors``) when the run kept
-    it, else the last epoch's; ``note`` says which epoch the test set is evaluated with."""
+    it, with a ``note`` that says so; else the last epoch's and ``""``."""
     from tinyfn.train import BEST_NAME, Checkpoint, load_checkpoint
 
     params, history = result
@@ -272,7 +272,10 @@ def best_params(recipe, data, out, result):
     ckpt = load_checkpoint(path, like=Checkpoint(params, model_state=result.model_state))
     metric = recipe["keep_best"].replace("_", " ")
     value = history["eval_loss" if recipe["keep_best"] == "val_loss" else "eval_accuracy"][best - 1]
-    note = f" (the best validation epoch, {best} of {len(history['epoch'])}: {metric} {value:.4f}; {BEST_NAME})"
+    note = (
+        f"tested with the best validation epoch, {best} of {len(history['epoch'])} ({metric} {value:.4f}; its "
+        f"checkpoint: {out / BEST_NAME})"
+    )
     return ckpt.params, ckpt.model_state if ckpt.model_state is not None else {}, note
 
 
@@ -318,8 +321,10 @@ def finish(recipe, data, model, setup, out, result, t0):
     if result.stopped_early:
         metric = recipe["keep_best"] if recipe["keep_best"] != "none" else "val_loss"
         print(f"stopped early: {recipe['patience']} epochs without a better validation {metric[4:]}")
+    if note:
+        print(note)
     if single:
         print(f"test accuracy, single view: {single[1]:.4f}")
     tta = f" (test-time views: {recipe['tta']})" if views else ""
     print(f"test loss: {loss:.4f}{tta}")
-    print(f"test accuracy: {acc:.4f}{tta}{note}")
+    print(f"test accuracy: {acc:.4f}{tta}")
