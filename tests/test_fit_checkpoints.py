@@ -93,6 +93,8 @@ def test_fit_starts_from_a_given_optimizer_state_and_refuses_another_optimizers(
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="fit: opt_state= does not match the run's .*holds 9 arrays"):
         _fit(MODEL, data, optimizer=optimizer, opt_state=adam(0.1).init(_params()))
+    with pytest.raises(ValueError, match="fit: opt_state= starts a new run .*resume=True continues"):
+        _fit(MODEL, data, optimizer=optimizer, opt_state=ckpt.opt_state, checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="fit: model_state= does not match the run's"):
         _fit(MODEL, data, model_state={"mean": jnp.zeros(3)})
 

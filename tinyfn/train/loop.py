@@ -116,6 +116,11 @@ class FitResult(tuple):
 def _start(model, params, optimizer, source, key, opt_state, model_state, resume, ckpt_path) -> Run:
     """The run's state: ``params`` and the given (or fresh) model and optimizer states, checked and copied; or, with
     ``resume``, what the checkpoint at ``ckpt_path`` holds."""
+    if resume and opt_state is not None:
+        raise ValueError(
+            "fit: opt_state= starts a new run from given states, resume=True continues the checkpoint's own: "
+            "pass one of them"
+        )
     states = starting_states(model, params, optimizer, source.x_shape, opt_state=opt_state, model_state=model_state)
     run = Run(*states)
     if resume:
