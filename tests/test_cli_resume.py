@@ -165,6 +165,7 @@ def test_an_older_runs_recipe_is_completed_from_beside_it_and_from_its_models_de
     recipe = run_recipe(old, "runs/mine")  # written before the recipe held data, seed, precision, decay and tta
     assert recipe == dict(
         recipe_for("embedded", "wide_cnn"),
+        keep_best="none",  # it kept no best epoch: resumed, its test set is evaluated with its last epoch as before
         data="embedded",
         seed=1,
         precision="fp32",
@@ -174,3 +175,32 @@ def test_an_older_runs_recipe_is_completed_from_beside_it_and_from_its_models_de
     )
     with pytest.raises(ValueError, match="--resume: runs/x records no recipe"):
         run_recipe({"history": {}}, "runs/x")
+
+
+def test_the_default_recipe_keeps_the_best_validation_epoch_tests_it_and_logs_each_epoch(tmp_path, capsys):
+    import csv
+
+    from tinyfn.data import load_embedded, write_idx
+    from tinyfn.train import BEST_NAME, load_checkpoint
+
+    data, out = tmp_path / "idx", tmp_path / "run"
+    data.mkdir()
+    for prefix, split, n in (("train", "train", 384), ("t10k", "test", 128)):
+        ds = load_embedded(split)
+        write_idx(data / f"{prefix}-images-idx3-ubyte", np.asarray(ds.images[:n]).reshape(n, 28, 28))
+        write_idx(data / f"{prefix}-labels-idx1-ubyte", np.asarray(ds.labels[:n]).astype(np.uint8))
+    flags = ["--data", str(data), "--model", "lenet5", "--batch-size", "64", "--out", str(out), "--quiet"]
+    assert main(["train", *flags, "--epochs", "3", "--lr", "0.2", "--schedule", "constant"]) == 0
+    stdout = capsys.readouterr().out
+    history = json.loads((out / "history.json").read_text())
+    best = int(np.argmin(history["eval_loss"])) + 1
+    assert history["tested_epoch"] == best == history["best_epoch"][-1]
+    assert (
+        f"tested with the best validation epoch, {best} of 3 (val loss {history['eval_loss'][best - 1]:.4f}" in stdout
+    )
+    assert load_checkpoint(out / BEST_NAME).metadata["position"]["epoch"] == best
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["eval_loss"]) for r in rows] == history["eval_loss"]  # one row per epoch
+    assert main(["evaluate", str(out / BEST_NAME)]) == 0  # the best epoch's checkpoint opens in evaluate
+    assert f"test accuracy: {history['test_accuracy']:.4f}" in capsys.readouterr().out

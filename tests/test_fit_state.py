@@ -247,3 +247,29 @@ def test_a_bfloat16_model_trains_with_adam_like_optax_and_resumes_bit_identicall
     ours, theirs = straight.history["train_loss"], peer.history["train_loss"]
     assert ours[-1] < 0.8 * ours[0] and theirs[-1] < 0.8 * theirs[0]  # both learn (before the fix: no move at all)
     np.testing.assert_allclose(ours, theirs, rtol=0.05)  # and alike: bf16 rounding is the only difference
+
+
+def test_fit_trains_a_bf16_resnet_with_float32_batch_norm_statistics(small_data, tmp_path):
+    from tinyfn.train import load_model
+
+    (x, y), _ = small_data
+    model = models.resnet(10, compute_dtype=jnp.bfloat16, width=4, blocks_per_stage=1, stages=1)
+    _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
+    result = fit(
+        model,
+        params,
+        (x[:64], y[:64]),
+        epochs=1,
+        batch_size=32,
+        optimizer=adam(1e-3),
+        key=jax.random.key(1),
+        quiet=True,
+        checkpoint_dir=tmp_path,
+    )
+    assert np.isfinite(result.history["train_loss"][0])
+    assert {a.dtype for a in jax.tree.leaves(result.model_state)} == {jnp.dtype(jnp.float32)}  # statistics float32
+    assert {a.dtype for a in jax.tree.leaves(result.params)} == {jnp.dtype(jnp.float32)}
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(result.model_state), jax.tree.leaves(state))]
+    assert all(moved)  # every running statistic was updated from the bf16 activations
+    loaded = load_model(tmp_path)  # rebuilt computing in bf16 again, its state float32
+    assert "bfloat16" in str(loaded.metadata["model"]["spec"]) and loaded.model_state is not None

@@ -14,6 +14,7 @@ __all__ = [
     "OPTIMIZERS",
     "TTA_NAMES",
     "DECAY_NAMES",
+    "KEEP_BEST_NAMES",
     "PRECISIONS",
     "RUN_KEYS",
     "VAL_FRACTION",
@@ -46,6 +47,8 @@ _SGD = dict(
     tta="none",
     decay="all",
     val_fraction=VAL_FRACTION,
+    keep_best="val_loss",  # the test set is evaluated with the best validation epoch's params (best.safetensors)
+    patience=0,  # no early stopping
 )
 # AdamW (decay on filters and matrices only), cosine with a warm-up, random crops (padding 1) and flips, label
 # smoothing 0.1, all the training images (no validation split), flip views at test time.
@@ -61,6 +64,8 @@ _ADAMW = dict(
     tta="flip",
     decay="weights",
     val_fraction=0.0,
+    keep_best="none",  # no validation split: the last epoch is the run's result
+    patience=0,
 )
 RECIPES = {
     "embedded": dict(_SGD, model="lenet5", epochs=15, batch_size=64),
@@ -74,6 +79,7 @@ RECIPES = {
 OPTIMIZERS = ("sgd", "adam", "adamw")
 TTA_NAMES = tuple(TTA_VIEWS)  # --tta: the named test-time views ("none", "flip")
 DECAY_NAMES = ("all", "weights")  # weights: tinyfn.train.weights_only
+KEEP_BEST_NAMES = ("val_loss", "val_accuracy", "none")  # --keep-best: fit(keep_best=...), with a validation split
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 # With the recipe, what else shapes a run: its data (and so its split and normalisation), its seed (the split, the
 # initialisation, the shuffles) and its precision. A run records all of it as its recipe; --resume takes it from there.
@@ -105,13 +111,15 @@ def run_recipe(meta: dict, where) -> dict:
     """The full recipe a run's checkpoint metadata records.
 
     Older runs kept data, seed and precision beside the recipe, and a recipe
-    entry added since (``decay``, ``tta``, ...) takes its default of that run's data and model.
+    entry added since (``decay``, ``tta``, ...) takes its default of that run's data and model;
+    ``keep_best`` excepted: a run written before it kept no best epoch (``"none"``).
     """
     recipe = meta.get("recipe")
     if not isinstance(recipe, dict) or "model" not in recipe:
         raise ValueError(f"--resume: {where} records no recipe (it was not written by `python -m tinyfn train`)")
     run_keys = {k: meta.get(k, default) for k, default in RUN_KEYS.items()}
-    return {**recipe_for(str(recipe.get("data", run_keys["data"])), recipe["model"]), **run_keys, **recipe}
+    defaults = dict(recipe_for(str(recipe.get("data", run_keys["data"])), recipe["model"]), keep_best="none")
+    return {**defaults, **run_keys, **recipe}
 
 
 def _as_flag(name, value) -> str:
@@ -211,6 +219,8 @@ def check_recipe(recipe, devices):
         ("crop-padding", recipe["crop_padding"] >= 0, "a non-negative integer"),
         ("tta", recipe.get("tta", "none") in TTA_NAMES, f"one of {', '.join(TTA_NAMES)}"),
         ("decay", recipe.get("decay", "all") in DECAY_NAMES, f"one of {', '.join(DECAY_NAMES)}"),
+        ("keep-best", recipe.get("keep_best", "none") in KEEP_BEST_NAMES, f"one of {', '.join(KEEP_BEST_NAMES)}"),
+        ("patience", recipe.get("patience", 0) >= 0, "a non-negative integer (0: no early stopping)"),
     )
     for flag, ok, expected in checks:
         if not ok:
@@ -219,6 +229,11 @@ def check_recipe(recipe, devices):
         raise ValueError(f"--devices must be a positive integer, got {devices}")
     if not 0 <= recipe["val_fraction"] < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {recipe['val_fraction']}")
+    if recipe.get("patience", 0) and not recipe["val_fraction"]:
+        raise ValueError(
+            f"--patience {recipe['patience']} stops on the validation loss, but --val-fraction 0 holds out no "
+            "validation images"
+        )
 
 
 def data_name(data: str) -> str:

@@ -39,6 +39,7 @@ def add_arguments(p):
     """The flags of ``train``: what the data and model are, the recipe (each defaults to the recipe's), the run."""
     train_flags.data_and_model_flags(p.add_argument)
     train_flags.recipe_flags(p.add_argument)
+    train_flags.selection_flags(p.add_argument)
     train_flags.run_flags(p.add_argument)
 
 
@@ -225,7 +226,7 @@ def announce(recipe, data, setup, out):
 def train(args, recipe, data, model, setup, out):
     """``fit`` with the recipe, checkpointing into ``out`` (and resuming from it with ``--resume``)."""
     from tinyfn.losses import softmax_cross_entropy
-    from tinyfn.train import ConsoleLog, fit
+    from tinyfn.train import METRICS_CSV, ConsoleLog, fit
 
     return fit(
         model,
@@ -247,18 +248,56 @@ def train(args, recipe, data, model, setup, out):
         augment=setup.augment,
         loss_fn=train_loss(recipe),
         eval_loss_fn=softmax_cross_entropy,
+        keep_best=kept_best(recipe, data),
+        patience=recipe.get("patience", 0) or None,
+        log_csv=out / METRICS_CSV,
     )
+
+
+def kept_best(recipe, data):
+    """``fit``'s ``keep_best``: the recipe's metric when there is a validation split, else ``None``."""
+    keep = recipe.get("keep_best", "none")
+    return keep if keep != "none" and data.validation is not None else None
+
+
+def best_params(recipe, data, out, result):
+    """``(params, model_state, note)``: the best validation epoch's (from ``best.safetensors``) when the run kept
+    it, with a ``note`` that says so; else the last epoch's and ``""``."""
+    from tinyfn.train import BEST_NAME, Checkpoint, load_checkpoint
+
+    params, history = result
+    best, path = result.best_epoch, out / BEST_NAME
+    if kept_best(recipe, data) is None or best is None or not path.is_file():
+        return params, result.model_state, ""
+    ckpt = load_checkpoint(path, like=Checkpoint(params, model_state=result.model_state))
+    metric = recipe["keep_best"].replace("_", " ")
+    value = history["eval_loss" if recipe["keep_best"] == "val_loss" else "eval_accuracy"][best - 1]
+    note = (
+        f"tested with the best validation epoch, {best} of {len(history['epoch'])} ({metric} {value:.4f}; its "
+        f"checkpoint: {out / BEST_NAME})"
+    )
+    return ckpt.params, ckpt.model_state if ckpt.model_state is not None else {}, note
 
 
 def finish(recipe, data, model, setup, out, result, t0):
     """The test set, once, at the end; then history.json, the curves and the confusion matrix (process 0 only)."""
-    from tinyfn.train import CHECKPOINT_NAME, confusion_matrix, evaluate, is_writer, plot_confusion, plot_history
+    from tinyfn.train import (
+        BEST_NAME,
+        CHECKPOINT_NAME,
+        METRICS_CSV,
+        confusion_matrix,
+        evaluate,
+        is_writer,
+        plot_confusion,
+        plot_history,
+    )
     from tinyfn.train.augment import TTA_VIEWS
 
-    params, history = result
+    history = result.history
+    params, model_state, note = best_params(recipe, data, out, result)
     views = TTA_VIEWS[recipe["tta"]]
     with setup.formulation():
-        tested = evaluate(model, params, data.test, model_state=result.model_state, views=views)
+        tested = evaluate(model, params, data.test, model_state=model_state, views=views)
     loss, acc, preds = tested
     single = (tested.view_loss[0], tested.view_accuracy[0]) if views else None  # views[0] is the image itself
     if not is_writer():
@@ -266,6 +305,7 @@ def finish(recipe, data, model, setup, out, result, t0):
     record = dict(
         history, validation=setup.metadata["validation"], test_loss=loss, test_accuracy=acc, tta=recipe["tta"]
     )
+    record["tested_epoch"] = result.best_epoch if note else len(history["epoch"])
     if single:
         record.update(test_loss_single_view=single[0], test_accuracy_single_view=single[1])
     (out / "history.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -273,10 +313,16 @@ def finish(recipe, data, model, setup, out, result, t0):
         history, out / "curves.png", title=f"{recipe['model']} on {data_name(recipe['data'])}", eval_label="validation"
     )
     plot_confusion(confusion_matrix(data.test[1], preds, len(data.classes)), data.classes, out / "confusion.png")
+    kept = f", {BEST_NAME}" if note else ""
     print(
-        f"wrote {out}/{CHECKPOINT_NAME}, history.json, curves.png, confusion.png, command.txt "
+        f"wrote {out}/{CHECKPOINT_NAME}{kept}, {METRICS_CSV}, history.json, curves.png, confusion.png, command.txt "
         f"({time.perf_counter() - t0:.1f} s)"
     )
+    if result.stopped_early:
+        metric = recipe["keep_best"] if recipe["keep_best"] != "none" else "val_loss"
+        print(f"stopped early: {recipe['patience']} epochs without a better validation {metric[4:]}")
+    if note:
+        print(note)
     if single:
         print(f"test accuracy, single view: {single[1]:.4f}")
     tta = f" (test-time views: {recipe['tta']})" if views else ""

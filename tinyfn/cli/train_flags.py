@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tinyfn.cli import seed_int
-from tinyfn.cli.runs import DECAY_NAMES, OPTIMIZERS, PRECISIONS, TTA_NAMES, VAL_FRACTION
+from tinyfn.cli.runs import DECAY_NAMES, KEEP_BEST_NAMES, OPTIMIZERS, PRECISIONS, TTA_NAMES, VAL_FRACTION
 
 _DEFAULT = "default: the recipe's"
 
@@ -105,6 +105,24 @@ def recipe_flags(add):
         help="share of the training images held out for the per-epoch "
         f"validation curve ({_DEFAULT}, {VAL_FRACTION:.4f}: 5,000 of Fashion-MNIST's 60,000, 667 of the embedded "
         "8,000; 0 for resnet, which trains on all of them; 0 for none); the test set is evaluated once, at the end",
+    )
+
+
+def selection_flags(add):
+    """Which epoch's params the run ends with: the best validation epoch's, and early stopping."""
+    add(
+        "--keep-best",
+        choices=KEEP_BEST_NAMES,
+        default=None,
+        help="keep the checkpoint of the epoch with the best validation loss (or accuracy) as best.safetensors and "
+        f"evaluate the test set with it ({_DEFAULT}: val_loss with a validation split; none: the last epoch's)",
+    )
+    add(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after this many epochs without a better validation loss (or --keep-best metric); 0: never "
+        f"({_DEFAULT}: 0)",
     )
 
 

@@ -13,15 +13,18 @@ from tinyfn.train.checkpoint import (
     CheckpointError as CheckpointError,
     checkpoint_path as checkpoint_path,
     load_checkpoint as load_checkpoint,
+    restore_like as restore_like,
     save_checkpoint as save_checkpoint,
 )
 from tinyfn.train.loop import (
+    BEST_NAME as BEST_NAME,
     EvalResult as EvalResult,
     FitResult as FitResult,
     Interrupted as Interrupted,
     evaluate as evaluate,
     fit as fit,
 )
+from tinyfn.train.metrics_csv import METRICS_CSV as METRICS_CSV
 from tinyfn.train.model_io import LoadedModel as LoadedModel, load_model as load_model, model_record as model_record
 from tinyfn.train.optim import (
     AdamState as AdamState,

@@ -52,11 +52,14 @@ class CheckpointError(ValueError):
 
 
 class Checkpoint(NamedTuple):
+    """What ``load_checkpoint`` returns; ``Checkpoint(params, opt_state, model_state=...)`` is also the template
+    ``load_checkpoint(path, like=...)`` restores the states' own classes from."""
+
     params: Any
-    opt_state: Any
-    step: int | None
-    key: Any
-    metadata: dict
+    opt_state: Any = None
+    step: int | None = None
+    key: Any = None
+    metadata: dict | None = None
     model_state: Any = None  # the model's state (batch norm's running statistics); None if none was saved
 
 
@@ -99,8 +102,13 @@ def _rebuild(spec, tensors):
 
 
 def restore_like(tree, template, *, what: str = "opt_state"):
-    """``tree``'s arrays in ``template``'s pytree structure (e.g. an optimizer's NamedTuple state from
-    ``optimizer.init(params)``), matched leaf by leaf in order; a count or shape mismatch raises ``CheckpointError``."""
+    """``tree``'s arrays in ``template``'s pytree structure and dtypes, matched leaf by leaf in order; a count or
+    shape mismatch raises ``CheckpointError`` naming ``what``.
+
+    ``load_checkpoint`` rebuilds an optimizer state as look-alike namedtuples (same names and fields, not the same
+    classes); ``restore_like(ckpt.opt_state, optimizer.init(params))`` gives the optimizer's own state classes
+    (``tinyfn.train.AdamState``, ``optax.ScaleByAdamState``, ...), which ``optimizer.update`` and ``fit(opt_state=...)``
+    take. ``template`` may hold ``jax.ShapeDtypeStruct``s (``jax.eval_shape(optimizer.init, params)``)."""
     leaves, (ref, treedef) = jax.tree_util.tree_leaves(tree), jax.tree_util.tree_flatten(template)
     shape = lambda a: tuple(a.shape) if hasattr(a, "shape") else np.shape(a)  # noqa: E731  (arrays or ShapeDtypeStructs)
     if len(leaves) != len(ref):
@@ -306,13 +314,19 @@ def load_checkpoint(path, like=None) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``.
 
     ``like`` (a params pytree, e.g. from ``model.init``; only shapes and dtypes
-    are read) is checked key by key: the first missing or unexpected key, or
+    are read; or a ``Checkpoint(params, opt_state, model_state=...)`` of templates, e.g.
+    ``Checkpoint(params, optimizer.init(params), model_state=state)``: then the
+    optimizer and model states come back in the templates' own classes, tinyfn's
+    ``AdamState`` or optax's ``ScaleByAdamState``, through ``restore_like``) is checked key by key: the
+    first missing or unexpected key, or
     shape or dtype mismatch (of the stored dtype: a float64 checkpoint is refused
     for a float32 model, with or without ``jax_enable_x64``), raises
     ``CheckpointError`` naming it. A truncated, corrupted or foreign file, or a
     tensor of a dtype this reader cannot hold, raises ``CheckpointError`` too.
     """
     path = Path(path)
+    templates = like if isinstance(like, Checkpoint) else None
+    like = like.params if templates is not None else like
     tensors, meta = _read(path)
     try:
         names = _leaf_names(meta["params_structure"])
@@ -333,7 +347,26 @@ def load_checkpoint(path, like=None) -> Checkpoint:
     if like is not None:
         _check_like(path, params, like)  # in the stored dtypes: float64 is refused for float32 even with x64 off
     params, opt_state, model_state = jax.tree_util.tree_map(jnp.asarray, (params, opt_state, model_state))
+    if templates is not None:
+        opt_state, model_state = _restored(path, templates, opt_state, model_state)
     return Checkpoint(params, opt_state, meta.get("step"), _key(meta, tensors), meta.get("metadata", {}), model_state)
+
+
+def _restored(path, templates, opt_state, model_state):
+    """The states in the classes of ``templates``' (a ``Checkpoint`` of templates; a ``None`` template leaves its
+    state as rebuilt), a mismatch a ``CheckpointError`` naming the file and the state."""
+    out = []
+    for what, tree, template in (
+        ("opt_state", opt_state, templates.opt_state),
+        ("model_state", model_state, templates.model_state),
+    ):
+        if tree is None and template is not None and jax.tree_util.tree_leaves(template):
+            raise CheckpointError(f"{path} holds no {what}, but like= gives one to restore")
+        try:
+            out.append(tree if tree is None or template is None else restore_like(tree, template, what=what))
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    return tuple(out)
 
 
 def _key(meta, tensors):

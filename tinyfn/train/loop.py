@@ -1,29 +1,54 @@
 """The fit loop: keyed shuffling, a jitted step in a Python loop, evaluation, checkpoints, resume.
 
-``fit`` is assembled from small pieces, each named for what it does: ``_check_fit_arguments`` (refuse what cannot
-train, before any compilation), ``_start`` (the run's state, fresh or resumed: ``run_state.restore``),
-``run_state.Saver`` (the checkpoint at a position), ``_placement`` (batches onto the device(s)), ``_epoch_plan`` (the
-keyed order and step keys), ``_train_epoch`` (the steps, non-finite losses, signals), ``_close_epoch`` (evaluation,
-history, the ``EpochSummary``) and ``_epochs`` (the loop over them). It reports through callbacks and prints nothing.
+``fit`` is assembled from small pieces, each named for what it does: ``fit_args.check_fit_arguments`` (refuse what
+cannot train, before any compilation), ``_start`` (the run's state, fresh, from given states, or resumed:
+``run_state.restore``), ``run_state.Saver`` (the checkpoint at a position), ``_placement`` (batches onto the
+device(s)), ``batches`` (the keyed order of arrays, or an iterable's batches, and the step keys), ``_train_epoch``
+(the steps, non-finite losses, signals), ``_close_epoch`` (evaluation, history, the ``EpochSummary``), ``Watch``
+(the best epoch, patience, the CSV log) and ``_epochs`` (the loop over them). It reports through callbacks and prints
+nothing.
+
+Arguments: ``optimizer`` is a gradient transformation (tinyfn's ``sgd``/``adam``/``adamw``/``chain`` or any optax
+one); its state is checkpointed and resumed too. ``opt_state`` and ``model_state`` start a new run from given states
+(a checkpoint's momentum, Adam's moments, batch norm's statistics: ``load_checkpoint(path, like=Checkpoint(params,
+optimizer.init(params), model_state=state))``), checked against ``optimizer.init(params)`` and the model's initial
+state: a mismatch is a ``ValueError`` naming the argument. ``augment`` (``(key, x) -> x``, e.g.
+``augment.compose(random_crop(2), random_flip())``) runs on the device inside the compiled step. ``eval_loss_fn``
+(default ``loss_fn``) is the loss reported on ``eval_data``. ``update_extra_args`` (``metrics -> dict``): keyword
+arguments of the optimizer's update (optax's extra args), see ``make_train_step``. ``train_data`` may be an iterable
+of ``(x, y)`` batches instead of arrays (``batch_size`` is then the iterable's, ``mesh`` is refused and labels are
+not range-checked): ``tinyfn.train.batches`` says what shuffling and resuming mean then. The result, a
+``FitResult``, unpacks as ``(params, history)``; ``result.model_state`` is the model's state after training,
+``result.best_epoch`` the monitored metric's best epoch and ``result.stopped_early`` whether ``patience`` ended it.
 
 Order and keys: each epoch visits ``len(train_data) // batch_size`` batches (the remainder is dropped) in the order
-``permutation(fold_in(key, epoch))``; the key of each step's dropout (and augmentation) is ``fold_in(fold_in(key,
-epoch), batch)``. So a key reproduces a run exactly, and a resumed run matches an uninterrupted one bit for bit. The
-step is compiled once for the whole run.
+``permutation(fold_in(key, epoch))`` (an iterable of batches: one pass of it, in its order); the key of each step's
+dropout (and augmentation) is ``fold_in(fold_in(key, epoch), batch)``. So a key reproduces a run exactly, and a
+resumed run matches an uninterrupted one bit for bit. The step is compiled once for the whole run.
 
 Reporting: ``callbacks`` are called with a ``StepInfo`` after every step, ``epoch_callbacks`` with an ``EpochSummary``
 after every epoch. Unless ``quiet``, a tqdm progress bar runs during each epoch and, when ``epoch_callbacks`` is not
 given, ``ConsoleLog()`` writes one line per epoch to stdout. ``history`` maps ``epoch``, ``train_loss``,
 ``train_accuracy``, ``eval_loss``, ``eval_accuracy`` (on ``eval_data``, NaN without it), ``images_per_second``,
-``epoch_time``, ``wall_time`` (seconds since the start) and ``skipped_steps`` to one value per epoch.
+``epoch_time``, ``wall_time`` (seconds since the start) and ``skipped_steps`` to one value per epoch (and, with
+``keep_best`` or ``patience``, ``best_epoch``: the best epoch so far). With a ``checkpoint_dir`` (or ``log_csv``) the
+history is also written as CSV after every epoch, one row per epoch (rewritten from the history: a resumed run never
+repeats a row): ``log_csv`` names the file (default ``METRICS_CSV`` in ``checkpoint_dir``; ``False``: none).
 
-Checkpoints: with ``checkpoint_dir``, ``CHECKPOINT_NAME`` there is rewritten (atomically) after every epoch, when a
-step's loss becomes NaN/Inf (then a ``FloatingPointError`` names the epoch and step: the saved params are the last
-finite ones), and on ``KeyboardInterrupt`` (re-raised after saving, with a note naming the checkpoint).
+Best epoch and early stopping: ``keep_best`` writes ``BEST_NAME`` beside the checkpoint whenever an epoch improves
+the monitored metric (``tinyfn.train.monitor``); ``patience`` stops the run after that many epochs without
+improvement. Both are read from the history, so a resumed run is the same run: the best so far and the patience
+count continue, and a run that stopped early stays stopped.
+
+Checkpoints: the checkpoint's metadata (``metadata``, JSON) gets the model's ``model_record`` (its architecture and
+input shape) unless it has a ``"model"`` entry or ``to_spec`` cannot describe the model, so ``load_model`` and ``python
+-m tinyfn evaluate`` open it. With ``checkpoint_dir``, ``CHECKPOINT_NAME`` there is rewritten (atomically) after every
+epoch, when a step's loss becomes NaN/Inf (then a ``FloatingPointError`` names the epoch and step: the saved params are
+the last finite ones), and on ``KeyboardInterrupt`` (re-raised after saving, with a note naming the checkpoint).
 ``resume=True`` continues from that checkpoint; a checkpoint saved mid-epoch resumes only with the same ``batch_size``
 and training data length (its batch index counts in those). ``on_nonfinite="skip"`` instead drops such steps (params
-unchanged) and counts them in ``history["skipped_steps"]``. SIGINT (Ctrl-C) and SIGTERM stop training at the end of
-the step in flight: the checkpoint is saved at that exact position and ``Interrupted`` (a ``KeyboardInterrupt`` whose
+unchanged) and counts them in ``history["skipped_steps"]``. SIGINT (Ctrl-C) and SIGTERM stop training at the end of the
+step in flight: the checkpoint is saved at that exact position and ``Interrupted`` (a ``KeyboardInterrupt`` whose
 message says where) is raised; a second signal interrupts at once.
 
 Data parallel: with ``mesh`` (a ``jax.sharding.Mesh`` with a ``"data"`` axis, e.g. ``tinyfn.train.data_mesh(8)``)
@@ -40,14 +65,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from tinyfn.layers import apply_with_state, has_state, init_with_state
 from tinyfn.losses import softmax_cross_entropy
 from tinyfn.train import parallel
 from tinyfn.train.checkpoint import CHECKPOINT_NAME
 from tinyfn.train.evaluation import EvalResult, evaluate
+from tinyfn.train.fit_args import check_fit_arguments, starting_states
+from tinyfn.train.metrics_csv import METRICS_CSV, write_metrics_csv
+from tinyfn.train.model_io import model_record
+from tinyfn.train.monitor import BEST_NAME, Watch, check_monitor
 from tinyfn.train.optim import as_gradient_transformation
 from tinyfn.train.progress import ConsoleLog, EpochSummary, StepInfo, progress_bar
 from tinyfn.train.run_state import HISTORY_KEYS, Run, Saver, restore
@@ -64,101 +90,54 @@ __all__ = [
     "Interrupted",
     "HISTORY_KEYS",
     "CHECKPOINT_NAME",
+    "BEST_NAME",
 ]
 
 
 class FitResult(tuple):
     """What ``fit`` returns: unpacks as ``(params, history)``, as it always has; ``model_state`` holds the model's
-    state after training (batch norm's running statistics; ``{}`` for a stateless model)::
+    state after training (batch norm's running statistics; ``{}`` for a stateless model); ``best_epoch`` the
+    monitored metric's best epoch (1-based; ``None`` without ``keep_best``/``patience``) and ``stopped_early``
+    whether ``patience`` ended the run::
 
         params, history = fit(...)           # any model
         result = fit(...); result.model_state  # the state to evaluate a stateful model with
     """
 
-    def __new__(cls, params, history, model_state):
+    def __new__(cls, params, history, model_state, *, best_epoch=None, stopped_early=False):
         result = super().__new__(cls, (params, history))
-        result.model_state = model_state
+        result.model_state, result.best_epoch, result.stopped_early = model_state, best_epoch, stopped_early
         return result
 
     params = property(lambda self: self[0])
     history = property(lambda self: self[1])
 
 
-def _initial_state(model, params, x_shape, op):
-    """A stateful model's initial state (deterministic: batch norm starts at mean 0, variance 1), ``{}`` for the
-    others."""
-    if not has_state(model):
-        return {}
-    _, like, state = init_with_state(model, jax.random.key(0), (None, *x_shape))
-    if jax.tree_util.tree_structure(like) != jax.tree_util.tree_structure(params):
+def _start(model, params, optimizer, source, key, opt_state, model_state, resume, ckpt_path) -> Run:
+    """The run's state: ``params`` and the given (or fresh) model and optimizer states, checked and copied; or, with
+    ``resume``, what the checkpoint at ``ckpt_path`` holds."""
+    if resume and opt_state is not None:
         raise ValueError(
-            f"{op}: params do not match the model's structure; pass model_state= from tinyfn.layers.init_with_state"
+            "fit: opt_state= starts a new run from given states, resume=True continues the checkpoint's own: "
+            "pass one of them"
         )
-    return state
-
-
-def _check_data(name, data):
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"fit: {name} must be a pair (images, labels), got {type(data).__name__}")
-    x, y = data
-    if len(x) != len(y):
-        raise ValueError(f"fit: {name}: {len(x)} images but {len(y)} labels")
-    return np.asarray(x), np.asarray(y)
-
-
-def _check_labels(model, params, x, y, name):
-    """Integer labels must index the model's outputs: out-of-range ones would train on garbage silently."""
-    if not np.issubdtype(y.dtype, np.integer) or len(y) == 0:
-        return
-
-    def logits(p, a):  # the initial state is enough for the shape: traced, never run
-        return apply_with_state(model, p, init_with_state(model, jax.random.key(0), a.shape)[2], a)[0]
-
-    out = jax.eval_shape(logits, params, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
-    if len(out.shape) != 2:
-        return
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= out.shape[1]:
-        bad = int(np.argmax((y < 0) | (y >= out.shape[1])))
-        raise ValueError(
-            f"fit: {name}: labels must be in 0..{out.shape[1] - 1} (the model has {out.shape[1]} outputs), "
-            f"got {int(y[bad])} at index {bad}"
-        )
-
-
-def _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_size, on_nonfinite, mesh):
-    """``(x, y, eval_data)`` as numpy arrays, or a clear error for anything that cannot train."""
-    x, y = _check_data("train_data", train_data)
-    if eval_data is not None:
-        eval_data = _check_data("eval_data", eval_data)
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(y):
-        raise ValueError(
-            f"fit: batch_size must be an int between 1 and the number of training examples ({len(y)}), "
-            f"got {batch_size!r}"
-        )
-    if on_nonfinite not in ("stop", "skip"):
-        raise ValueError(f"fit: on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
-    if mesh is not None:
-        parallel.check_batch_size(mesh, batch_size)
-    _check_labels(model, params, x, y, "train_data")
-    if eval_data is not None:
-        _check_labels(model, params, *eval_data, "eval_data")
-    return x, y, eval_data
-
-
-def _start(model, params, model_state, optimizer, x_shape, key, *, resume, ckpt_path, batch_size, examples) -> Run:
-    """The run's state: copies of ``params`` and the model state (the step donates its inputs: not the caller's),
-    a fresh optimizer state; or, with ``resume``, what the checkpoint at ``ckpt_path`` holds."""
-    params = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), params)
-    if model_state is None:
-        model_state = _initial_state(model, params, x_shape, "fit")
-    model_state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), model_state)
-    run = Run(params, optimizer.init(params), model_state)
+    states = starting_states(model, params, optimizer, source.x_shape, opt_state=opt_state, model_state=model_state)
+    run = Run(*states)
     if resume:
-        run = restore(ckpt_path, run, key, batch_size=batch_size, examples=examples)
+        run = restore(ckpt_path, run, key, batch_size=source.batch_size, examples=source.examples)
     return run
+
+
+def _with_model_record(metadata, model, x_shape):
+    """``metadata`` with the model's record (``model_record``: what ``load_model`` rebuilds it from) unless it has
+    one; as it is for a model ``to_spec`` cannot describe (a layer tinyfn does not know)."""
+    metadata = dict(metadata or {})
+    if "model" not in metadata:
+        try:
+            metadata["model"] = model_record(model, x_shape)
+        except (TypeError, ValueError):
+            pass
+    return metadata
 
 
 def _replicated(run: Run, mesh) -> Run:
@@ -192,12 +171,8 @@ def _placement(mesh, batch_size):
     return lambda xb, yb, kb: (*parallel.put_batch(mesh, xb[rows], yb[rows]), jax.device_put(kb, rep))
 
 
-def _epoch_plan(key, epoch: int, n: int, steps: int):
-    """The epoch's example order ``permutation(fold_in(key, epoch))`` and the key data of each step's dropout."""
-    ekey = jax.random.fold_in(key, epoch)
-    order = np.asarray(jax.random.permutation(ekey, n))
-    step_keys = np.asarray(jax.random.key_data(jax.vmap(lambda b: jax.random.fold_in(ekey, b))(jnp.arange(steps))))
-    return order, step_keys
+def _global_step(run: Run, batch: int, steps) -> int:
+    return run.epoch * steps + batch if steps else batch  # an iterable without len: the step within the epoch
 
 
 def _count_step(run: Run, m, batch, *, steps, saver, on_nonfinite) -> bool:
@@ -212,49 +187,49 @@ def _count_step(run: Run, m, batch, *, steps, saver, on_nonfinite) -> bool:
     else:
         path = saver.save(run, batch)
         where = f"; the last finite params were saved to {path}" if path else ""
+        of = f" of {steps} (global step {run.epoch * steps + batch + 1})" if steps else ""
         raise FloatingPointError(
-            f"loss became {float(m['loss'])} at epoch {run.epoch + 1}, step {batch + 1} of {steps} "
-            f"(global step {run.epoch * steps + batch + 1}){where}"
+            f"loss became {float(m['loss'])} at epoch {run.epoch + 1}, step {batch + 1}{of}{where}"
         )
     return finite
 
 
-def _train_epoch(
-    run: Run, data, *, train_step, put, key, batch_size, steps, epochs, saver, signals, on_nonfinite, callbacks, quiet
-):
+def _report(run: Run, m, batch, finite, *, bar, steps, callbacks, seen, t_epoch):
+    """The step's progress bar update and its ``StepInfo`` to each callback."""
+    bar.update(1)
+    if run.count and (run.count % 20 == 0 or batch + 1 == steps):
+        rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
+        mean_loss, mean_accuracy = run.loss_sum / run.count, run.accuracy_sum / run.count
+        bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{mean_accuracy:.4f}", img_s=f"{rate:,.0f}", refresh=False)
+    info = StepInfo(run.epoch, batch, _global_step(run, batch, steps), float(m["loss"]), float(m["accuracy"]), finite)
+    for callback in callbacks:
+        callback(info)
+
+
+def _train_epoch(run: Run, source, *, train_step, put, key, epochs, saver, signals, on_nonfinite, callbacks, quiet):
     """Take the epoch's remaining steps; on a non-finite loss, a signal or Ctrl-C save the position and raise."""
-    x, y = data
-    order, step_keys = _epoch_plan(key, run.epoch, len(y), steps)
-
-    def batch_at(b):  # staged ahead: copied to the device(s) while the step before it runs
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        return put(x[idx], y[idx], step_keys[b])
-
-    first, t_epoch = run.batch, time.perf_counter()
+    steps = source.steps
+    first, t_epoch, seen = run.batch, time.perf_counter(), 0
+    batches = source.epoch(key, run.epoch, first)
     bar = progress_bar(total=steps, initial=first, desc=f"epoch {run.epoch + 1}/{epochs}", quiet=quiet)
-    staged = batch_at(first) if first < steps else None
+    host = next(batches, None)
+    staged = put(*host) if host is not None else None  # staged ahead: copied while the step before it runs
     batch = first
     try:
-        for batch in range(first, steps):
+        while staged is not None:
             run.params, run.model_state, run.opt_state, m = train_step(
                 run.params, run.model_state, run.opt_state, *staged
             )
-            staged = batch_at(batch + 1) if batch + 1 < steps else None
+            seen += len(host[1])
+            host = next(batches, None)
+            staged = put(*host) if host is not None else None
             m = jax.device_get(m)
             finite = _count_step(run, m, batch, steps=steps, saver=saver, on_nonfinite=on_nonfinite)
-            bar.update(1)
-            if run.count and (run.count % 20 == 0 or batch == steps - 1):
-                rate = (batch + 1 - first) * batch_size / max(time.perf_counter() - t_epoch, 1e-9)
-                mean_loss, mean_accuracy = run.loss_sum / run.count, run.accuracy_sum / run.count
-                bar.set_postfix(
-                    loss=f"{mean_loss:.4f}", acc=f"{mean_accuracy:.4f}", img_s=f"{rate:,.0f}", refresh=False
-                )
-            info = StepInfo(run.epoch, batch, run.epoch * steps + batch, float(m["loss"]), float(m["accuracy"]), finite)
-            for callback in callbacks:
-                callback(info)
+            _report(run, m, batch, finite, bar=bar, steps=steps, callbacks=callbacks, seen=seen, t_epoch=t_epoch)
+            batch += 1
             if signals.signum is not None:
-                path = saver.save(run, batch + 1)
-                raise Interrupted(stopped_message(signals.signum, run.epoch, batch + 1, steps, path), signals.signum)
+                path = saver.save(run, batch)
+                raise Interrupted(stopped_message(signals.signum, run.epoch, batch, steps or "?", path), signals.signum)
     except KeyboardInterrupt as exc:
         if not isinstance(exc, Interrupted):
             stepped = run.count and not any(a.is_deleted() for a in jax.tree_util.tree_leaves(run.params))
@@ -262,12 +237,13 @@ def _train_epoch(
             path = saver.save(run, done)
             if path:
                 exc.add_note(
-                    f"interrupted at epoch {run.epoch + 1}, step {done} of {steps}: checkpoint saved to {path}"
+                    f"interrupted at epoch {run.epoch + 1}, step {done}{f' of {steps}' if steps else ''}: "
+                    f"checkpoint saved to {path}"
                 )
         raise
     finally:
         bar.close()
-    return (steps - first) * batch_size / (time.perf_counter() - t_epoch), time.perf_counter() - t_epoch
+    return seen / max(time.perf_counter() - t_epoch, 1e-9), time.perf_counter() - t_epoch
 
 
 def _close_epoch(run: Run, *, rate, epoch_time, evaluate_now, epochs, wall_time) -> EpochSummary:
@@ -283,27 +259,40 @@ def _close_epoch(run: Run, *, rate, epoch_time, evaluate_now, epochs, wall_time)
     return summary
 
 
-def _epochs(run: Run, data, *, epochs, steps, saver, evaluate_now, epoch_callbacks, **epoch_kw) -> FitResult:
+def _close(run: Run, watch: Watch, saver: Saver):
+    """The epoch's checkpoint, the best one when the epoch is the best so far, and the CSV log (process 0 only)."""
+    is_best = watch.mark(run)
+    path = saver.save(run, 0)
+    if is_best and watch.best_path is not None:
+        saver.save(run, 0, path=watch.best_path)
+    if watch.csv_path is not None and parallel.is_writer():
+        write_metrics_csv(watch.csv_path, run.history)
+    return path
+
+
+def _epochs(run: Run, source, *, epochs, saver, evaluate_now, epoch_callbacks, watch, step_kw) -> FitResult:
     """Train the remaining epochs, each closed by an evaluation, a checkpoint and the epoch callbacks."""
     t_start = time.perf_counter() - run.wall_offset
+    watch.mark(run)
+    stopped = watch.exhausted(run)  # a resumed run that had already stopped early trains no more
     with DeferredSignals() as signals:
-        while run.epoch < epochs:
-            rate, epoch_time = _train_epoch(
-                run, data, steps=steps, epochs=epochs, saver=saver, signals=signals, **epoch_kw
-            )
+        while run.epoch < epochs and not stopped:
+            rate, epoch_time = _train_epoch(run, source, epochs=epochs, saver=saver, signals=signals, **step_kw)
             wall_time = lambda: time.perf_counter() - t_start  # noqa: E731
             summary = _close_epoch(
                 run, rate=rate, epoch_time=epoch_time, evaluate_now=evaluate_now, epochs=epochs, wall_time=wall_time
             )
             run.next_epoch()
-            path = saver.save(run, 0)
+            stopped = watch.exhausted(run)
+            path = _close(run, watch, saver)
             for callback in epoch_callbacks:
                 callback(summary)
-            if (
-                signals.signum is not None and run.epoch < epochs
-            ):  # a signal during evaluation: stop at the epoch boundary
-                raise Interrupted(stopped_message(signals.signum, run.epoch, 0, steps, path), signals.signum)
-        return FitResult(run.params, run.history, run.model_state)
+            if signals.signum is not None and run.epoch < epochs:  # a signal during evaluation: stop at the boundary
+                raise Interrupted(
+                    stopped_message(signals.signum, run.epoch, 0, source.steps or "?", path), signals.signum
+                )
+        best = run.history["best_epoch"][-1] if run.history.get("best_epoch") else None
+        return FitResult(run.params, run.history, run.model_state, best_epoch=best, stopped_early=stopped)
 
 
 def fit(
@@ -312,7 +301,7 @@ def fit(
     train_data,
     *,
     epochs: int,
-    batch_size: int,
+    batch_size: int | None = None,
     optimizer,
     key,
     eval_data=None,
@@ -329,40 +318,39 @@ def fit(
     model_state=None,
     augment=None,
     eval_loss_fn=None,
+    opt_state=None,
+    keep_best: str | None = None,
+    patience: int | None = None,
+    log_csv=None,
+    update_extra_args=None,
 ) -> FitResult:
     """Train ``model`` from ``params`` with mini-batch ``optimizer`` steps; returns ``(params, history)``.
 
-    ``optimizer`` is a gradient transformation (tinyfn's ``sgd``/``adam``/``adamw``/``chain`` or any optax one); its
-    state is checkpointed and resumed too. The result, a ``FitResult``, unpacks as ``(params, history)``;
-    ``result.model_state`` is the model's state after training (batch norm's running statistics, trained in training
-    mode; ``model_state`` starts it from a given one). ``augment`` (``(key, x) -> x``, e.g.
-    ``augment.compose(random_crop(2), random_flip())``) runs on the device inside the compiled step. ``eval_loss_fn``
-    (default ``loss_fn``) is the loss reported on ``eval_data``. ``checkpoint_dir``, ``resume``, ``metadata`` (JSON,
-    in the checkpoint), ``on_nonfinite``, callbacks, signals and ``mesh``: see ``tinyfn.train.loop``'s docstring.
+    ``train_data``: arrays ``(images, labels)`` or an iterable of ``(x, y)`` batches; ``opt_state``/``model_state``:
+    the states to start from (e.g. a checkpoint's), checked. Every argument: ``tinyfn.train.loop``'s docstring.
     """
     optimizer = as_gradient_transformation(optimizer, op="fit")  # never an optax update taken for the new params
-    x, y, eval_data = _check_fit_arguments(model, params, train_data, eval_data, epochs, batch_size, on_nonfinite, mesh)
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    steps = len(y) // batch_size
-    frame = dict(batch_size=batch_size, examples=len(y))
-    run = _start(model, params, model_state, optimizer, x.shape[1:], key, resume=resume, ckpt_path=ckpt_path, **frame)
-    run = _replicated(run, mesh)
-    saver = Saver(ckpt_path, key=key, metadata=metadata, epochs=epochs, steps=steps, **frame)
-    train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh, with_state=True, augment=augment)
-    evaluate_now = _evaluator(model, eval_data, loss_fn if eval_loss_fn is None else eval_loss_fn, eval_batch_size)
+    source, eval_data = check_fit_arguments(
+        model, params, train_data, eval_data, epochs, batch_size, on_nonfinite, mesh, resume
+    )
+    metric = check_monitor(keep_best, patience, has_eval=eval_data is not None, checkpoint_dir=checkpoint_dir)
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    ckpt_path = directory / CHECKPOINT_NAME if directory is not None else None
+    run = _start(model, params, optimizer, source, key, opt_state, model_state, resume, ckpt_path)
+    metadata = _with_model_record(metadata, model, source.x_shape)
+    saver = Saver(ckpt_path, key=key, metadata=metadata, epochs=epochs, source=source)
+    train_step = make_train_step(
+        model, loss_fn, optimizer, mesh=mesh, with_state=True, augment=augment, update_extra_args=update_extra_args
+    )
+    csv_path = directory / METRICS_CSV if log_csv is None and directory is not None else log_csv or None
+    step_kw = dict(train_step=train_step, key=key, on_nonfinite=on_nonfinite, callbacks=callbacks, quiet=quiet)
     return _epochs(
-        run,
-        (x, y),
+        _replicated(run, mesh),
+        source,
         epochs=epochs,
-        steps=steps,
         saver=saver,
-        evaluate_now=evaluate_now,
+        evaluate_now=_evaluator(model, eval_data, loss_fn if eval_loss_fn is None else eval_loss_fn, eval_batch_size),
         epoch_callbacks=(() if quiet else (ConsoleLog(),)) if epoch_callbacks is None else epoch_callbacks,
-        train_step=train_step,
-        put=_placement(mesh, batch_size),
-        key=key,
-        batch_size=batch_size,
-        on_nonfinite=on_nonfinite,
-        callbacks=callbacks,
-        quiet=quiet,
+        watch=Watch(metric, directory / BEST_NAME if keep_best else None, patience, csv_path),
+        step_kw=dict(step_kw, put=_placement(mesh, source.batch_size)),
     )

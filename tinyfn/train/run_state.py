@@ -71,19 +71,21 @@ class Saver:
     """Writes the run's checkpoint at a position (process 0 only); ``save`` returns the path, or ``None`` if nothing
     was written. The position records the batch size and the number of examples its batch index counts in."""
 
-    def __init__(self, path, *, key, metadata, epochs, batch_size, steps, examples):
-        self.path, self.key, self.steps = path, key, steps
-        self.metadata = dict(metadata or {}, epochs=epochs, batch_size=batch_size)
-        self.frame = {"batch_size": batch_size, "examples": examples}
+    def __init__(self, path, *, key, metadata, epochs, source):
+        """``source``: the run's batches (``tinyfn.train.batches``), with ``steps``, ``batch_size``, ``examples``."""
+        self.path, self.key, self.steps = path, key, source.steps
+        self.metadata = dict(metadata or {}, epochs=epochs, batch_size=source.batch_size)
+        self.frame = {"batch_size": source.batch_size, "examples": source.examples}
 
-    def save(self, run: Run, batch: int):
+    def save(self, run: Run, batch: int, path=None):
+        """The run's checkpoint at ``batch`` of its epoch, to ``self.path`` (or ``path``: the best epoch's)."""
         if self.path is None or not parallel.is_writer():
             return None
         meta = dict(self.metadata, position=dict(run.position(batch), **self.frame), history=run.history)
         local = lambda tree: jax.tree_util.tree_map(_one_copy, tree)  # noqa: E731
-        step = run.epoch * self.steps + batch
+        step = run.epoch * self.steps + batch if self.steps else None  # an iterable without len: no global step
         return save_checkpoint(
-            self.path,
+            path or self.path,
             local(run.params),
             opt_state=local(run.opt_state),
             model_state=local(run.model_state),

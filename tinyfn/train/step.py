@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ def make_train_step(
     mesh=None,
     with_state: bool | None = None,
     augment=None,
+    update_extra_args=None,
 ):
     """A jitted training step.
 
@@ -71,9 +73,12 @@ def make_train_step(
     Its key and the model's (dropout) key are ``jax.random.split(key)``, so the
     same step key gives the same augmented batch: a run stays reproducible and
     resumes bit-identically. Without ``augment`` the model gets ``key`` itself.
+
+    ``update_extra_args`` (``metrics -> dict`` of the batch's ``loss``/``accuracy``) gives ``optimizer.update``
+    optax's extra args: ``lambda m: {"value": m["loss"]}`` for ``optax.contrib.reduce_on_plateau`` (else refused).
     """
-    optimizer, with_state = _check_train_step_arguments(model, optimizer, augment, with_state)
-    stateful_step = _train_step_body(model, loss_fn, optimizer, augment)
+    optimizer, with_state = _check_train_step_arguments(model, optimizer, augment, with_state, update_extra_args)
+    stateful_step = _train_step_body(model, loss_fn, optimizer, augment, update_extra_args)
 
     def stateless_step(params, opt_state, x, y, key):
         new_params, _, new_opt_state, metrics = stateful_step(params, {}, opt_state, x, y, key)
@@ -83,10 +88,17 @@ def make_train_step(
     return _compiled(stateful_step if with_state else stateless_step, n_trees, donate, mesh)
 
 
-def _check_train_step_arguments(model, optimizer, augment, with_state):
-    """``(optimizer, with_state)``, checked: a gradient transformation, a callable ``augment``, state where the
-    model has it."""
+def _check_train_step_arguments(model, optimizer, augment, with_state, update_extra_args):
+    """``(optimizer, with_state)``, checked: a gradient transformation (with the extra arguments its update needs),
+    a callable ``augment``, state where the model has it."""
     optimizer = as_gradient_transformation(optimizer, op="make_train_step")
+    if update_extra_args is None:
+        _refuse_needed_extra_args(optimizer)
+    elif not callable(update_extra_args):
+        raise TypeError(
+            "make_train_step: update_extra_args must be a function metrics -> dict of the update's keyword arguments, "
+            f"got {type(update_extra_args).__name__}"
+        )
     if augment is not None and not callable(augment):
         raise TypeError(f"make_train_step: augment must be a function (key, x) -> x, got {type(augment).__name__}")
     with_state = has_state(model) if with_state is None else bool(with_state)
@@ -98,7 +110,43 @@ def _check_train_step_arguments(model, optimizer, augment, with_state):
     return optimizer, with_state
 
 
-def _train_step_body(model, loss_fn, optimizer, augment):
+def _needed_extra_args(fn, depth: int = 0):
+    """``(transformation name, [keyword-only arguments without default])`` of the first update function inside
+    ``fn`` (itself, or one it closes over: optax's ``chain`` keeps its members' update functions) that needs extra
+    arguments; ``None`` if none does."""
+    if depth > 4 or not callable(fn):
+        return None
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        params = ()
+    needed = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if needed:
+        return getattr(fn, "__qualname__", repr(fn)).split(".<locals>")[0], needed
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        for inner in content if isinstance(content, (tuple, list)) else (content,):
+            found = _needed_extra_args(getattr(inner, "update", inner), depth + 1)
+            if found:
+                return found
+    return None
+
+
+def _refuse_needed_extra_args(optimizer):
+    found = _needed_extra_args(optimizer.update)
+    if found:
+        name, needed = found
+        raise TypeError(
+            f"make_train_step: the optimizer's {name} needs the keyword argument(s) {', '.join(needed)} in each update "
+            "(optax's extra args); give them with update_extra_args, e.g. update_extra_args=lambda metrics: "
+            '{"value": metrics["loss"]} (fit takes the same argument)'
+        )
+
+
+def _train_step_body(model, loss_fn, optimizer, augment, update_extra_args=None):
     """The uncompiled ``step(params, model_state, opt_state, x, y, key)``: a value-and-grad, an optimizer update,
     and every tree kept as it was where the loss or a gradient is not finite."""
 
@@ -114,11 +162,13 @@ def _train_step_body(model, loss_fn, optimizer, augment):
             return loss_fn(logits, y), (logits, new_model_state)
 
         (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        metrics = {"loss": loss, "accuracy": accuracy(logits, y)}
+        extra = {} if update_extra_args is None else dict(update_extra_args(dict(metrics)))
+        updates, new_opt_state = optimizer.update(grads, opt_state, params, **extra)
         new_params = apply_updates(params, updates)
         ok = jnp.isfinite(loss) & _all_finite(grads)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        metrics = {"loss": loss, "accuracy": accuracy(logits, y), "finite": ok}
+        metrics["finite"] = ok
         return keep(new_params, params), keep(new_model_state, model_state), keep(new_opt_state, opt_state), metrics
 
     return stateful_step
