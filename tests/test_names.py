@@ -23,6 +23,7 @@ from tinyfn.layers import (
     named_params,
     param_mask,
     params_at,
+    residual,
     serial,
     summary,
     to_spec,
@@ -68,6 +69,8 @@ def test_lenet5_and_resnet_layers_have_the_documented_names():
     assert table["block2.conv1"] == (4, 0, "body", 0) and table["block2.bn2"] == (4, 0, "body", 4)
     assert table["block2.shortcut1.conv1"] == (4, 0, "shortcut", 0) and table["block2.relu2"] == (4, 1)
     assert list(table)[-2:] == ["gap1", "linear1"]
+    block = residual(serial(Conv2D(2, 3, padding=1), ReLU()), Conv2D(2, 1))  # a residual as the whole model
+    assert _names(block) == ["conv1", "relu1", "shortcut1"]
 
 
 def test_inserting_a_relu_renames_no_conv():

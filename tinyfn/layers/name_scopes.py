@@ -45,6 +45,12 @@ class LayerName(NamedTuple):
     layer: Any  # a tinyfn.layers.Layer
 
 
+class _Node(NamedTuple):  # the layer a name is computed for: its kind and children are what counts
+    name: str
+    children: tuple
+    label: Any = None
+
+
 def children_of(layer, path: tuple) -> list[tuple[Any, tuple]]:
     """A combinator's children with their paths (``residual``: ``body``, ``shortcut``; others by position)."""
     if layer.name == "residual":
@@ -69,8 +75,14 @@ def _expand(layer, path: tuple, role: str | None = None) -> list[tuple[Any, tupl
     return entries
 
 
-def _scope(items, prefix: str, out: list) -> None:
-    entries = [e for layer, path in items for e in _expand(layer, path)]
+def _entries(layer, path: tuple) -> list[tuple[Any, tuple, str, bool]]:
+    """The entries of the scope ``layer`` opens: its children's (a residual's own: its body's and shortcut's)."""
+    if layer.name == "residual":
+        return _expand(layer._replace(label=None), path)[1:]
+    return [e for c, p in children_of(layer, path) for e in _expand(c, p)]
+
+
+def _scope(entries, prefix: str, out: list) -> None:
     counts: dict[str, int] = {}
     names = []
     for layer, _, short, _ in entries:
@@ -88,20 +100,14 @@ def _scope(items, prefix: str, out: list) -> None:
         owner[name] = layer
         out.append(LayerName(prefix + name, path, layer))
         if opens:
-            _scope(children_of(layer, path), prefix + name + ".", out)
+            _scope(_entries(layer, path), prefix + name + ".", out)
 
 
 def scope_names(kind: str, children) -> list[LayerName]:
     """The names of everything below a layer of kind ``kind`` with ``children`` (combinators before their
     children); ``ValueError`` if two share a name in a scope."""
     out: list[LayerName] = []
-
-    class _Node(NamedTuple):
-        name: str
-        children: tuple
-        label: Any = None
-
-    _scope(children_of(_Node(kind, tuple(children)), ()), "", out)
+    _scope(_entries(_Node(kind, tuple(children)), ()), "", out)
     return out
 
 

@@ -15,9 +15,9 @@ it in the same scope, and a projection shortcut is ``shortcut1, ...`` (a scope i
 ``tinyfn.models.resnet`` the second basic block's first convolution is ``block2.conv1`` and its projection's
 convolution ``block2.shortcut1.conv1``.
 
-**User names.** ``Named("stem", layer)`` gives a layer (a combinator too: its scope is then ``stem``) its own name,
-kept by ``to_spec``/``from_spec``. Names are unique within a scope: two layers named alike, or a user name that is a
-default name there (``conv1``), are refused, naming both.
+**User names.** ``Named("stem", layer)`` gives a layer (a combinator too: its scope is then ``stem``; a residual
+still adds no level) its own name, kept by ``to_spec``/``from_spec``. Names are unique within a scope: two layers
+named alike, or a user name that is a default name there (``conv1``), are refused, naming both.
 
 **Addressing.** ``named_params(model, params)`` is the flat ``{"block2.conv1.w": array}``; ``params_at(model,
 params, "block2")`` the sub-tree of a layer; ``param_mask(model, params, include=("block1", "linear*"))`` a tree of
