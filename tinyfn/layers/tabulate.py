@@ -40,11 +40,23 @@ def _label(layer: Layer) -> str:
     except (TypeError, ValueError):
         params = {}
     args = []
-    for i, (k, v) in enumerate(layer.config.items()):
-        default = params[k].default if k in params and i else inspect.Parameter.empty  # the first always shows
+    for k, v in layer.config.items():
+        default = params[k].default if k in params else inspect.Parameter.empty
         if default is inspect.Parameter.empty or _value(default) != _value(v):
             args.append(f"{k}={_value(v)}")
+    first = next(iter(layer.config.items()), None)
+    if args and first is not None and not args[0].startswith(f"{first[0]}="):  # with the others, the first too
+        args.insert(0, f"{first[0]}={_value(first[1])}")
     return f"{layer.name}({', '.join(args)})" if args else layer.name
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` within ``width``: whole arguments dropped from the end, ``...`` in their place."""
+    while len(text) > width and ", " in text:
+        text = text[: text.rindex(", ")] + ", ...)"
+        if len(text) > width:
+            text = text[: text.rindex(", ...)")]
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _shapes(layer, shape, key, path, out) -> tuple:
@@ -76,8 +88,7 @@ def _fit(rows, width: int) -> list[str]:
     room = width - sum(widths) + widths[1] - 2 * 4
     if widths[1] > room:
         widths[1] = max(room, 12)
-        cut = lambda t: t if len(t) <= widths[1] else t[: widths[1] - 4] + "...)"  # noqa: E731
-        rows = [(r[0], cut(r[1]), *r[2:]) for r in rows]
+        rows = [(r[0], _cut(r[1], widths[1]), *r[2:]) for r in rows]
     w = widths
     return [f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}  {r[4]:>{w[4]}}".rstrip() for r in rows]
 
