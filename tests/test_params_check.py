@@ -299,12 +299,12 @@ def test_serial_names_the_layer_and_the_entry_of_a_wrong_child():
     _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
     params = list(params)
     params[7] = {**params[7], "w": params[7]["w"][:, :100]}  # Linear(120)
-    match = r"^serial: params\[7\]\['w'\] \(layer 7, Linear\) has shape \(400, 100\), expected \(400, 120\)"
+    match = r"^serial: params\[7\]\['w'\] \(linear1: layer 7, Linear\) has shape \(400, 100\), expected \(400, 120\)"
     with pytest.raises(ValueError, match=match):
         model.apply(tuple(params), jnp.ones((2, 1, 28, 28)))
     swapped = list(params)
     swapped[0], swapped[3] = swapped[3], swapped[0]
-    match = r"^serial: params\[0\]\['b'\] \(layer 0, Conv2D\) has shape \(16,\), expected \(6,\)"
+    match = r"^serial: params\[0\]\['b'\] \(conv1: layer 0, Conv2D\) has shape \(16,\), expected \(6,\)"
     with pytest.raises(ValueError, match=match):
         model.apply(tuple(swapped), jnp.ones((2, 1, 28, 28)))
 
@@ -313,7 +313,10 @@ def test_a_nested_entry_is_named_down_to_the_layer_that_owns_it():
     model = serial(branch(Linear(2), serial(ReLU(), Linear(3))), Concat())
     _, params = model.init(jax.random.key(0), V)
     bad = ((params[0][0], (params[0][1][0], {"w": params[0][1][1]["w"]})), params[1])
-    match = r"^serial: params\[0\]\[1\]\[1\] \(layer 0, branch > layer 1, serial > layer 1, Linear\) lacks 'b'"
+    match = (
+        r"^serial: params\[0\]\[1\]\[1\] \(branch1.block1.linear1: layer 0, branch > layer 1, serial > layer 1, "
+        r"Linear\) lacks 'b'"
+    )
     with pytest.raises(ValueError, match=match):
         model.apply(bad, _x(V))
 

@@ -139,16 +139,18 @@ def test_summary_counts_params_and_shows_shapes():
     total = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(params))
     n_state = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(state))
     lines = text.splitlines()
-    assert lines[0].split() == ["Layer", "Output", "shape", "Params", "State"]
+    assert lines[0].split() == ["Name", "Layer", "Output", "shape", "Params", "State"]
     assert lines[-1] == f"Total params: {total:,}   State entries: {n_state:,}"
-    assert lines[1].split()[:3] == ["serial", "(N,", "10)"]
+    assert lines[1].split()[:4] == ["(model)", "serial", "(N,", "10)"]
     first_conv = lines[2].split()
     assert (
-        first_conv[0].startswith("Conv2D(out_channels=4")
+        first_conv[:2] == ["conv1", "Conv2D(out_channels=4,"]
         and "(N, 4, 14, 14)" in lines[2]
         and lines[2].split()[-2] == str(4 * 4 * 4)
     )  # the 4x4 stride-2 stem
-    assert sum(1 for line in lines if line.strip().startswith("residual")) == 3
+    assert sum(1 for line in lines if line.split()[1] == "residual") == 3
+    shortcut = next(line for line in lines if line.startswith("block2.shortcut1.conv1 "))
+    assert "Conv2D(out_channels=8, kernel_size=1" in shortcut  # a projection's 1x1 conv
     lenet = tinyfn.summary(models.lenet5(), (None, 1, 28, 28)).splitlines()
     assert lenet[-1].startswith("Total params: 61,706")
     with pytest.raises(TypeError, match="summary: model must be a Layer"):

@@ -195,6 +195,11 @@ SKIPPED = {
     "to_spec": "architecture as data",
     "from_spec": "architecture as data",
     "register_layer": "architecture as data",
+    "layer_names": "names a model's layers",
+    "leaf_names": "names a model's layers",
+    "named_params": "names a model's layers",
+    "params_at": "names a model's layers",
+    "param_mask": "names a model's layers",
 }
 
 

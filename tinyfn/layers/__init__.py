@@ -67,6 +67,16 @@ from tinyfn.layers.kernels import (
     formulation as formulation,
 )
 from tinyfn.layers.linear import Linear as Linear, linear as linear
+from tinyfn.layers.names import (
+    SHORT as SHORT,
+    LayerName as LayerName,
+    Named as Named,
+    layer_names as layer_names,
+    leaf_names as leaf_names,
+    named_params as named_params,
+    param_mask as param_mask,
+    params_at as params_at,
+)
 from tinyfn.layers.norm import (
     BatchNorm1D as BatchNorm1D,
     BatchNorm2D as BatchNorm2D,

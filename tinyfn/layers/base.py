@@ -20,8 +20,8 @@ drawn) and cached, so eagerly the check is a lookup and a walk over the tree; un
 time. If ``init`` refuses the input's shape, nothing is checked here and the op reports the input. No layer can forget
 the check: ``Layer(...)`` is called here only.
 
-A ``Layer`` also carries its ``name``, its constructor arguments (``config``) and a combinator's ``children``, so
-checkpoints and visualisations can read a model's structure.
+A ``Layer`` also carries its kind (``name``), constructor arguments (``config``), a combinator's ``children`` and
+a user's ``label``, from which ``tinyfn.layers.names`` names every layer (errors too: ``(linear1: layer 7, Linear)``).
 
 State (batch norm's running statistics) is a second pytree, threaded beside params the way Haiku's
 ``transform_with_state`` does it. A stateful layer fills two more fields::
@@ -55,6 +55,7 @@ from typing import Any, NamedTuple
 import jax
 
 from tinyfn import _checks
+from tinyfn.layers.name_scopes import check_names, named_where
 
 
 class Layer(NamedTuple):
@@ -65,13 +66,15 @@ class Layer(NamedTuple):
     children: tuple[Layer, ...] = ()
     init_with_state: Callable[..., tuple[tuple, Any, Any]] | None = None  # stateful layers only
     apply_with_state: Callable[..., tuple[Any, Any]] | None = None  # stateful layers only
+    label: str | None = None  # a name the user gave (``tinyfn.layers.Named``); see ``tinyfn.layers.names``
 
     def __repr__(self) -> str:
+        named = lambda text: text if self.label is None else f"Named({self.label!r}, {text})"  # noqa: E731
         if self.children:
             inner = ",\n".join("  " + repr(c).replace("\n", "\n  ") for c in self.children)
-            return f"{self.name}(\n{inner}\n)"
+            return named(f"{self.name}(\n{inner}\n)")
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
-        return f"{self.name}({args})"
+        return named(f"{self.name}({args})")
 
 
 def has_state(layer: Layer) -> bool:
@@ -293,8 +296,9 @@ def make_combinator(
         y, states = apply_with_state(unpack(params), unpack(state), x, key=key, train=train)
         return y, pack(states)
 
-    where = _owner(layers, keys)
     children = layers if children is None else tuple(children)
+    where = named_where(name, children, _owner(layers, keys))
+    check_names(name, children)
     if any(has_state(layer) for layer in layers):
         return _build(name, None, None, config, init_s, apply_s, children, where, precheck)
 
@@ -354,6 +358,7 @@ def _owner(layers: tuple[Layer, ...], keys) -> Callable[[str], str]:
             i = keys.index(key)
             note = f"{key}, {layers[i].name}"
         inner = _OWNERS.get(layers[i].apply_with_state or layers[i].apply)
+        inner = getattr(inner, "positional", inner)
         deeper = inner(root + path[m.end() :]) if inner is not None else ""
         return f"{note} > {deeper}" if deeper else note
 

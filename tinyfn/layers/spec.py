@@ -8,7 +8,8 @@ A spec is the layer tree read from each layer's ``name``, ``config`` and
 Tuples in configs become JSON lists and come back as tuples. ``from_spec``
 rebuilds with the constructors in a registry holding every built-in layer and
 combinator; ``register_layer`` adds your own. Names a layer had before (``RENAMED``:
-``add`` is now ``Add``) still load. A layer the registry does not know
+``add`` is now ``Add``) still load. A name the user gave a layer (``Named``) is kept as ``"label"``; specs
+without one still load. A layer the registry does not know
 is named in the error, with where it sits in the tree.
 """
 
@@ -27,6 +28,7 @@ from tinyfn.layers.combinators import Add, Concat, FanOut, Identity, branch, par
 from tinyfn.layers.conv import Conv2D, Deconv2D
 from tinyfn.layers.dropout import Dropout
 from tinyfn.layers.linear import Linear
+from tinyfn.layers.names import Named
 from tinyfn.layers.norm import BatchNorm1D, BatchNorm2D, LayerNorm
 from tinyfn.layers.pool import MaxPool2D
 from tinyfn.layers.precision import Float32
@@ -112,6 +114,8 @@ def to_spec(model: Layer, *, _where: str = "model") -> dict[str, Any]:
         "name": model.name,
         "config": {k: _encode(v, f"{_where} ({model.name})", k) for k, v in model.config.items()},
     }
+    if model.label is not None:
+        spec["label"] = model.label
     if model.children:
         spec["children"] = [to_spec(c, _where=f"{_where}.children[{i}]") for i, c in enumerate(model.children)]
     json.dumps(spec)  # every value is JSON by construction; this fails loudly if not
@@ -138,6 +142,7 @@ def from_spec(spec, *, _where: str = "spec") -> Layer:
     if children and not takes_children:
         raise ValueError(f"from_spec: {_where} ({name}) has children but {name} takes none")
     try:
-        return constructor(*children, **config) if takes_children else constructor(**config)
+        layer = constructor(*children, **config) if takes_children else constructor(**config)
     except TypeError as exc:
         raise ValueError(f"from_spec: {_where} ({name}) could not be built from config {config}: {exc}") from None
+    return layer if spec.get("label") is None else Named(spec["label"], layer)

@@ -24,8 +24,14 @@ from tinyfn.train.loop import (
     evaluate as evaluate,
     fit as fit,
 )
+from tinyfn.train.masks import freeze as freeze, scale_where as scale_where
 from tinyfn.train.metrics_csv import METRICS_CSV as METRICS_CSV
-from tinyfn.train.model_io import LoadedModel as LoadedModel, load_model as load_model, model_record as model_record
+from tinyfn.train.model_io import (
+    LoadedModel as LoadedModel,
+    load_model as load_model,
+    load_params as load_params,
+    model_record as model_record,
+)
 from tinyfn.train.optim import (
     AdamState as AdamState,
     EmptyState as EmptyState,

@@ -1,9 +1,12 @@
 """Checkpoints in the safetensors format: params (and optimizer state, step, key) plus JSON metadata.
 
-Tensor names are the flattened pytree paths: ``"0.w"``, ``"3.b"`` for a
-``serial`` model's params, ``"opt_state.velocity.0.w"`` for the optimizer
-state, ``"model_state.1.mean"`` for the model's state (batch norm's running
-statistics). Two leaves whose names would coincide (``{"a.b": x}`` beside
+Tensor names are the layer names (``tinyfn.layers.names``) when the model is known (``model=``, or the
+architecture recorded in ``metadata["model"]["spec"]``): ``"conv1.w"``, ``"block2.conv1.w"`` for the params,
+``"model_state.block2.bn1.mean"`` for the model's state (batch norm's running statistics); otherwise the flattened
+pytree paths: ``"0.w"``, ``"4.body.1.gamma"``, and always ``"opt_state.velocity.0.w"`` for the optimizer state. The
+metadata records which tensor each leaf is, so checkpoints of either naming load alike.
+
+Two leaves whose names would coincide (``{"a.b": x}`` beside
 ``{"a": {"b": y}}``) are refused at save time, naming both paths. One JSON metadata
 entry holds the format version, the tinyfn version, the pytree structures, the
 random key's data (in its own place, so a parameter may be named ``key``) and
@@ -70,20 +73,20 @@ def _key_name(entry) -> str:
     return str(entry)
 
 
-def _structure(tree, prefix: str):
-    """A JSON description of ``tree`` whose leaves are tensor names; lists stand for tuples."""
+def _structure(tree, prefix: str, rename=None):
+    """A JSON description of ``tree`` whose leaves are tensor names (a path's name through ``rename``, if given);
+    lists stand for tuples."""
     if isinstance(tree, dict):
-        return {"dict": {str(k): _structure(v, f"{prefix}{k}.") for k, v in tree.items()}}
+        return {"dict": {str(k): _structure(v, f"{prefix}{k}.", rename) for k, v in tree.items()}}
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a NamedTuple (optimizer states): named by field
-        fields = {f: _structure(getattr(tree, f), f"{prefix}{f}.") for f in tree._fields}
+        fields = {f: _structure(getattr(tree, f), f"{prefix}{f}.", rename) for f in tree._fields}
         return {"namedtuple": {"type": type(tree).__name__, "fields": fields}}
     if isinstance(tree, (tuple, list)):
-        return {
-            "tuple" if isinstance(tree, tuple) else "list": [_structure(v, f"{prefix}{i}.") for i, v in enumerate(tree)]
-        }
+        items = [_structure(v, f"{prefix}{i}.", rename) for i, v in enumerate(tree)]
+        return {"tuple" if isinstance(tree, tuple) else "list": items}
     if tree is None:
         return {"none": None}
-    return {"leaf": prefix[:-1]}
+    return {"leaf": (rename or {}).get(prefix[:-1], prefix[:-1])}
 
 
 def _rebuild(spec, tensors):
@@ -126,11 +129,12 @@ def restore_like(tree, template, *, what: str = "opt_state"):
     )
 
 
-def _flatten(tree, group: str, out: dict, paths: dict) -> None:
+def _flatten(tree, group: str, out: dict, paths: dict, rename=None) -> None:
     """Add ``tree``'s leaves to ``out`` under their tensor names; a name two leaves share is refused, naming both."""
     prefix = "" if group == "params" else f"{group}."
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name, where = prefix + ".".join(_key_name(p) for p in path), group + jax.tree_util.keystr(path)
+        name = (rename or {}).get(name, name)
         if name in out:
             raise ValueError(
                 f"save_checkpoint: {paths[name]} and {where} would both be saved as tensor '{name}'; "
@@ -145,26 +149,51 @@ def _key_data(key) -> list:
     return np.asarray(data, np.uint32).tolist()
 
 
-def save_checkpoint(path, params, *, opt_state=None, step=None, key=None, metadata=None, model_state=None) -> Path:
+def _layer_renames(model, metadata, trees) -> dict:
+    """``{path name: layer name}`` for the leaves of ``trees`` (``{group prefix: tree}``), from ``model`` or the
+    architecture recorded in ``metadata``; ``{}`` when neither names the layers (or names them ambiguously)."""
+    from tinyfn.layers import from_spec, leaf_names
+
+    try:
+        if model is None and isinstance((metadata or {}).get("model"), dict) and "spec" in metadata["model"]:
+            model = from_spec(metadata["model"]["spec"])
+        if model is None:
+            return {}
+        renames = {}
+        for prefix, tree in trees.items():
+            paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+            for (path, _), name in zip(paths, leaf_names(model, tree)):
+                renames[prefix + ".".join(_key_name(p) for p in path)] = prefix + name
+    except (ValueError, TypeError, KeyError):  # an architecture tinyfn cannot rebuild: the path names
+        return {}
+    return renames if len(set(renames.values())) == len(renames) else {}
+
+
+def save_checkpoint(
+    path, params, *, opt_state=None, step=None, key=None, metadata=None, model_state=None, model=None
+) -> Path:
     """Write ``params`` (and optionally the optimizer state, step, key and model state) to ``path`` atomically.
 
     ``model_state`` (from ``tinyfn.layers.init_with_state``; ``{}`` or ``None``
     for a stateless model) is stored as its own group of tensors, ``model_state.*``.
+    With ``model`` (or a recorded ``metadata["model"]["spec"]``) the params and model state are saved under their
+    layer names (``"block2.conv1.w"``).
 
     ``metadata`` must be JSON-serialisable. An existing file at ``path`` is only
     replaced once the new one is completely written.
     """
     path = Path(path)
     tensors, paths = {}, {}
+    rename = _layer_renames(model, metadata, {"": params, "model_state.": model_state or {}})
     for group, tree in (("params", params), ("opt_state", opt_state), ("model_state", model_state)):
         if tree is not None:
-            _flatten(tree, group, tensors, paths)
+            _flatten(tree, group, tensors, paths, rename)
     meta = {
         "format_version": FORMAT_VERSION,
         "tinyfn_version": __version__,
-        "params_structure": _structure(params, ""),
+        "params_structure": _structure(params, "", rename),
         "opt_state_structure": None if opt_state is None else _structure(opt_state, "opt_state."),
-        "model_state_structure": None if model_state is None else _structure(model_state, "model_state."),
+        "model_state_structure": None if model_state is None else _structure(model_state, "model_state.", rename),
         "step": None if step is None else int(step),
         "has_key": key is not None,
         "key_data": None if key is None else _key_data(key),

@@ -1,5 +1,6 @@
 """Models in checkpoints: ``model_record`` writes the architecture into a checkpoint's metadata,
-``load_model`` rebuilds the model from it and loads its params and state.
+``load_model`` rebuilds the model from it and loads its params and state, ``load_params`` loads some layers' params
+by name into a model's (a partial load: a pretrained stem into a new head).
 
 The file format itself (tensors, metadata, atomic writes) is ``tinyfn.train.checkpoint``'s.
 """
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import jax
 
-from tinyfn.layers import from_spec, init_with_state, to_spec
+from tinyfn.layers import from_spec, init_with_state, leaf_names, named_params, param_mask, to_spec
+from tinyfn.layers.names import _matches
 from tinyfn.models import get_model
 from tinyfn.train.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, restore_like
 
-__all__ = ["LoadedModel", "model_record", "load_model"]
+__all__ = ["LoadedModel", "model_record", "load_model", "load_params"]
 
 
 class LoadedModel(tuple):
@@ -79,3 +81,52 @@ def load_model(path_or_run_dir) -> LoadedModel:
     else:
         state = restore_like(state, like_state, what="model_state")
     return LoadedModel(model, ckpt.params, ckpt.metadata, state)
+
+
+def _fill(path, what, model, tree, stored: dict, flags) -> object:
+    """``tree`` with each leaf whose flag is set replaced by the stored tensor of its layer name."""
+    leaves, structure = jax.tree_util.tree_flatten(tree)
+    out = []
+    for name, leaf, take in zip(leaf_names(model, tree), leaves, flags):
+        if take:
+            if name not in stored:
+                known = ", ".join(list(stored)[:8])
+                raise CheckpointError(f"{path}: no {what} tensor for '{name}' (the checkpoint holds {known}, ...)")
+            new = stored[name]
+            if new.shape != leaf.shape or new.dtype != leaf.dtype:
+                raise CheckpointError(
+                    f"{path}: {what} '{name}' is {new.dtype}{list(new.shape)} in the checkpoint, the model's is "
+                    f"{leaf.dtype}{list(leaf.shape)}"
+                )
+            leaf = new
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(structure, out)
+
+
+def load_params(path_or_run_dir, params, model, *, only=("*",), model_state=None):
+    """``params`` with the layers named by ``only`` loaded from a checkpoint, matched by layer name; the rest kept.
+
+    ``only`` holds ``param_mask`` patterns (``("stem", "block1")``, ``("conv*",)``); each must name some of
+    ``model``'s params. The checkpoint's tensors are read by their layer names: a checkpoint that records its model
+    is named through that architecture (so inserting a layer upstream does not shift what loads where), an older
+    positional one through ``model``'s. With ``model_state`` (batch norm's statistics) the state of the same layers
+    loads too and ``(params, model_state)`` is returned. A missing name, or a shape or dtype that differs, raises
+    ``CheckpointError`` naming it::
+
+        params = load_params("runs/pretrained", params, model, only=("conv1", "bn1", "block1"))
+    """
+    path = checkpoint_path(path_or_run_dir)
+    ckpt = load_checkpoint(path)
+    source = model
+    record = ckpt.metadata.get("model")
+    if isinstance(record, dict) and "spec" in record:
+        source = _rebuild_model(path, record)
+    only = (only,) if isinstance(only, str) else tuple(only)
+    flags = jax.tree_util.tree_leaves(param_mask(model, params, include=only))
+    params = _fill(path, "parameter", model, params, named_params(source, ckpt.params), flags)
+    if model_state is None:
+        return params
+    names = leaf_names(model, model_state)
+    flags = [any(_matches(n, p) for p in only) for n in names]
+    stored = named_params(source, ckpt.model_state if ckpt.model_state is not None else {})
+    return params, _fill(path, "state", model, model_state, stored, flags)

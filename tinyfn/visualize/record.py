@@ -12,32 +12,16 @@ from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
-from tinyfn.layers import Layer, apply_with_state, has_state, max_pool2d_with_switches
+from tinyfn.layers import SHORT, Layer, apply_with_state, has_state, layer_names, max_pool2d_with_switches
 
 __all__ = ["LayerInfo", "Recording", "layer_table", "resolve_layer", "record", "check_state"]
-
-_SHORT = {
-    "Conv2D": "conv",
-    "Deconv2D": "deconv",
-    "MaxPool2D": "pool",
-    "ReLU": "relu",
-    "Linear": "linear",
-    "Flatten": "flatten",
-    "Dropout": "dropout",
-    "Softmax": "softmax",
-    "LogSoftmax": "logsoftmax",
-    "BatchNorm2D": "bn",
-    "BatchNorm1D": "bn",
-    "AvgPool2D": "avgpool",
-    "GlobalAvgPool2D": "gap",
-}
 
 
 class LayerInfo(NamedTuple):
     """One entry of a (possibly nested) ``serial`` model: a leaf layer, or a combinator other than ``serial``."""
 
     index: int  # position in the flat list of leaf layers
-    name: str  # kind and count, e.g. "conv2", "pool1", "linear3"
+    name: str  # the layer's name (tinyfn.layers.layer_names), e.g. "conv2", "pool1", "block2.residual1"
     layer: Layer
     path: tuple[int, ...]  # where its params sit in the params pytree
 
@@ -56,7 +40,8 @@ class LayerInfo(NamedTuple):
 
 
 def layer_table(model: Layer) -> list[LayerInfo]:
-    """The leaf layers of ``model`` in forward order, named ``conv1, relu1, pool1, conv2, ...``."""
+    """The leaf layers of ``model`` in forward order, named as ``tinyfn.layers.layer_names`` names them: ``conv1,
+    relu1, pool1, conv2, ...``; a residual block in a nested ``serial`` is ``block1.residual1``."""
     leaves: list[tuple[Layer, tuple[int, ...]]] = []
 
     def walk(layer, path):
@@ -69,13 +54,9 @@ def layer_table(model: Layer) -> list[LayerInfo]:
     if not isinstance(model, Layer):
         raise TypeError(f"model must be a tinyfn Layer (a serial of layers), got {type(model).__name__}")
     walk(model, ())
-    counts: dict[str, int] = {}
-    table = []
-    for index, (layer, path) in enumerate(leaves):
-        short = _SHORT.get(layer.name, layer.name.lower())
-        counts[short] = counts.get(short, 0) + 1
-        table.append(LayerInfo(index, f"{short}{counts[short]}", layer, path))
-    return table
+    names = {n.path: n.name for n in layer_names(model)}
+    own = model.label or f"{SHORT.get(model.name, model.name.lower())}1"  # a model that is one layer
+    return [LayerInfo(index, names.get(path, own), layer, path) for index, (layer, path) in enumerate(leaves)]
 
 
 def resolve_layer(model: Layer, layer) -> LayerInfo:
