@@ -32,6 +32,7 @@ from safetensors.numpy import save
 
 from tinyfn._files import atomic_write
 from tinyfn._version import __version__
+from tinyfn.train.safetensors_read import CheckpointError, _header, _tensor
 
 __all__ = [
     "Checkpoint",
@@ -48,10 +49,6 @@ CHECKPOINT_NAME = "checkpoint.safetensors"  # the checkpoint's name inside a run
 FORMAT_VERSION = 2  # 2: the random key in the metadata (1: a tensor "key"); both are read
 _READS = (1, 2)
 _META_KEY = "tinyfn"
-
-
-class CheckpointError(ValueError):
-    """A file that is not a readable tinyfn checkpoint, or one that does not match what was expected."""
 
 
 class Checkpoint(NamedTuple):
@@ -214,29 +211,6 @@ def save_checkpoint(
     return path
 
 
-MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
-
-
-# safetensors' dtype names; numpy has no bfloat16 or float8, JAX's (ml_dtypes') do
-_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": jnp.bfloat16,
-    "F8_E4M3": jnp.float8_e4m3fn,
-    "F8_E5M2": jnp.float8_e5m2,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U64": np.uint64,
-    "U32": np.uint32,
-    "U16": np.uint16,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
 def _read(path: Path):
     """The tensors (numpy, in their stored dtypes) and the tinyfn metadata of ``path``, every header field checked."""
     if not path.is_file():
@@ -272,40 +246,6 @@ def _read(path: Path):
     if version not in _READS:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}, this tinyfn reads {_READS}")
     return tensors, meta
-
-
-def _header(f, size: int) -> tuple[dict, int]:
-    """A safetensors header and its length, checked against the file's ``size``."""
-    if size < 8:
-        raise ValueError(f"{size} bytes is too short for a safetensors header")
-    n = int.from_bytes(f.read(8), "little")
-    if n > MAX_HEADER_BYTES:
-        raise ValueError(f"header claims {n:,} bytes, over the {MAX_HEADER_BYTES:,}-byte limit")
-    if n > size - 8:
-        raise ValueError(f"header of {n:,} bytes does not fit in a {size:,}-byte file")
-    header = json.loads(f.read(n).decode("utf-8"))
-    if not isinstance(header, dict):
-        raise ValueError("the header is not a JSON object")
-    ends = [e.get("data_offsets", [0, 0])[1] for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)]
-    body = size - 8 - n
-    if ends and max(ends) != body:
-        raise ValueError(f"the header's tensors end at byte {max(ends):,} of the body, but the body has {body:,} bytes")
-    return header, n
-
-
-def _tensor(path, name: str, entry: dict, body: bytes) -> np.ndarray:
-    """One tensor of the body; a dtype this reader cannot hold is a ``CheckpointError`` naming tensor and dtype."""
-    dtype = entry["dtype"]
-    if dtype not in _DTYPES:
-        raise CheckpointError(
-            f"{path}: tensor '{name}' has dtype {dtype!r}, which this tinyfn cannot read ({', '.join(_DTYPES)})"
-        )
-    dtype = np.dtype(_DTYPES[dtype]).newbyteorder("<")
-    shape = tuple(int(d) for d in entry["shape"])
-    start, end = (int(o) for o in entry["data_offsets"])
-    if any(d < 0 for d in shape) or not 0 <= start <= end or end - start != int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(f"tensor '{name}': {entry} does not describe {end - start} bytes of {dtype}")
-    return np.frombuffer(body, dtype, count=int(np.prod(shape)), offset=start).reshape(shape)
 
 
 def _leaf_names(spec) -> list[str]:
