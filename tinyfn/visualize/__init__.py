@@ -18,6 +18,7 @@ from tinyfn.visualize.attention import (
     attention_maps as attention_maps,
     attention_rollout as attention_rollout,
 )
+from tinyfn.visualize.field import receptive_field as receptive_field
 from tinyfn.visualize.plots import (
     minmax as minmax,
     plot_comparison as plot_comparison,
@@ -25,7 +26,6 @@ from tinyfn.visualize.plots import (
     plot_feature_maps as plot_feature_maps,
     plot_filters as plot_filters,
 )
-from tinyfn.visualize.field import receptive_field as receptive_field
 from tinyfn.visualize.project import (
     MODES as MODES,
     RULES as RULES,

@@ -66,9 +66,7 @@ def _box_down(layer, in_shape, box):
     return max(box[0], 0), min(box[1], h), max(box[2], 0), min(box[3], w)
 
 
-def receptive_field(
-    model, input_shape: tuple, layer, position: tuple[int, int]
-) -> tuple[int, int, int, int]:
+def receptive_field(model, input_shape: tuple, layer, position: tuple[int, int]) -> tuple[int, int, int, int]:
     """The input rows and columns ``(r0, r1, c0, c1)`` (half-open, clipped to the image) that unit
     ``position = (h, w)`` of ``layer``'s output depends on.
 
