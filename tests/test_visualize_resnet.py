@@ -191,3 +191,78 @@ def test_the_receptive_field_of_a_residual_block_is_the_union_of_its_paths():
     # i.e. pixels 0..7; unit (4, 0): pooled rows 2..4 (shortcut 4) and columns 0..2, pixels 4..9 and 0..5
     assert V.receptive_field(model, (None, 1, 10, 10), "residual1", (1, 1)) == (0, 8, 0, 8)
     assert V.receptive_field(model, (None, 1, 10, 10), "residual1", (4, 0)) == (4, 10, 0, 6)
+
+
+def _run_dir(tmp_path, model, state_key=7):
+    """A run directory as ``python -m tinyfn train`` writes it (untrained weights), for the embedded data."""
+    from tinyfn.data import load_embedded
+    from tinyfn.train import model_record, save_checkpoint
+
+    _, params, state = init_with_state(model, jax.random.key(state_key), (None, 1, 28, 28))
+    state = jax.tree_util.tree_map(lambda a: a + 0.5, state)
+    metadata = {
+        "model": model_record(model, (1, 28, 28)),
+        "data": "embedded",
+        "normalization": {"mean": 0.3, "std": 0.35},
+        "classes": list(load_embedded("test").classes),
+    }
+    save_checkpoint(tmp_path / "checkpoint.safetensors", params, model_state=state or None, metadata=metadata)
+    return tmp_path
+
+
+def _visualize(run, capsys, *flags):
+    from tinyfn.cli import main
+
+    assert main(["visualize", str(run), "--k", "2", "--images", "2", *flags]) == 0
+    captured = capsys.readouterr()
+    written = [line for line in captured.out.splitlines() if line.endswith(".png")]
+    return sorted(p.rsplit("/", 1)[1] for p in written), captured.err
+
+
+@pytest.mark.slow
+def test_the_visualize_command_draws_every_figure_of_a_resnet_run(tmp_path, capsys):
+    run = _run_dir(tmp_path, models.resnet(width=2, blocks_per_stage=1, stages=2))
+    names, err = _visualize(run, capsys, "--channels", "0", "1")
+    assert names == [
+        "comparison.png",
+        "deconv_conv1.png",
+        "deconv_residual1.png",
+        "deconv_residual2.png",
+        "feature_maps_conv1.png",
+        "feature_maps_residual1.png",
+        "feature_maps_residual2.png",
+        "filters_conv1.png",
+    ], err
+    assert sorted(p.name for p in (run / "visualize").iterdir()) == names
+    assert "cannot project" not in err and "visualize: residual2: the top 2 of 2000 test images" in err
+    assert err.count("visualize: ") >= 6  # a line per stage as it works
+
+
+@pytest.mark.slow
+def test_the_visualize_command_draws_saliency_and_attention_for_a_vit_run(tmp_path, capsys):
+    run = _run_dir(tmp_path, models.vit(patch=7, embed_dim=8, depth=2, num_heads=2))
+    names, err = _visualize(run, capsys)
+    assert names == ["attention_maps.png", "attention_rollout.png", "comparison.png"], err
+    assert "comparison.png without the DeconvNet" in err and "(GELU)" not in err.split("DeconvNet:")[0]
+    assert "visualize: saliency, guided backprop of the predicted class" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    model = models.vit(num_classes=3, patch=4, embed_dim=8, depth=1, num_heads=2)
+    _, params = model.init(jax.random.key(8), (None, 1, 8, 8))
+    return model, params, jax.random.normal(jax.random.key(9), (1, 1, 8, 8))
+
+
+def test_saliency_on_a_vit_is_the_gradient_and_guided_backprop_gates_its_gelus(tiny_vit):
+    model, params, x = tiny_vit
+    grad = jax.grad(lambda a: model.apply(params, a)[0, 1])(x)
+    np.testing.assert_allclose(V.saliency(model, params, x, 1), grad, rtol=1e-4, atol=1e-6)
+    block = V.layer_table(model)[1]
+    inner = V.transformer_block_inner(block.layer)  # the walk's view of a block computes what the block computes
+    h = model.children[0].apply(params[0], x)
+    np.testing.assert_allclose(inner.apply(params[1], h), block.layer.apply(params[1], h), rtol=1e-6, atol=1e-6)
+    guided = np.asarray(V.guided_backprop(model, params, x, 1))
+    assert guided.shape == x.shape and np.isfinite(guided).all() and not np.allclose(guided, grad, atol=1e-6)
+    with pytest.raises(ValueError, match=r"deconvnet: cannot project through layer 'patchembedding1' \(PatchEmb"):
+        V.deconvnet(model, params, x, "linear1", 1)

@@ -21,6 +21,7 @@ from tinyfn.visualize.attention import (
 from tinyfn.visualize.field import receptive_field as receptive_field
 from tinyfn.visualize.plots import (
     minmax as minmax,
+    plot_attention as plot_attention,
     plot_comparison as plot_comparison,
     plot_deconv_grid as plot_deconv_grid,
     plot_feature_maps as plot_feature_maps,
