@@ -10,18 +10,22 @@ import pytest
 from tinyfn import models, visualize as V
 from tinyfn.layers import (
     GELU,
+    Add,
     AvgPool2D,
     BatchNorm2D,
     Concat,
     Conv2D,
+    FanOut,
     Flatten,
     GlobalAvgPool2D,
+    Identity,
     Linear,
     MaxPool2D,
     ReLU,
     apply_with_state,
     branch,
     init_with_state,
+    parallel,
     residual,
     serial,
 )
@@ -141,13 +145,14 @@ def test_the_resnets_last_block_and_global_pool_can_be_projected_and_stay_one_ta
         assert proj.shape == x.shape and np.isfinite(proj).all() and np.abs(proj).max() > 0
 
 
-def test_the_walk_through_a_residual_block_is_the_transpose_of_its_linear_part(rng, x64):
-    # without ReLUs a residual block in evaluation mode is affine, y = A x + b: the walk must give A^T g exactly,
-    # which is the gradient of <g, y>
+def test_the_walk_through_residual_branch_and_fan_combinators_is_the_transpose_of_their_linear_part(rng, x64):
+    # without ReLUs a model of residual blocks, branches and fans in evaluation mode is affine, y = A x + b: the
+    # walk must give A^T g exactly, which is the gradient of <g, y>
     block = residual(
         serial(Conv2D(3, 3, padding=1), BatchNorm2D(), AvgPool2D(3, 1, 1)), serial(Conv2D(3, 1), BatchNorm2D())
     )
-    model = serial(block, branch(Conv2D(2, 1), Conv2D(1, 3, padding=1)), Concat(), GlobalAvgPool2D())
+    fan = (FanOut(2), parallel(Conv2D(3, 1), Identity()), Add())
+    model = serial(block, branch(Conv2D(2, 1), Conv2D(1, 3, padding=1)), Concat(), *fan, GlobalAvgPool2D())
     _, params, state = init_with_state(model, jax.random.key(4), (None, 2, 5, 5))
     params, state = _random_state(params, rng), _random_state(state, rng)
     x = jnp.asarray(rng.standard_normal((1, 2, 5, 5)))
