@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import jax
 
 from tinyfn.visualize.record import layer_table, resolve_layer
@@ -22,8 +24,23 @@ _POINTWISE = (
 )  # each output position depends on the same input position only
 
 
+_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a layer's init -> {input shape: output shape}
+
+
 def _out_shape(layer, shape):
-    return tuple(layer.init(jax.random.key(0), shape)[0])
+    """``layer``'s output shape for ``shape``: its init traced once (nothing drawn), then cached."""
+    per_shape = _SHAPES.setdefault(layer.init, {})
+    if shape not in per_shape:
+        found = []
+
+        def params(key):
+            out, p = layer.init(key, shape)
+            found.append(tuple(out))
+            return p
+
+        jax.eval_shape(params, jax.random.key(0))
+        per_shape[shape] = found[0]
+    return per_shape[shape]
 
 
 def _window_back(box, kernel, stride, padding):

@@ -61,9 +61,7 @@ __all__ = [
 MODES = ("max", "topk", "all")
 
 
-def check_walkable(
-    model: Layer, layer: LayerRef, *, op: str = "make_projector", rule: str = "deconvnet", model_state=None
-):
+def check_walkable(model: Layer, layer: LayerRef, *, op: str = "make_projector", rule: str = "deconvnet"):
     """Refuse, naming it, the first layer up to ``layer`` that the walk down cannot pass.
 
     The gradient rules (``"saliency"``, ``"guided"``) pass every layer; the DeconvNet
