@@ -1,4 +1,4 @@
-"""Pictures of what a network sees: DeconvNet grids, filters, feature maps and a three-rule comparison.
+"""Pictures of what a network sees: DeconvNet grids, filters, feature maps, a three-rule comparison, attention.
 
 Each function builds and returns a ``matplotlib.figure.Figure``, written as a
 PNG atomically (temporary file, then rename) when given a ``path``; none touches
@@ -16,7 +16,7 @@ from tinyfn._plotting import finish, new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["minmax", "plot_deconv_grid", "plot_filters", "plot_feature_maps", "plot_comparison"]
+__all__ = ["minmax", "plot_deconv_grid", "plot_filters", "plot_feature_maps", "plot_comparison", "plot_attention"]
 
 
 def minmax(a) -> np.ndarray:
@@ -162,6 +162,37 @@ def plot_comparison(
                     ax.imshow(_display(minmax(m)), cmap="gray", interpolation="nearest")
             if r == 0:
                 ax.set_title(name + (" |g|" if name == "saliency" else ""), fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return finish(fig, path)
+
+
+def plot_attention(
+    images, columns: dict, path=None, *, row_titles, title: str = "what the class token attends to"
+) -> Figure:
+    """Rows of ``[input, map 1, map 2, ...]``: attention over the patch grid beside each image.
+
+    ``images (n, C, H, W)``; ``columns`` maps a title (``"block 1"``, ``"rollout"``) to
+    ``(n, h, w)`` maps on the patch grid (e.g. the class token's row of ``attention_maps``,
+    heads averaged, or of ``attention_rollout``), each drawn over the image's extent on its
+    own scale (inferno).
+    """
+    images = np.asarray(images)
+    n = images.shape[0]
+    names = ["input", *columns]
+    fig, axes = new_figure(n, len(names), figsize=(1.9 * len(names), 1.95 * n + 0.3), squeeze=False)
+    for r in range(n):
+        for c, name in enumerate(names):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if name == "input":
+                ax.imshow(_display(minmax(images[r])), cmap="gray", interpolation="nearest")
+                ax.set_ylabel(row_titles[r], fontsize=8)
+            else:
+                ax.imshow(minmax(columns[name][r]), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+            if r == 0:
+                ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return finish(fig, path)

@@ -1,25 +1,28 @@
 """Map a chosen activation back to pixel space: DeconvNet, gradient saliency and guided backprop.
 
-All three walk the recorded network from the chosen layer down to the input,
-layer by layer, with the same transposed maps: ``max_unpool2d`` with the
-recorded switches through a max-pool, ``deconv2d`` with the conv's own filters
-(``W*ᵀ``, bias unused) through a convolution, ``g wᵀ`` through a linear layer.
-They differ only at a ReLU, where the signal ``g`` coming down meets the
-forward input ``x``:
+All three record the network once (evaluation mode; a stateful model with its
+``model_state``) and walk the chosen activation down to the input, layer by
+layer, with each layer's transposed map (``tinyfn.visualize.walk``: ``deconv2d``
+with a conv's own filters, ``max_unpool2d`` with the recorded switches, batch
+norm's per-channel scale, average pooling spread back over its windows, a
+residual block's body and shortcut summed). They differ at the activations,
+where the signal ``g`` coming down meets the forward input ``x``:
 
-=====================  ===============================  ============================
-rule                   ReLU backward                    reference
-=====================  ===============================  ============================
-``"deconvnet"``        ``relu(g)`` (ignores ``x``)      Zeiler & Fergus, ECCV 2014
-``"saliency"``         ``g · [x > 0]`` (the gradient)   Simonyan et al., 2013
-``"guided"``           ``g · [x > 0] · [g > 0]``        Springenberg et al., 2014
-=====================  ===============================  ============================
+=====================  =========================================  ============================
+rule                   ReLU backward                              reference
+=====================  =========================================  ============================
+``"deconvnet"``        ``relu(g)`` (ignores ``x``)                Zeiler & Fergus, ECCV 2014
+``"saliency"``         ``g · [x > 0]`` (the gradient)             Simonyan et al., 2013
+``"guided"``           ``g · [x > 0] · [g > 0]``                  Springenberg et al., 2014
+=====================  =========================================  ============================
 
 With ``"saliency"`` the walk is exactly the gradient of the selected
-activations with respect to the input; it also passes any other layer
-without state (a transformer block, layer norm...) by that layer's own
-backward (``jax.vjp`` of its ``apply``, the handwritten rules), so it works on
-a vision transformer. The other two rules need the transposed maps above.
+activations with respect to the input, and passes every layer (a transformer
+block, layer norm: by ``jax.vjp`` of its own apply, the handwritten rules);
+``"guided"`` is that gradient gated to ``g > 0`` at every rectifier-like
+activation (a GELU: ``g · gelu'(x) · [g > 0]``), so both work on every
+built-in model, the vision transformer included. The DeconvNet needs the
+transposed maps: a layer without one (GELU, layer norm) is refused by name.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from tinyfn.layers import conv2d, deconv2d, deconv_output_size, has_state, linear, max_unpool2d, relu
 from tinyfn.visualize.record import LayerInfo, Recording, check_state, layer_table, record, resolve_layer
+from tinyfn.visualize.walk import RULES, TRANSPOSED, blocker, step_down
 
 if TYPE_CHECKING:
     from tinyfn.layers import Layer
@@ -53,81 +56,55 @@ __all__ = [
     "saliency",
     "guided_backprop",
     "make_projector",
-    "receptive_field",
 ]
 
-RULES = ("deconvnet", "saliency", "guided")
 MODES = ("max", "topk", "all")
-
-
-def _relu_back(rule, g, x):
-    zero = jnp.zeros((), g.dtype)
-    if rule == "deconvnet":
-        return relu(g)
-    if rule == "saliency":
-        return jnp.where(x > 0, g, zero)
-    return jnp.where((x > 0) & (g > 0), g, zero)
-
-
-_WALKABLE = ("Conv2D", "Deconv2D", "MaxPool2D", "ReLU", "Linear", "Flatten", "Dropout")
 
 
 def check_walkable(model: Layer, layer: LayerRef, *, op: str = "make_projector", rule: str = "deconvnet"):
     """Refuse, naming it, the first layer up to ``layer`` that the walk down cannot pass.
 
-    Batch norm, a residual block, layer norm...; with ``rule="saliency"`` only layers with state.
+    The gradient rules (``"saliency"``, ``"guided"``) pass every layer; the DeconvNet
+    (``"deconvnet"``) the layers with a transposed map (``walk.TRANSPOSED``) and the
+    combinators made of them: a GELU, a layer norm or a transformer block is refused.
     """
+    if rule not in RULES:
+        raise ValueError(f"{op}: rule must be one of {RULES}, got {rule!r}")
     info = resolve_layer(model, layer)
     for below in layer_table(model)[: info.index + 1]:
-        if below.layer.name not in _WALKABLE and not (rule == "saliency" and not has_state(below.layer)):
+        kind = blocker(below.layer, rule)
+        if kind is not None:
             raise ValueError(
-                f"{op}: cannot project through layer {below.name!r} ({below.layer.name}): only {', '.join(_WALKABLE)} "
-                "have a transposed map here; choose a layer before it "
-                "(feature maps and top activations work for every layer)"
+                f"{op}: cannot project through layer {below.name!r} ({kind}): the DeconvNet walks only "
+                f"{', '.join(TRANSPOSED)} and the combinators made of them; choose a layer before it, or use "
+                "saliency or guided backprop (feature maps and top activations work for every layer)"
             )
 
 
-def _step_down(info: LayerInfo, params, rec: Recording, g, rule: str):
-    """Carry the signal ``g`` from layer ``info``'s output space to its input space."""
-    layer, cfg, x = info.layer, info.layer.config, rec.inputs[info.index]
-    kind = layer.name
-    if kind == "Conv2D":
-        w = info.params(params)["w"]
-        out_hw = deconv_output_size(g.shape[2:], w.shape[2:], cfg["stride"], cfg["padding"], (0, 0))
-        extra = tuple(int(a - b) for a, b in zip(x.shape[2:], out_hw))  # rows the conv's stride skipped
-        return deconv2d(g, w, stride=cfg["stride"], padding=cfg["padding"], output_padding=extra)  # W*ᵀ g
-    if kind == "Deconv2D":
-        w = info.params(params)["w"]
-        return conv2d(g, w, stride=cfg["stride"], padding=cfg["padding"])  # (W*ᵀ)ᵀ g = W* g
-    if kind == "MaxPool2D":
-        return max_unpool2d(g, rec.switches[info.index], x.shape[2:])
-    if kind == "ReLU":
-        return _relu_back(rule, g, x)
-    if kind == "Linear":
-        return linear(g, info.params(params)["w"].T)  # Law 2: Y = X W  =>  back with Wᵀ
-    if kind == "Flatten":
-        return g.reshape(x.shape)
-    if kind == "Dropout":
-        return g  # evaluation mode: the identity
-    if rule == "saliency" and not has_state(layer):  # the layer's own backward: the exact gradient through it
-        p = info.params(params)
-        return jax.vjp(lambda a: layer.apply(p, a), x)[1](g)[0]
-    raise ValueError(
-        f"cannot project through layer {info.name!r} ({kind}): only Conv2D, Deconv2D, MaxPool2D, ReLU, Linear, "
-        "Flatten and Dropout have a transposed map here; choose a layer before it"
-    )
-
-
 def project_down(
-    model: Layer, params: Any, rec: Recording, layer: LayerRef, signal: jax.Array, rule: str = "deconvnet"
+    model: Layer,
+    params: Any,
+    rec: Recording,
+    layer: LayerRef,
+    signal: jax.Array,
+    rule: str = "deconvnet",
+    *,
+    model_state=None,
 ) -> jax.Array:
-    """Walk ``signal`` (shaped like ``layer``'s output) down to the input through every layer up to ``layer``."""
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    """Walk ``signal`` (shaped like ``layer``'s output) down to the input through every layer up to ``layer``.
+
+    Each step is ``walk.step_down``: a layer's transposed map, or its gradient, by ``rule``.
+    A stateful model (batch norm) needs the ``model_state`` it was recorded with.
+    """
     info = resolve_layer(model, layer)
+    check_walkable(model, info.index, op="project_down", rule=rule)
+    model_state = check_state(model, model_state, op="project_down")
     g = signal
     for below in reversed(rec.layers[: info.index + 1]):
-        g = _step_down(below, params, rec, g, rule)
+        i = below.index
+        g = step_down(
+            below.layer, below.params(params), below.state(model_state), rec.inputs[i], g, rule, rec.switches[i]
+        )
     return g
 
 
@@ -224,41 +201,46 @@ def make_projector(
     ``channel``) an out-of-range channel gives an all-NaN projection, never a
     plausible picture. ``values`` (seed the walk with the kept activations, or
     with ones) defaults to ``True`` for the DeconvNet and ``False`` (a
-    gradient) for the others. A stateful model is recorded in evaluation mode
-    with ``model_state``; a layer the walk cannot pass (batch norm, a residual
-    block) at or below ``layer`` is refused here, by name.
+    gradient) for the others. A stateful model (batch norm) is recorded and
+    walked in evaluation mode with ``model_state`` (its running statistics);
+    without it, it is refused. A layer the DeconvNet cannot pass (a GELU, a
+    transformer block) at or below ``layer`` is refused here, by name.
     """
-    info = resolve_layer(model, layer)
     model_state = check_state(model, model_state, op="make_projector")
+    walk = _walker(model, layer, rule, mode, k, values, op="make_projector")
+    return lambda params, x, channel: walk(params, model_state, x, channel)
+
+
+def _walker(model, layer, rule, mode, k, values, *, op):
+    """``(params, model_state, x, channel) -> projection``, the jitted walk behind ``make_projector``."""
+    info = resolve_layer(model, layer)
     if rule not in RULES:
-        raise ValueError(f"make_projector: rule must be one of {RULES}, got {rule!r}")
+        raise ValueError(f"{op}: rule must be one of {RULES}, got {rule!r}")
     if mode not in MODES:
-        raise ValueError(f"make_projector: mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
     values = rule == "deconvnet" if values is None else values
-    check_walkable(model, info.index, rule=rule)
+    check_walkable(model, info.index, op=op, rule=rule)
     counts: dict = {}
 
     @jax.jit
-    def walk(params, x, channel):
+    def walk(params, model_state, x, channel):
         rec = record(model, params, x, upto=info.index, model_state=model_state)
         seed = select(rec.outputs[info.index], channel, mode, k, values=values)
-        return project_down(model, params, rec, info.index, seed, rule)
+        return project_down(model, params, rec, info.index, seed, rule, model_state=model_state)
 
-    def project(params, x, channel):
+    def project(params, model_state, x, channel):
         shapes = (jnp.shape(x), jnp.result_type(x), tuple(jnp.shape(a) for a in jax.tree_util.tree_leaves(params)))
         if shapes not in counts:
             counts[shapes] = jax.eval_shape(
-                lambda p, a: record(model, p, a, upto=info.index, model_state=model_state).outputs[-1], params, x
+                lambda p, s, a: record(model, p, a, upto=info.index, model_state=s).outputs[-1], params, model_state, x
             ).shape[1]
-        channel = check_channel(channel, counts[shapes], op="make_projector", layer=info.name)
-        return _nan_unless_in_range(walk(params, x, channel), channel, counts[shapes])
+        channel = check_channel(channel, counts[shapes], op=op, layer=info.name)
+        return _nan_unless_in_range(walk(params, model_state, x, channel), channel, counts[shapes])
 
     return project
 
 
-_PROJECTORS: OrderedDict = (
-    OrderedDict()
-)  # the projectors of deconvnet/saliency/guided_backprop: one compilation per model
+_PROJECTORS: OrderedDict = OrderedDict()  # the walks of deconvnet/saliency/guided_backprop: one compilation per model
 _MAX_PROJECTORS = 32
 
 
@@ -268,38 +250,49 @@ def _projector(model, index, rule, mode, k):
     if hit is not None and hit[0] is model:
         _PROJECTORS.move_to_end(key)
         return hit[1]
-    project = make_projector(model, index, rule=rule, mode=mode, k=k)
+    project = _walker(model, index, rule, mode, k, None, op="make_projector")
     _PROJECTORS[key] = (model, project)  # holding the model keeps its id from being reused
     if len(_PROJECTORS) > _MAX_PROJECTORS:
         _PROJECTORS.popitem(last=False)
     return project
 
 
-def _project(model, params, x, layer, channel, rule, mode, k, op):
+def _project(model, params, x, layer, channel, rule, mode, k, op, model_state):
     x, single = _as_batch(x)
     info = resolve_layer(model, layer)
+    model_state = check_state(model, model_state, op=op)
     if mode not in MODES:
         raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
     try:
-        result = _projector(model, info.index, rule, mode, k)(params, x, channel)
+        result = _projector(model, info.index, rule, mode, k)(params, model_state, x, channel)
     except (ValueError, TypeError) as exc:
         raise type(exc)(str(exc).replace("make_projector: ", f"{op}: ", 1)) from None
     return result[0] if single else result
 
 
 def deconvnet(
-    model: Layer, params: Any, x: jax.Array, layer: LayerRef, channel: Channel, *, mode: str = "max", k: int = 9
+    model: Layer,
+    params: Any,
+    x: jax.Array,
+    layer: LayerRef,
+    channel: Channel,
+    *,
+    mode: str = "max",
+    k: int = 9,
+    model_state=None,
 ) -> jax.Array:
     """Zeiler & Fergus's DeconvNet projection of feature map ``channel`` of ``layer`` into pixel space.
 
     Keeps only the chosen activations (``mode``: the strongest, the top ``k`` or
     the whole map) with their values, zeroes the rest of the layer, and walks
-    down: unpool with the switches, rectify at each ReLU, ``deconv2d`` with each
-    conv's filters. ``x`` is ``(C, H, W)`` or ``(N, C, H, W)``; the result has
-    its shape. Compiles once per model, layer and input shape (the projector is
-    cached), whatever the channel.
+    down with each layer's transposed map (``walk``): unpool with the switches,
+    rectify at each ReLU, ``deconv2d`` with each conv's filters, batch norm's
+    scale, average pooling spread back, a residual block's two paths summed.
+    ``x`` is ``(C, H, W)`` or ``(N, C, H, W)``; the result has its shape. A
+    stateful model needs its ``model_state`` (evaluation mode). Compiles once
+    per model, layer and input shape (the walk is cached), whatever the channel.
     """
-    return _project(model, params, x, layer, channel, "deconvnet", mode, k, "deconvnet")
+    return _project(model, params, x, layer, channel, "deconvnet", mode, k, "deconvnet", model_state)
 
 
 def saliency(
@@ -311,10 +304,17 @@ def saliency(
     layer: LayerRef | None = None,
     mode: str = "max",
     k: int = 9,
+    model_state=None,
 ) -> jax.Array:
-    """Gradient saliency: ``∂ a / ∂ x`` for a unit ``a``: by default the class score ``target`` (the model's
-    last layer, the predicted class when ``target`` is None); or feature map ``target`` of ``layer``."""
-    return _gradient_like(model, params, x, target, layer, "saliency", mode, k)
+    """Gradient saliency ``∂ a / ∂ x`` (Simonyan et al. 2013), in evaluation mode, for every model.
+
+    ``a`` is by default the class score ``target`` (the model's last layer; the
+    predicted class when ``target`` is None), or feature map ``target`` of
+    ``layer`` (its strongest unit, ``mode``). A stateful model (batch norm) runs
+    with the running statistics of ``model_state`` (``train=False``); without
+    it, it is refused. ``x``: ``(C, H, W)`` or ``(N, C, H, W)``, the result has its shape.
+    """
+    return _gradient_like(model, params, x, target, layer, "saliency", mode, k, model_state)
 
 
 def guided_backprop(
@@ -326,51 +326,32 @@ def guided_backprop(
     layer: LayerRef | None = None,
     mode: str = "max",
     k: int = 9,
+    model_state=None,
 ) -> jax.Array:
-    """Guided backprop: the walk of ``saliency`` with ReLUs passing only positive signal where the input was
-    positive."""
-    return _gradient_like(model, params, x, target, layer, "guided", mode, k)
+    """Guided backprop (Springenberg et al. 2014): ``saliency``'s gradient walk, gated at every activation.
+
+    At a ReLU the signal ``g`` coming down passes only where the input was positive
+    *and* ``g`` is positive: ``g · [x > 0] · [g > 0]``. A model without ReLUs (a
+    vision transformer's GELU) is gated the same way at each rectifier-like
+    activation (ReLU, LeakyReLU, GELU, SiLU): ``g · f'(x) · [g > 0]``, the
+    gradient through the activation keeping only positive signal; every other
+    layer passes the gradient. Arguments as in ``saliency`` (``model_state`` for
+    a stateful model; evaluation mode).
+    """
+    return _gradient_like(model, params, x, target, layer, "guided", mode, k, model_state)
 
 
-def _gradient_like(model, params, x, target, layer, rule, mode, k):
+def _gradient_like(model, params, x, target, layer, rule, mode, k, model_state):
+    op = "saliency" if rule == "saliency" else "guided_backprop"
     info = resolve_layer(model, len(layer_table(model)) - 1 if layer is None else layer)
+    model_state = check_state(model, model_state, op=op)
     xb, single = _as_batch(x)
     if target is None:
-        out = record(model, params, xb, upto=info.index).outputs[-1]
+        out = record(model, params, xb, upto=info.index, model_state=model_state).outputs[-1]
         if out.ndim != 2 or out.shape[0] != 1:
-            raise ValueError("target=None (the predicted class) needs one image and a layer with (N, classes) output")
+            raise ValueError(
+                f"{op}: target=None (the predicted class) needs one image and a layer with (N, classes) output"
+            )
         target = int(jnp.argmax(out[0]))
-    out = _project(
-        model, params, xb, info.index, target, rule, mode, k, "saliency" if rule == "saliency" else "guided_backprop"
-    )
+    out = _project(model, params, xb, info.index, target, rule, mode, k, op, model_state)
     return out[0] if single else out
-
-
-def receptive_field(
-    model: Layer, input_shape: tuple, layer: LayerRef, position: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """The input rows and columns ``(r0, r1, c0, c1)`` (half-open, clipped to the image) that unit
-    ``position = (h, w)`` of ``layer``'s output depends on. Below a linear or flatten layer: the whole image."""
-    info = resolve_layer(model, layer)
-    table = layer_table(model)[: info.index + 1]
-    shapes, shape = [], tuple(input_shape)
-    for t in table:
-        shapes.append(shape)
-        shape, _ = t.layer.init(jax.random.key(0), shape)
-    h, w = shapes[0][-2:]
-    r0, r1, c0, c1 = position[0], position[0] + 1, position[1], position[1] + 1
-    for t, in_shape in zip(reversed(table), reversed(shapes)):
-        kind, cfg = t.layer.name, t.layer.config
-        if kind in ("Linear", "Flatten"):
-            return 0, h, 0, w
-        if kind in ("Conv2D", "MaxPool2D"):
-            (kh, kw) = cfg["kernel_size"] if kind == "Conv2D" else cfg["window"]
-            (sh, sw), (ph, pw) = cfg["stride"], cfg["padding"]
-            r0, r1 = r0 * sh - ph, (r1 - 1) * sh - ph + kh
-            c0, c1 = c0 * sw - pw, (c1 - 1) * sw - pw + kw
-        elif kind == "Deconv2D":  # input i feeds outputs i*s - p ... i*s - p + k - 1
-            (kh, kw), (sh, sw), (ph, pw) = cfg["kernel_size"], cfg["stride"], cfg["padding"]
-            r0, r1 = -(-(r0 + ph - kh + 1) // sh), (r1 - 1 + ph) // sh + 1
-            c0, c1 = -(-(c0 + pw - kw + 1) // sw), (c1 - 1 + pw) // sw + 1
-        r0, r1, c0, c1 = max(r0, 0), min(r1, in_shape[-2]), max(c0, 0), min(c1, in_shape[-1])
-    return int(r0), int(r1), int(c0), int(c1)
