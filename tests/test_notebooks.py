@@ -45,6 +45,8 @@ EXERCISE_ID = re.compile(r"^[a-z][a-z0-9_]*$")
 # a check that fails on the stub for one of these reasons does not reach the learner's code
 WRONG_REASONS = {"NameError", "SyntaxError", "ImportError", "ModuleNotFoundError", "IndentationError"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# numpy 2 prints a scalar inside a container as np.float64(0.865): printed numbers are formatted instead
+NUMPY_SCALAR_REPR = re.compile(r"\bnp\.(float|int|uint|bool|complex)\w*\(")
 
 KERNEL_CHECK = f"""
 import sys
@@ -244,6 +246,29 @@ def test_read_solutions_splits_the_file_into_blocks(tmp_path):
     assert read_solutions(tmp_path / "absent.py") == []
 
 
+def test_numpy_scalar_reprs_are_recognised_and_formatted_numbers_are_not():
+    assert NUMPY_SCALAR_REPR.findall("per class: {'cat': np.float64(0.865), 'dog': np.int64(3)}")
+    assert not NUMPY_SCALAR_REPR.findall("per class: {'cat': 0.865, 'dog': 3}  (np.float64 arrays, numpy.float32)")
+
+
+def test_the_executed_copy_shows_stubs_without_outputs_and_the_rest_with_the_solution_run():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("a = 1"),
+        nbformat.v4.new_code_cell("def f(): raise NotImplementedError", metadata=STUB_F),
+        nbformat.v4.new_code_cell("assert f() == 2", metadata={"tags": ["check", "raises-exception"]}),
+    ]
+    ran = {}
+    for i, text in ((0, "1"), (1, "solution ran"), (2, "f works")):
+        ran[i] = nbformat.v4.new_code_cell(nb.cells[i].source, execution_count=i + 1)
+        ran[i].outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    copy = executed_copy(nb, ran)
+    assert [c.source for c in copy.cells] == [c.source for c in nb.cells]  # the stub's own source, not the solution
+    assert copy.cells[1].outputs == [] and copy.cells[1].execution_count is None
+    assert [o.text for o in copy.cells[2].outputs] == ["f works"] and copy.cells[0].outputs[0].text == "1"
+    assert nb.cells[0].outputs == []  # the committed notebook is untouched
+
+
 def _kernel_manager(tmp_path: Path) -> KernelManager:
     spec_dir = tmp_path / "kernels" / "tinyfn-test"
     spec_dir.mkdir(parents=True)
@@ -276,6 +301,13 @@ def run_step(client: NotebookClient, name: str, step: Step):
     errors = [o for o in cell.outputs if o.output_type == "error"]
     stderr = "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr")
     assert not stderr, _failure(name, step, f"wrote to stderr: {stderr[:500]!r}", cell)
+    shown = "".join(
+        o.get("text", "") if o.output_type == "stream" else o.get("data", {}).get("text/plain", "")
+        for o in cell.outputs
+        if o.output_type in ("stream", "execute_result", "display_data")
+    )
+    reprs = NUMPY_SCALAR_REPR.findall(shown)
+    assert not reprs, _failure(name, step, "prints numpy scalar reprs (np.float64(...)): format the numbers", cell)
     if step.role == "check on stub":
         assert errors, _failure(name, step, "stub check fails: the check passed on the stub", cell)
         assert errors[0].ename not in WRONG_REASONS, _failure(
