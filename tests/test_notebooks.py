@@ -34,7 +34,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = ROOT / "notebooks"
 SOLUTIONS_DIR = NOTEBOOKS_DIR / "solutions"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 BUDGET_S = 90  # each notebook, top to bottom, on two cores
@@ -49,8 +50,10 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 NUMPY_SCALAR_REPR = re.compile(r"\bnp\.(float|int|uint|bool|complex)\w*\(")
 
 KERNEL_CHECK = f"""
-import sys
+import pathlib, sys
 assert sys.prefix == {sys.prefix!r}, f"the notebook kernel runs {{sys.executable}}, not the test's interpreter"
+import tinyfn
+assert pathlib.Path(tinyfn.__file__).resolve().is_relative_to({str(ROOT)!r}), f"the kernel imports {{tinyfn.__file__}}"
 """
 
 # The final course, in order (notebooks/README.md lists the same files with one line each).
@@ -273,7 +276,11 @@ def _kernel_manager(tmp_path: Path) -> KernelManager:
     spec_dir = tmp_path / "kernels" / "tinyfn-test"
     spec_dir.mkdir(parents=True)
     # the kernel compiles with XLA's default optimisation (the notebooks train; conftest.py lowers it for the tests)
-    env = {"XLA_FLAGS": NOTEBOOK_XLA_FLAGS}
+    # and imports this checkout's tinyfn: it runs in notebooks/, where a relative PYTHONPATH entry would miss it
+    env = {
+        "XLA_FLAGS": NOTEBOOK_XLA_FLAGS,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "tinyfn test",

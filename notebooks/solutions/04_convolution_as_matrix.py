@@ -9,7 +9,8 @@ def im2col(x, kh, kw):
     """(N, C, H, W) -> (C*kh*kw, N*Ho*Wo), stride 1, no padding."""
     n, c, h, w = x.shape
     ho, wo = h - kh + 1, w - kw + 1
-    taps = np.stack([x[:, :, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)], axis=2)  # (N, C, kh*kw, Ho, Wo)
+    # (N, C, kh*kw, Ho, Wo): one shifted slice per tap
+    taps = np.stack([x[:, :, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)], axis=2)
     return taps.transpose(1, 2, 0, 3, 4).reshape(c * kh * kw, n * ho * wo)
 
 # %% conv_backward_loops
