@@ -4,14 +4,19 @@
 ``epoch_callbacks`` with an ``EpochSummary`` after every epoch; it never prints.
 ``ConsoleLog`` is the per-epoch line ``fit(..., quiet=False)`` shows by default
 (and that the command line uses); ``progress_bar`` is the tqdm bar of an epoch.
+
+The bar is tqdm's console bar except in a Jupyter kernel that has ipywidgets, where it is the notebook widget.
+``tqdm.auto`` would make that choice on import and warn on stderr (``TqdmWarning: IProgress not found``) in a
+kernel without ipywidgets, even for a quiet run; here the choice is made only for a bar that is shown.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import NamedTuple
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the console bar: importing it never warns
 
 __all__ = ["StepInfo", "EpochSummary", "format_epoch", "ConsoleLog", "progress_bar"]
 
@@ -62,9 +67,26 @@ class ConsoleLog:
         (self.file or sys.stdout).flush()
 
 
+def _in_widget_kernel() -> bool:
+    """True in a Jupyter kernel (IPython's ``IPKernelApp``) where ipywidgets is installed."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    in_kernel = shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+    return in_kernel and importlib.util.find_spec("ipywidgets") is not None
+
+
+def _bar_class(quiet: bool = False) -> type:
+    """The tqdm class for a bar: the notebook widget where ``_in_widget_kernel()``, else the console bar."""
+    if quiet or not _in_widget_kernel():
+        return tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm  # imported only here: it needs ipywidgets
+
+    return notebook_tqdm
+
+
 def progress_bar(*, total: int, initial: int, desc: str, quiet: bool):
     """The bar of one epoch (on stderr, cleared when the epoch ends); ``quiet`` turns it off."""
-    return tqdm(
+    return _bar_class(quiet)(
         total=total,
         initial=initial,
         desc=desc,
