@@ -1,10 +1,26 @@
-"""Solutions to the exercises of notebooks/09_deconvnet.ipynb.
+# %% unpool_bug
+def unpool(g, switches, out_hw):
+    "Each value of g (N, C, h, w) put back at its switch in a zero (N, C, H, W) plane."
+    H, W = out_hw
+    g, s = np.asarray(g), np.asarray(switches)
+    out = np.zeros(g.shape[:2] + (H, W), g.dtype)
+    n, ch, _, _ = np.indices(g.shape)
+    out[n, ch, s // W, s % W] = g  # the bug: a switch is h * W + w, so divide by the width W, not the height H
+    return out
 
-Each block, headed `# %% <id>`, is the full source of the stub cell whose metadata says `"exercise": "<id>"`.
-tests/test_notebooks.py runs it in that cell's place; nothing in the notebook imports this file.
-"""
 
-# %% seed_top3
+# %% receptive_field
+def rf_conv2(r, q):
+    # conv2 (5×5, no padding): pool1 rows r .. r+4; pool1 (2×2, stride 2): conv1 rows 2r .. 2r+9;
+    # conv1 (5×5, padding 2): input rows 2r−2 .. 2r+11, i.e. the half-open [2r−2, 2r+12), clipped to [0, 28)
+    def span(i):
+        return max(2 * i - 2, 0), min(2 * i + 12, 28)
+
+    (r0, r1), (c0, c1) = span(r), span(q)
+    return r0, r1, c0, c1
+
+
+# %% top3_seed
 def seed_top3(a, channel):
     a = np.asarray(a)
     plane = a[0, channel].ravel()

@@ -1,8 +1,19 @@
-"""Solutions to the exercises of notebooks/11_batch_norm.ipynb.
+# %% running_stats_bug
+def running_update(state, xb, momentum=0.1):
+    "The running {'mean', 'var'} after one training step on the (N, C, H, W) batch xb."
+    M = xb.size // xb.shape[1]
+    mu, var = xb.mean(axis=AXES), xb.var(axis=AXES) * M / (M - 1)
+    keep = 1 - momentum
+    # the bug: momentum weighted the old value (Keras' convention); in PyTorch's and tinyfn's it weights the new batch
+    return {"mean": keep * state["mean"] + momentum * mu, "var": keep * state["var"] + momentum * var}
 
-Each block, headed `# %% <id>`, is the full source of the stub cell whose metadata says `"exercise": "<id>"`.
-tests/test_notebooks.py runs it in that cell's place; nothing in the notebook imports this file.
-"""
+
+# %% fold_batch_norm
+def fold_batch_norm(lin, bn, state, eps=EPS):
+    # γ (xW + b − μ)/√(v + ε) + β = x (W s) + (b − μ) s + β, with s = γ/√(v + ε) per output feature
+    scale = bn["gamma"] / jnp.sqrt(state["var"] + eps)
+    return {"w": lin["w"] * scale, "b": (lin["b"] - state["mean"]) * scale + bn["beta"]}
+
 
 # %% layer_norm_backward
 def layer_norm_backward(g, x, gamma, eps=EPS):
