@@ -364,7 +364,7 @@ def test_resnet_recipe_trains_evaluates_summarises_and_visualizes(tiny_idx, tmp_
         out / "visualize" / "deconv_conv1.png"
     ).is_file()
     assert (out / "visualize" / "comparison.png").is_file() and "cannot project" not in proc.stderr  # through bn
-    assert (out / "visualize" / "deconv_residual5.png").is_file()  # the last residual block
+    assert (out / "visualize" / "deconv_block5.residual1.png").is_file()  # the last residual block
 
 
 # --- flags out of range: one line naming the flag, its value and what was expected, argparse's exit status 2 ----------

@@ -204,3 +204,10 @@ def test_the_default_recipe_keeps_the_best_validation_epoch_tests_it_and_logs_ea
     assert [float(r["eval_loss"]) for r in rows] == history["eval_loss"]  # one row per epoch
     assert main(["evaluate", str(out / BEST_NAME)]) == 0  # the best epoch's checkpoint opens in evaluate
     assert f"test accuracy: {history['test_accuracy']:.4f}" in capsys.readouterr().out
+    assert main(["evaluate", str(out)]) == 0  # the run directory: the checkpoint train tested, and says which
+    evaluated = capsys.readouterr().out
+    assert (
+        evaluated.startswith(f"{out / BEST_NAME} on ") and f"test accuracy: {history['test_accuracy']:.4f}" in evaluated
+    )
+    assert main(["evaluate", str(out), "--last"]) == 0
+    assert capsys.readouterr().out.startswith(f"{out / 'checkpoint.safetensors'} on ")

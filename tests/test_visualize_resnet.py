@@ -139,8 +139,18 @@ def tiny_resnet():
 def test_the_resnets_last_block_and_global_pool_can_be_projected_and_stay_one_table_entry(tiny_resnet):
     model, params, state, x = tiny_resnet
     names = [t.name for t in V.layer_table(model)]
-    assert names == ["conv1", "bn1", "relu1", "residual1", "relu2", "residual2", "relu3", "gap1", "linear1"]
-    for layer in ("residual2", "gap1"):  # the last block, and the global pool above it
+    assert names == [
+        "conv1",
+        "bn1",
+        "relu1",
+        "block1.residual1",
+        "block1.relu2",
+        "block2.residual1",
+        "block2.relu2",
+        "gap1",
+        "linear1",
+    ]
+    for layer in ("block2.residual1", "gap1"):  # the last block, and the global pool above it
         proj = np.asarray(V.deconvnet(model, params, x, layer, 1, model_state=state))
         assert proj.shape == x.shape and np.isfinite(proj).all() and np.abs(proj).max() > 0
 
@@ -228,16 +238,16 @@ def test_the_visualize_command_draws_every_figure_of_a_resnet_run(tmp_path, caps
     names, err = _visualize(run, capsys, "--channels", "0", "1")
     assert names == [
         "comparison.png",
+        "deconv_block1.residual1.png",
+        "deconv_block2.residual1.png",
         "deconv_conv1.png",
-        "deconv_residual1.png",
-        "deconv_residual2.png",
+        "feature_maps_block1.residual1.png",
+        "feature_maps_block2.residual1.png",
         "feature_maps_conv1.png",
-        "feature_maps_residual1.png",
-        "feature_maps_residual2.png",
         "filters_conv1.png",
     ], err
     assert sorted(p.name for p in (run / "visualize").iterdir()) == names
-    assert "cannot project" not in err and "visualize: residual2: the top 2 of 2000 test images" in err
+    assert "cannot project" not in err and "visualize: block2.residual1: the top 2 of 2000 test images" in err
     assert err.count("visualize: ") >= 6  # a line per stage as it works
 
 
@@ -246,7 +256,7 @@ def test_the_visualize_command_draws_saliency_and_attention_for_a_vit_run(tmp_pa
     run = _run_dir(tmp_path, models.vit(patch=7, embed_dim=8, depth=2, num_heads=2))
     names, err = _visualize(run, capsys)
     assert names == ["attention_maps.png", "attention_rollout.png", "comparison.png"], err
-    assert "comparison.png without the DeconvNet: visualize: cannot project through layer 'patchembedding1'" in err
+    assert "comparison.png without the DeconvNet: visualize: cannot project through layer 'patches1'" in err
     assert "visualize: saliency, guided backprop of the predicted class" in err
 
 
@@ -274,5 +284,5 @@ def test_saliency_on_a_vit_is_the_gradient_and_guided_backprop_gates_its_gelus(t
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
     guided = np.asarray(V.guided_backprop(model, params, x, 1))
     assert guided.shape == x.shape and np.isfinite(guided).all() and not np.allclose(guided, grad, atol=1e-6)
-    with pytest.raises(ValueError, match=r"deconvnet: cannot project through layer 'patchembedding1' \(PatchEmb"):
+    with pytest.raises(ValueError, match=r"deconvnet: cannot project through layer 'patches1' \(PatchEmb"):
         V.deconvnet(model, params, x, "linear1", 1)

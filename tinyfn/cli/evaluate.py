@@ -11,7 +11,14 @@ from tinyfn.cli.runs import TTA_NAMES
 
 
 def add_arguments(p):
-    p.add_argument("checkpoint", type=Path, help="a run directory or a .safetensors checkpoint")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a run directory (its best validation epoch's checkpoint where it kept one) or a .safetensors file",
+    )
+    p.add_argument(
+        "--last", action="store_true", help="with a run directory: its last checkpoint, not its best epoch's"
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -29,12 +36,25 @@ def add_arguments(p):
     )
 
 
+def chosen_checkpoint(path: Path, *, last: bool = False) -> Path:
+    """A run directory's best validation epoch's checkpoint where it kept one (what ``train`` tested), else ``path``.
+
+    ``last=True`` takes the run's last checkpoint instead; a file path is taken as it is.
+    """
+    from tinyfn.train import BEST_NAME, checkpoint_path
+
+    if path.is_dir() and not last and (path / BEST_NAME).is_file():
+        return path / BEST_NAME
+    return checkpoint_path(path) if path.is_dir() else path
+
+
 def run(args) -> int:
     from tinyfn import data as D
     from tinyfn.train import evaluate, load_model
     from tinyfn.train.augment import TTA_VIEWS
 
-    loaded = load_model(args.checkpoint)  # a missing or unreadable checkpoint: main's one-line error
+    path = chosen_checkpoint(args.checkpoint, last=args.last)
+    loaded = load_model(path)  # a missing or unreadable checkpoint: main's one-line error
     model, params, meta = loaded
     data = args.data or meta.get("data", "embedded")
     test = D.load_dataset(data, "test")
@@ -52,7 +72,7 @@ def run(args) -> int:
     )
     loss, acc, preds = tested
     views = "" if tta == "none" else f", test-time views: {tta}"
-    print(f"{args.checkpoint} on {data} test ({len(test):,} images{views})")
+    print(f"{path} on {data} test ({len(test):,} images{views})")
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {acc:.4f}")
     if tested.view_accuracy is not None:  # views[0] is the image itself

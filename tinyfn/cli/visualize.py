@@ -26,7 +26,7 @@ def add_arguments(p):
     p.add_argument(
         "--layer",
         default=None,
-        help="layer name (conv1, pool2, residual3, ...) or index (default: every conv layer and the last "
+        help="layer name (conv1, pool2, block3.residual1, ...) or index (default: every conv layer and the last "
         "residual block at each resolution)",
     )
     p.add_argument(
