@@ -1,6 +1,6 @@
 """Time one AdamW training step of ``tinyfn.models.vit`` against its peers, interleaved in one process.
 
-    python benchmarks/vit_step.py [--batch-size 128] [--patch 4] [--embed-dim 64] [--depth 4] [--heads 4]
+    python benchmarks/vit_step.py [--batch-size 128] [--patch 7] [--embed-dim 64] [--depth 4] [--heads 4]
                                   [--mlp-ratio 2] [--steps 10] [--rounds 10] [--no-torch] [--quick]
 
 The same vision transformer three ways, from the same initial weights: tinyfn
@@ -45,7 +45,7 @@ JAX = "JAX autodiff (jax.nn.dot_product_attention, jit)"
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--patch", type=int, default=4)
+    ap.add_argument("--patch", type=int, default=7)
     ap.add_argument("--embed-dim", type=int, default=64)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
