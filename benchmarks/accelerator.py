@@ -20,7 +20,11 @@ PyTorch column, torch (with CUDA). It prints, in this order:
    both), the largest loss and parameter differences relative to their size,
    ``ok`` within float32 tolerance, one line per formulation;
 4. one epoch through ``tinyfn.train.fit`` on the full Fashion-MNIST training
-   set when its IDX files are present, else on the embedded subset.
+   set when its IDX files are present, else on the embedded subset;
+5. the ResNet's and the ViT's training steps at batch 128 (``resnet_step.py``
+   and ``vit_step.py`` on the device, tinyfn against JAX autodiff; their
+   PyTorch peers run on the CPU only, so they are left out here), each ending
+   with its ``resnet ...`` / ``vit ...`` ratio line.
 
 The last line, for scripts, is
 
@@ -402,6 +406,23 @@ def fit_epoch(args, device):
 # ----------------------------------------------------------------------------- main
 
 
+def network_steps(args, device):
+    """Section 5: ``resnet_step.py`` and ``vit_step.py`` on ``device`` (tiny settings with ``--device cpu``)."""
+    import resnet_step
+    import vit_step
+
+    small = args.device == "cpu"
+    runs = (
+        (resnet_step, ["--width", "4", "--blocks", "1", "--batch-size", "8"] if small else ["--batch-size", "128"]),
+        (vit_step, ["--depth", "1", "--batch-size", "8"] if small else ["--batch-size", "128"]),
+    )
+    for script, sizes in runs:
+        say(f"\n# {script.__name__}.py on {device.platform}: tinyfn against JAX autodiff")
+        with jax.default_device(device):
+            script.main(["--no-torch", "--rounds", str(min(args.rounds, 3)), "--steps", "2" if small else "5", *sizes])
+        sys.stdout.flush()
+
+
 def header(args, device, note):
     """Versions, precision switches, the formulations measured and the time budget."""
     try:
@@ -451,6 +472,7 @@ def main(argv=None):
         ("mixed precision", lambda: precision_table(args, device, default_form)),
         ("correctness", lambda: correctness(args, device, forms)),
         ("fit epoch", lambda: fit_epoch(args, device)),
+        ("resnet and vit steps", lambda: network_steps(args, device)),
     ):
         if left() <= 0:
             say(f"\n# {section} skipped: past the {args.budget:.0f} s budget")

@@ -67,6 +67,9 @@ def test_accelerator_check_runs_every_section_on_the_cpu_and_each_formulation_ma
     checks = [line for line in lines if line.startswith("correctness ")]
     assert len(checks) == len(names) and all(line.endswith(": ok") for line in checks), checks
     assert any(line.startswith("epoch wall ") for line in lines), lines
+    for net in ("resnet", "vit"):  # section 5: the networks' steps on the device, tinyfn against JAX autodiff
+        ratio = [line for line in lines if line.startswith(f"{net} tinyfn/jax-autodiff=")]
+        assert len(ratio) == 1 and float(ratio[0].split("=")[1].split()[0]) > 0, (net, lines[-40:])
 
 
 def test_the_resnet_benchmark_recipe_is_the_command_lines():

@@ -317,4 +317,5 @@ def test_cli_trains_a_vit_with_its_recipe_and_the_run_reloads(tmp_path):
     assert meta["recipe"]["optimizer"] == "adamw" and meta["recipe"]["model"] == "vit"
     x = jnp.asarray(load_embedded("test").images[:2], jnp.float32)
     assert model.apply(params, x).shape == (2, 10)
-    assert [m.shape for m in V.attention_maps(model, params, x)] == [(2, 4, 50, 50)] * 4
+    tokens = (28 // 7) ** 2 + 1  # the recipe's model: 7x7 patches and the class token
+    assert [m.shape for m in V.attention_maps(model, params, x)] == [(2, 4, tokens, tokens)] * 4
