@@ -14,22 +14,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tinyfn.train.optim import EmptyState, GradientTransformation
+from tinyfn.train.optim import EmptyState, GradientTransformation, _decay_mask
 
 __all__ = ["freeze", "scale_where"]
-
-
-def _flags(op, mask, updates) -> list[bool]:
-    tree = mask(updates) if callable(mask) else mask
-    leaves, structure = jax.tree_util.tree_flatten(tree)
-    if structure != jax.tree_util.tree_structure(updates):
-        raise ValueError(
-            f"{op}: mask must have the params' tree structure, got\n  mask:   {structure}\n"
-            f"  params: {jax.tree_util.tree_structure(updates)}"
-        )
-    if not all(isinstance(f, bool) for f in leaves):
-        raise TypeError(f"{op}: mask must hold Python bools (as param_mask gives), got {leaves[:4]} ...")
-    return leaves
 
 
 def scale_where(mask, factor: float) -> GradientTransformation:
@@ -44,7 +31,10 @@ def scale_where(mask, factor: float) -> GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        flags = _flags("scale_where" if factor else "freeze", mask, updates)
+        op = "scale_where" if factor else "freeze"
+        flags = _decay_mask(
+            op, mask, updates, meaning="True where the updates are scaled" if factor else "True where frozen"
+        )
         leaves, structure = jax.tree_util.tree_flatten(updates)
         scaled = [(u * factor if factor else jnp.zeros_like(u)) if f else u for u, f in zip(leaves, flags)]
         return jax.tree_util.tree_unflatten(structure, scaled), state

@@ -187,16 +187,16 @@ def weights_only(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def _decay_mask(op, mask, params):
+def _decay_mask(op, mask, params, meaning="True where weight decay applies"):
     """``mask`` (a tree of bools shaped like ``params``, or a function of ``params`` giving one) as a list of Python
-    bools, one per leaf."""
+    bools, one per leaf; ``meaning`` says in the error what ``True`` stands for."""
     if mask is None:
         return None
     tree = mask(params) if callable(mask) else mask
     leaves, structure = jax.tree_util.tree_flatten(tree)
     if structure != jax.tree_util.tree_structure(params):
         raise ValueError(
-            f"{op}: mask must have the params' tree structure (True where weight decay applies), got\n  mask:   "
+            f"{op}: mask must have the params' tree structure ({meaning}), got\n  mask:   "
             f"{structure}\n  params: {jax.tree_util.tree_structure(params)}"
         )
     for path, leaf in zip(jax.tree_util.tree_flatten_with_path(tree)[0], leaves):

@@ -142,29 +142,16 @@ def plot_comparison(
     maps. Saliency is drawn as ``|g|`` (max over channels), the others min-max
     scaled; each tile on its own scale.
     """
-    images = np.asarray(images)
-    n = images.shape[0]
-    names = ["input", *columns]
-    fig, axes = new_figure(n, len(names), figsize=(1.9 * len(names), 1.95 * n + 0.3), squeeze=False)
-    for r in range(n):
-        for c, name in enumerate(names):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if name == "input":
-                ax.imshow(_display(minmax(images[r])), cmap="gray", interpolation="nearest")
-                ax.set_ylabel(row_titles[r], fontsize=8)
-            else:
-                m = np.asarray(columns[name][r])
-                if name == "saliency":
-                    ax.imshow(minmax(np.abs(m).max(axis=0)), cmap="hot", interpolation="nearest")
-                else:
-                    ax.imshow(_display(minmax(m)), cmap="gray", interpolation="nearest")
-            if r == 0:
-                ax.set_title(name + (" |g|" if name == "saliency" else ""), fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return finish(fig, path)
+
+    def draw(ax, name, m):
+        m = np.asarray(m)
+        if name == "saliency":
+            ax.imshow(minmax(np.abs(m).max(axis=0)), cmap="hot", interpolation="nearest")
+        else:
+            ax.imshow(_display(minmax(m)), cmap="gray", interpolation="nearest")
+        return name + (" |g|" if name == "saliency" else "")
+
+    return _image_grid(images, columns, row_titles, draw, title, path)
 
 
 def plot_attention(
@@ -177,6 +164,16 @@ def plot_attention(
     heads averaged, or of ``attention_rollout``), each drawn over the image's extent on its
     own scale (inferno).
     """
+
+    def draw(ax, name, m):
+        ax.imshow(minmax(m), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+        return name
+
+    return _image_grid(images, columns, row_titles, draw, title, path)
+
+
+def _image_grid(images, columns: dict, row_titles, draw, title: str, path) -> Figure:
+    """Rows of ``[input, column 1, ...]``; ``draw(ax, name, map)`` draws one column's tile and returns its title."""
     images = np.asarray(images)
     n = images.shape[0]
     names = ["input", *columns]
@@ -189,10 +186,11 @@ def plot_attention(
             if name == "input":
                 ax.imshow(_display(minmax(images[r])), cmap="gray", interpolation="nearest")
                 ax.set_ylabel(row_titles[r], fontsize=8)
+                heading = name
             else:
-                ax.imshow(minmax(columns[name][r]), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+                heading = draw(ax, name, columns[name][r])
             if r == 0:
-                ax.set_title(name, fontsize=9)
+                ax.set_title(heading, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return finish(fig, path)
