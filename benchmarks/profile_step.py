@@ -1,6 +1,7 @@
 """Where a training step's time goes: every layer's forward and backward, timed as compiled pieces.
 
     python benchmarks/profile_step.py --model {lenet5,wide_cnn,resnet} [--batch-size 128] [--reps 20] [--no-torch]
+        [--no-xla-trace] [--top 30]
 
 The model is walked the way ``serial`` and ``residual`` compose it; each leaf layer (and each residual
 sum) is compiled on its own, at the shape it sees inside the model, twice: its forward in training mode,
@@ -11,6 +12,10 @@ dW), the bytes each piece reads and writes at least (inputs, outputs, params, th
 layer's share of the whole jitted training step (AdamW, timed the same way). Pieces compiled alone miss
 the fusions XLA makes across layers in the whole step, so the shares do not add up to 100%: the
 remainder is the optimizer, the loss and what the fused step does better or worse.
+
+Then XLA's own profile of the whole compiled step (``xla_profile.py``): every thunk the runtime executes, timed by
+``jax.profiler``, grouped (GEMMs forward and backward, the tap loops of im2col/col2im and pooling, buffer fills,
+layout copies, reductions, elementwise fusions) with the GEMMs' GFLOP/s, and the longest thunks with their shapes.
 
 With PyTorch installed, its eager step of the same network (channels-last for the resnet, NCHW for the
 two small CNNs, as ``resnet_step.py`` and ``train_step.py`` build them) runs under ``torch.profiler``
@@ -42,6 +47,8 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--reps", type=int, default=20, help="timed calls of each piece (median reported)")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-xla-trace", action="store_true", help="skip XLA's per-thunk profile of the whole step")
+    ap.add_argument("--top", type=int, default=30, help="thunks listed in XLA's profile")
     return ap.parse_args(argv)
 
 
@@ -127,15 +134,20 @@ def profile_piece(path, layer, in_shape, batch, reps):
     )
 
 
-def step_time(model, batch, reps):
+def whole_step(model, batch):
+    """The jitted training step (AdamW) and its arguments."""
     _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, 1, 28, 28)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, batch), jnp.int32)
     optimizer = train.adamw(1e-3, weight_decay=5e-2)
     step = jax.jit(train.make_train_step(model, softmax_cross_entropy, optimizer, donate=False, with_state=True))
-    opt_state = optimizer.init(params)
-    return _timed(lambda: step(params, state, opt_state, x, y, jax.random.key(0)), reps=reps)
+    return step, (params, state, optimizer.init(params), x, y, jax.random.key(0))
+
+
+def step_time(model, batch, reps):
+    step, args = whole_step(model, batch)
+    return _timed(lambda: step(*args), reps=reps)
 
 
 def print_table(rows, step_s):
@@ -225,6 +237,11 @@ def main(argv=None):
         f"{jax.devices()[0].platform}; medians of {args.reps} calls"
     )
     print_table(rows, step_s)
+    if not args.no_xla_trace:
+        import xla_profile
+
+        step, step_args = whole_step(model, args.batch_size)
+        xla_profile.print_profile(*xla_profile.trace_thunks(step, step_args, steps=min(args.reps, 10)), top=args.top)
     if not args.no_torch:
         torch_profile(args, model)
 
