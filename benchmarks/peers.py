@@ -250,8 +250,7 @@ def jax_autodiff(model, params, x, y, lr, device, specs):
 
 
 def torch_eager(model, params, x, y, lr, device, specs, channels_last=False):
-    """``nn.Sequential`` of the same layers and weights with ``optim.SGD``; with ``channels_last``, the net and the
-    batch in ``torch.channels_last`` memory format (the same numbers, another layout in memory)."""
+    """``nn.Sequential`` of the same layers, weights and ``optim.SGD``; ``channels_last``: net and batch in NHWC."""
     import torch
     from torch import nn
 
@@ -287,9 +286,8 @@ def torch_eager(model, params, x, y, lr, device, specs, channels_last=False):
     return run
 
 
-def torch_channels_last(model, params, x, y, lr, device, specs):
-    """``torch_eager`` with the net and the batch in ``torch.channels_last`` memory format."""
-    return torch_eager(model, params, x, y, lr, device, specs, channels_last=True)
+# the same net, weights and step with the net and the batch in torch.channels_last memory format
+torch_channels_last = partial(torch_eager, channels_last=True)
 
 
 def torch_version():

@@ -1,6 +1,6 @@
 """Time one SGD training step of tinyfn against its peers, interleaved in one process.
 
-    python benchmarks/train_step.py [--model lenet5|wide_cnn] [--batch-size 128] [--steps 20] [--rounds 15]
+    python benchmarks/train_step.py [--model lenet5|wide] [--batch-size 128] [--steps 20] [--rounds 15]
 
 Each round runs ``--steps`` steps of every implementation in turn (after a
 warm-up that includes compilation), timing each step to completion. The table
