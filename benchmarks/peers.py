@@ -6,7 +6,9 @@ the same parameters, so all of them compute the same step:
 
 * ``jax_autodiff``: XLA's own convolution (``lax.conv_general_dilated``, NCHW),
   ``reduce_window`` max-pooling and ``jax.grad``, jitted;
-* ``torch_eager``: ``nn.Conv2d``/``nn.MaxPool2d``/``nn.Linear`` with ``optim.SGD``;
+* ``torch_eager``: ``nn.Conv2d``/``nn.MaxPool2d``/``nn.Linear`` with ``optim.SGD``, NCHW;
+* ``torch_channels_last``: the same net, weights and SGD step with the net and the batch in
+  ``torch.channels_last`` memory format (NHWC in memory, NCHW to the code);
 * ``numpy_im2col``: the from-scratch style, im2col + one GEMM per conv with the
   backward written by hand (col2im by shifted adds, a max mask for pooling);
 * ``tinyfn_matrix``: tinyfn with each convolution computed as ``Y* = W* X*``
@@ -247,7 +249,8 @@ def jax_autodiff(model, params, x, y, lr, device, specs):
 # ----------------------------------------------------------------------------- PyTorch eager
 
 
-def torch_eager(model, params, x, y, lr, device, specs):
+def torch_eager(model, params, x, y, lr, device, specs, channels_last=False):
+    """``nn.Sequential`` of the same layers, weights and ``optim.SGD``; ``channels_last``: net and batch in NHWC."""
     import torch
     from torch import nn
 
@@ -268,8 +271,10 @@ def torch_eager(model, params, x, y, lr, device, specs):
             m = m()
         mods.append(m)
     net = nn.Sequential(*mods).to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
     xt, yt = torch.from_numpy(np.asarray(x)).to(dev), torch.from_numpy(np.asarray(y)).long().to(dev)
+    if channels_last:
+        net, xt = net.to(memory_format=torch.channels_last), xt.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
 
     def run():
         opt.zero_grad(set_to_none=True)
@@ -279,6 +284,10 @@ def torch_eager(model, params, x, y, lr, device, specs):
         return loss.item()  # waits for the step (and for CUDA)
 
     return run
+
+
+# the same net, weights and step with the net and the batch in torch.channels_last memory format
+torch_channels_last = partial(torch_eager, channels_last=True)
 
 
 def torch_version():

@@ -1,17 +1,24 @@
 """Time one SGD training step of tinyfn against its peers, interleaved in one process.
 
-    python benchmarks/train_step.py [--model lenet5|wide_cnn] [--batch-size 128] [--steps 20] [--rounds 15]
+    python benchmarks/train_step.py [--model lenet5|wide] [--batch-size 128] [--steps 20] [--rounds 15]
 
 Each round runs ``--steps`` steps of every implementation in turn (after a
 warm-up that includes compilation), timing each step to completion. The table
 gives the median, min and max ms/step over all rounds, images/s, GFLOP/s from
 an analytic FLOP count (and its fraction of the measured float32 matmul peak),
 minor page faults per step and the first (compiling) step; ``x tinyfn`` is
-each median over tinyfn's. The last line, for scripts, is
+each median over tinyfn's. Before timing, every implementation's first losses
+(its compiling step and the first warm-up step) must match tinyfn's (the same
+weights, batch and step; otherwise the comparison is void and the script
+stops). PyTorch runs twice: NCHW and channels-last (the net and the batch in
+``torch.channels_last`` memory format). The line before the last gives tinyfn
+against each layout, ``tinyfn/torch-nchw=... tinyfn/torch-channels-last=...``;
+the last line, for scripts, is
 
     tinyfn/jax-autodiff=R1 tinyfn/torch=R2
 
-(median ms/step ratios; below 1 means tinyfn is faster; ``nan`` when a peer did not run).
+(median ms/step ratios, R2 against PyTorch's faster layout; below 1 means tinyfn is faster; ``nan`` when a peer
+did not run).
 
 By default the script calls ``tinyfn.tune_allocator()`` first, as the
 ``tinyfn`` command line does, so glibc keeps the memory it frees (one arena,
@@ -46,12 +53,14 @@ import peers  # noqa: E402
 
 import tinyfn  # noqa: E402
 
-IMPLS = ("tinyfn", "jax_autodiff", "torch_eager", "numpy_im2col", "tinyfn_matrix")
+IMPLS = ("tinyfn", "jax_autodiff", "torch_eager", "torch_channels_last", "numpy_im2col", "tinyfn_matrix")
+TORCH = ("torch_eager", "torch_channels_last")  # PyTorch's two layouts; tinyfn/torch is against the faster
 # --devices N adds "tinyfn_sharded": the same step data-parallel over N devices, at the same global batch
 LABELS = {
     "tinyfn": "tinyfn (handwritten VJPs, jit)",
     "jax_autodiff": "JAX lax.conv + reduce_window + grad, jit",
-    "torch_eager": "PyTorch eager",
+    "torch_eager": "PyTorch eager, NCHW",
+    "torch_channels_last": "PyTorch eager, channels-last",
     "numpy_im2col": "numpy im2col, handwritten backward",
     "tinyfn_matrix": "tinyfn matrix form Y* = W* X*, jit",
     "tinyfn_sharded": "tinyfn data-parallel over {n} devices",
@@ -137,8 +146,8 @@ def build(args, device):
                 notes.append(f"tinyfn_matrix skipped: {why}")
             else:
                 runs[name] = peers.tinyfn_matrix(model, params, x, y, args.lr, device)
-        elif name == "torch_eager" and peers.torch_version() is None:
-            notes.append("torch_eager skipped: PyTorch is not installed (pip install torch==2.13.0)")
+        elif name in TORCH and peers.torch_version() is None:
+            notes.append(f"{name} skipped: PyTorch is not installed (pip install torch==2.13.0)")
         elif name == "numpy_im2col" and device.platform != "cpu":
             notes.append("numpy_im2col skipped: CPU only")
         else:
@@ -154,15 +163,30 @@ def build(args, device):
     return specs, runs, notes
 
 
+def same_step(losses, rtol=2e-3, atol=2e-4):
+    """The reference's first losses (tinyfn's, else the first implementation's); ``SystemExit`` when an
+    implementation's differ: it computes another step, and timing it against the others would mean nothing."""
+    ref_name = "tinyfn" if "tinyfn" in losses else next(iter(losses))
+    ref = losses[ref_name]
+    for name, got in losses.items():
+        if not np.allclose(got, ref, rtol=rtol, atol=atol):
+            raise SystemExit(f"{name} computes another step: first losses {got} against {ref_name}'s {ref}")
+    return ref
+
+
 def measure(runs, args):
-    """First-step seconds, then interleaved rounds: ``{impl: (first_s, [step seconds], faults/step)}``."""
-    first, times, flt = {}, {k: [] for k in runs}, {k: 0 for k in runs}
+    """First-step seconds, then interleaved rounds: ``({impl: (first_s, [step seconds], faults/step)}, the first
+    losses)``; the first losses (the compiling step's and the first warm-up step's) must agree (``same_step``)."""
+    first, times, flt, losses = {}, {k: [] for k in runs}, {k: 0 for k in runs}, {}
     for name, run in runs.items():
         t = time.perf_counter()
-        run()
+        losses[name] = [run()]
         first[name] = time.perf_counter() - t
-        for _ in range(args.warmup):
-            run()
+        for i in range(args.warmup):
+            loss = run()
+            if i == 0:
+                losses[name].append(loss)
+    ref = same_step(losses)
     for _ in range(args.rounds):
         for name, run in runs.items():
             time.sleep(args.pause)
@@ -173,7 +197,7 @@ def measure(runs, args):
                 times[name].append(time.perf_counter() - t)
             flt[name] += faults() - f0
     n = args.rounds * args.steps
-    return {k: (first[k], times[k], flt[k] / n) for k in runs}
+    return {k: (first[k], times[k], flt[k] / n) for k in runs}, ref
 
 
 def report(args, specs, results, notes, peak, device):
@@ -217,8 +241,16 @@ def report(args, specs, results, notes, peak, device):
         )
     for note in notes:
         print(f"# {note}")
-    ratio = lambda k: base / np.median(results[k][1]) if k in results else float("nan")  # noqa: E731
-    print(f"tinyfn/jax-autodiff={ratio('jax_autodiff'):.3f} tinyfn/torch={ratio('torch_eager'):.3f}")
+    nchw, cl, jx = (ratio(results, k) for k in ("torch_eager", "torch_channels_last", "jax_autodiff"))
+    print(f"tinyfn/torch-nchw={nchw:.3f} tinyfn/torch-channels-last={cl:.3f}")
+    print(f"tinyfn/jax-autodiff={jx:.3f} tinyfn/torch={np.fmax(nchw, cl):.3f}")
+
+
+def ratio(results, name):
+    """tinyfn's median ms/step over ``name``'s (``nan`` when either did not run)."""
+    if "tinyfn" not in results or name not in results:
+        return float("nan")
+    return float(np.median(results["tinyfn"][1]) / np.median(results[name][1]))
 
 
 def main(argv=None):
@@ -229,7 +261,8 @@ def main(argv=None):
     peak = None if args.no_peak else matmul_peak(device)
     with jax.default_device(device):
         specs, runs, notes = build(args, device)
-        results = measure(runs, args)
+        results, losses = measure(runs, args)
+    notes.insert(0, f"first losses, every implementation: {', '.join(f'{v:.4f}' for v in losses)} (within 2e-3)")
     report(args, specs, results, notes, peak, device)
     sys.stdout.flush()
 

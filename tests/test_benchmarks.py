@@ -150,3 +150,112 @@ def test_vit_step_runs_every_implementation_and_prints_a_parsable_last_line():
     m = re.fullmatch(r"vit " + STEP_LAST.pattern, lines[-1])
     assert m and float(m.group(1)) > 0, lines[-1]
     assert lines[0].startswith("first two losses, every implementation")  # the implementations agreed on two steps
+
+
+def _benchmark_module(name):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_train_step_stops_when_an_implementation_computes_another_first_step():
+    same_step = _benchmark_module("train_step").same_step
+    losses = {"tinyfn": [2.3562, 2.1857], "jax_autodiff": [2.3563, 2.1856], "torch_channels_last": [2.3562, 2.1857]}
+    assert same_step(losses) == [2.3562, 2.1857]  # within 2e-3: the reference's, tinyfn's
+    with pytest.raises(SystemExit, match="torch_channels_last computes another step"):
+        same_step(dict(losses, torch_channels_last=[2.3562, 2.1957]))  # its second step differs by 0.01
+
+
+@pytest.mark.slow
+def test_train_step_times_pytorch_channels_last_and_compares_tinyfn_with_the_faster_layout():
+    pytest.importorskip("torch")
+    lines = _run("train_step.py", "--quick", "--only", "tinyfn", "jax_autodiff", "torch_eager", "torch_channels_last")
+    m = STEP_LAST.fullmatch(lines[-1])
+    assert m, lines[-1]
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert "PyTorch eager, NCHW" in rows and "PyTorch eager, channels-last" in rows, rows
+    layouts = re.fullmatch(r"tinyfn/torch-nchw=(\d+\.\d+) tinyfn/torch-channels-last=(\d+\.\d+)", lines[-2])
+    assert layouts, lines[-2]
+    assert m.group(2) == max(layouts.groups(), key=float)  # tinyfn's median over the faster layout's
+    assert any(line.startswith("# first losses, every implementation: ") for line in lines), lines
+
+
+def _train_step_output(capsys):
+    """What train_step.py prints for made-up timings: LeNet-5's first linear layer alone, batch 32, peak 0.2."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    train_step = _benchmark_module("train_step")
+    args = SimpleNamespace(model="lenet5", batch_size=32, rounds=1, steps=3, tune_allocator=True)
+    specs = [("Linear", {}, {"w": np.zeros((784, 10)), "b": np.zeros(10)}, (None, 784), (None, 10))]
+    results = {
+        "tinyfn": (1.0, [0.010, 0.011, 0.012], 0.0),
+        "jax_autodiff": (1.0, [0.020] * 3, 0.0),
+        "torch_eager": (0.5, [0.0125] * 3, 0.0),
+        "torch_channels_last": (0.5, [0.0110] * 3, 0.0),
+    }
+    device = SimpleNamespace(platform="cpu", device_kind="cpu")
+    train_step.report(args, specs, results, [], 0.2, device)
+    flops = 2 * 2 * 784 * 10 * 32  # one linear layer on the data: forward and weight gradient
+    return capsys.readouterr().out, 100 * flops / 0.011 / 1e9 / 0.2
+
+
+RESNET_STEP_OUTPUT = """\
+first two losses, every implementation: 2.4812, 2.3080 (within 2e-3)
+resnet(width=24, blocks_per_stage=(1, 1, 3), first_stride=1, stem_stride=2) batch 128, 10 rounds x 10 steps, 2 cores, \
+jax 0.10.2
+implementation                                    median ms   min ms  images/s  x tinyfn
+tinyfn (handwritten rules, jit)                        83.1     79.0      1540      1.00
+JAX autodiff (lax.conv, jax.grad, jit)                129.0    120.0       992      1.55
+PyTorch 2.13.0+cpu eager, NCHW                         91.2     88.0      1404      1.10
+PyTorch 2.13.0+cpu eager, channels-last                74.5     70.1      1718      0.90
+resnet tinyfn/jax-autodiff=0.644 tinyfn/torch=1.115
+"""
+
+
+def test_batch_sizes_reads_each_scripts_table_and_last_line(capsys):
+    batch_sizes = _benchmark_module("batch_sizes")
+    text, peak = _train_step_output(capsys)  # train_step.py's own report, so a format change there fails here
+    got = batch_sizes.parse_train_step(text)
+    ms = {"tinyfn": 11.0, "jax_autodiff": 20.0, "torch_nchw": 12.5, "torch_channels_last": 11.0}
+    assert got["ms"] == ms and (got["jax"], got["torch"]) == (0.55, 1.0), got
+    assert got["peak"] == round(peak), (got["peak"], peak)
+    got = batch_sizes.parse_resnet_step(RESNET_STEP_OUTPUT)
+    ms = {"tinyfn": 83.1, "jax_autodiff": 129.0, "torch_nchw": 91.2, "torch_channels_last": 74.5}
+    assert got == {"ms": ms, "jax": 0.644, "torch": 1.115, "peak": None}, got
+    with pytest.raises(ValueError, match="last line"):
+        batch_sizes.parse_resnet_step(RESNET_STEP_OUTPUT.rsplit("resnet ", 1)[0])
+    row = batch_sizes.format_row({"model": "wide", "batch": 512, "error": "failed (rc=137)"})
+    assert row.count("|") == batch_sizes.HEADER.count("|") and "failed (rc=137)" in row
+    # every command line it builds is one its script accepts, with --rounds and --steps passed through
+    args = batch_sizes.parse_args(["--rounds", "2", "--steps", "3"])
+    for model, script in (("wide", "train_step"), ("resnet", "resnet_step")):
+        cmd = batch_sizes.command(model, 512, args)
+        parsed = _benchmark_module(script).parse_args(cmd[2:])
+        assert (parsed.batch_size, parsed.rounds, parsed.steps) == (512, 2, 3), (model, cmd)
+
+
+@pytest.mark.slow
+def test_batch_sizes_quick_prints_a_row_per_run_and_a_parsable_last_line():
+    lines = _run("batch_sizes.py", "--quick")
+    assert lines[-1] == "batch_sizes rows=1 failed=0", lines
+    row = [cell.strip() for cell in next(line for line in lines if line.startswith("| lenet5 | 32 |")).split("|")[1:-1]]
+    assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[6]) > 0, row  # tinyfn, JAX autodiff, their ratio
+
+
+@pytest.mark.slow
+def test_train_memory_measures_each_training_process_and_prints_a_parsable_last_line():
+    lines = _run("train_memory.py", "--data", "builtin", "--steps", "3")
+    m = re.fullmatch(r"train_memory tinyfn_mib=(\d+\.\d) torch_mib=(\d+\.\d|nan) ratio=(\d+\.\d+|nan)", lines[-1])
+    assert m and float(m.group(1)) > 0, lines[-1]
+    assert any(line.startswith("| tinyfn: models.resnet()") for line in lines), lines
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert m.group(2) == "nan" and any("PyTorch rows skipped" in line for line in lines)
+    else:
+        assert float(m.group(2)) > 0 and float(m.group(3)) > 0, lines[-1]
+        assert any(line.startswith("| PyTorch: the same net") for line in lines), lines
