@@ -156,11 +156,8 @@ def print_table(rows, step_s):
         f"{'MB f/b':>11s} {'share':>6s}"
     )
     for r in rows:
-        gf = (
-            f"{r['flops'] / r['fwd'] / 1e9:5.1f}/{2 * r['flops'] / max(r['bwd'], 1e-9) / 1e9:5.1f}"
-            if r["flops"]
-            else "-"
-        )
+        bwd_rate = f"{2 * r['flops'] / r['bwd'] / 1e9:5.1f}" if r["bwd"] > 1e-5 else "    -"  # below the noise: none
+        gf = f"{r['flops'] / r['fwd'] / 1e9:5.1f}/{bwd_rate}" if r["flops"] else "-"
         mb = f"{r['bytes'][0] / 1e6:5.1f}/{r['bytes'][1] / 1e6:5.1f}"
         share = (r["fwd"] + r["bwd"]) / step_s
         shape = "x".join(map(str, r["shape"]))
