@@ -145,11 +145,6 @@ def whole_step(model, batch):
     return step, (params, state, optimizer.init(params), x, y, jax.random.key(0))
 
 
-def step_time(model, batch, reps):
-    step, args = whole_step(model, batch)
-    return _timed(lambda: step(*args), reps=reps)
-
-
 def print_table(rows, step_s):
     print(
         f"{'layer':28s} {'kind':15s} {'output':18s} {'fwd ms':>7s} {'bwd ms':>7s} {'GFLOP/s f/b':>12s} "
@@ -228,7 +223,8 @@ def main(argv=None):
     tinyfn.tune_allocator()
     model = models.get_model(args.model)
     rows = [profile_piece(p, layer, s, args.batch_size, args.reps) for p, layer, s in walk(model, (None, 1, 28, 28))]
-    step_s = step_time(model, args.batch_size, args.reps)
+    step, step_args = whole_step(model, args.batch_size)
+    step_s = _timed(lambda: step(*step_args), reps=args.reps)
     print(
         f"{args.model}, batch {args.batch_size}, {os.cpu_count()} cores, jax {jax.__version__}, "
         f"{jax.devices()[0].platform}; medians of {args.reps} calls"
@@ -237,7 +233,6 @@ def main(argv=None):
     if not args.no_xla_trace:
         import xla_profile
 
-        step, step_args = whole_step(model, args.batch_size)
         xla_profile.print_profile(*xla_profile.trace_thunks(step, step_args, steps=min(args.reps, 10)), top=args.top)
     if not args.no_torch:
         torch_profile(args, model)

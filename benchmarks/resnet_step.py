@@ -32,6 +32,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import train_step  # the same first-losses check as the small CNNs' script
 from jax import lax
 
 import tinyfn
@@ -216,10 +217,7 @@ def interleaved_times(impls, reference, rounds, steps):
     first two losses (the same weights, batch and optimizer: otherwise the comparison is void)."""
     times = {name: [] for name in impls}
     first = {name: [run() for _ in range(2)] for name, run in impls.items()}
-    ref = first[reference]
-    for name, losses in first.items():
-        if not np.allclose(losses, ref, rtol=2e-3, atol=2e-4):
-            raise SystemExit(f"{name} computes another step: first losses {losses} against tinyfn's {ref}")
+    ref = train_step.same_step({reference: first[reference], **first})
     for _ in range(rounds):
         for name, run in impls.items():
             for _ in range(steps):

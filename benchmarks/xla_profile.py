@@ -54,36 +54,31 @@ def _shape_dims(shape: str) -> tuple[int, ...]:
     return tuple(int(d) for d in m.group(1).split(",") if d) if m else ()
 
 
-def _dot_flops(body: str) -> int:
-    """2 x multiply-adds of the ``dot`` in a fused computation's ``body`` (0 without one)."""
-    shapes = {name: shape for name, shape, _, _ in _INSTR.findall(body)}
-    for _, shape, op, rest in _INSTR.findall(body):
-        if op != "dot":
-            continue
-        lhs = re.match(r"%([\w.\-]+)", rest).group(1)
-        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
-        k = int(np.prod([_shape_dims(shapes[lhs])[int(d)] for d in contracting.split(",") if d]))
-        return 2 * int(np.prod(_shape_dims(shape))) * k
-    return 0
+def _dot_flops(shape: str, rest: str, shapes: dict) -> int:
+    """2 x multiply-adds of a ``dot`` of output ``shape`` whose operands and attributes are ``rest``; ``shapes``
+    gives each operand's shape by name."""
+    lhs = re.match(r"%([\w.\-]+)", rest).group(1)
+    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest).group(1)
+    k = int(np.prod([_shape_dims(shapes[lhs])[int(d)] for d in contracting.split(",") if d]))
+    return 2 * int(np.prod(_shape_dims(shape))) * k
 
 
 def hlo_instructions(hlo_text: str) -> dict:
-    """``{name: (shape, op, op_name, flops)}`` for every instruction of the compiled module's text."""
-    bodies = {name: body for name, body in _COMP.findall(hlo_text)}
+    """``{name: (shape, op, op_name, flops)}`` for every instruction of the compiled module's text; a fusion
+    counts the flops of the ``dot`` in the computation it calls."""
+    instructions = _INSTR.findall(hlo_text)
+    shapes = {name: shape for name, shape, _, _ in instructions}  # instruction names are unique in a module
+    dot_flops = {
+        comp: sum(_dot_flops(shape, rest, shapes) for _, shape, op, rest in _INSTR.findall(body) if op == "dot")
+        for comp, body in _COMP.findall(hlo_text)
+    }
     out = {}
-    for name, shape, op, rest in _INSTR.findall(hlo_text):
+    for name, shape, op, rest in instructions:
         op_name = re.search(r'op_name="([^"]*)"', rest)
         calls = re.search(r"calls=%([\w.\-]+)", rest)
-        flops = _dot_flops(bodies.get(calls.group(1), "")) if calls else 0
-        if op == "dot":
-            flops = _dot_flops(f"%{name} = {shape} {op}({rest}\n" + "\n".join(_operand_lines(hlo_text, rest)))
+        flops = _dot_flops(shape, rest, shapes) if op == "dot" else dot_flops.get(calls.group(1), 0) if calls else 0
         out[name] = (shape, op, op_name.group(1) if op_name else "", flops)
     return out
-
-
-def _operand_lines(hlo_text: str, rest: str) -> list[str]:
-    names = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
-    return [m.group(0) for n in names for m in [re.search(rf"^\s*%{re.escape(n)} = .*$", hlo_text, re.M)] if m]
 
 
 def group_of(name: str, op: str, op_name: str, flops: int) -> str | None:
@@ -95,7 +90,7 @@ def group_of(name: str, op: str, op_name: str, flops: int) -> str | None:
         return "GEMM, backward" if backward else "GEMM, forward"
     if "/while/" in op_name:
         return "tap loops, backward" if backward else "tap loops, forward"
-    if name.startswith("wrapped_broadcast") or op_name.endswith("broadcast_in_dim") and "fusion" not in name:
+    if name.startswith("wrapped_broadcast") or (op_name.endswith("broadcast_in_dim") and "fusion" not in name):
         return "buffer fills"
     if name.startswith(("copy", "transpose")) or op_name.endswith("transpose"):
         return "layout copies"
