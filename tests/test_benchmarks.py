@@ -259,3 +259,19 @@ def test_train_memory_measures_each_training_process_and_prints_a_parsable_last_
     else:
         assert float(m.group(2)) > 0 and float(m.group(3)) > 0, lines[-1]
         assert any(line.startswith("| PyTorch: the same net") for line in lines), lines
+
+
+@pytest.mark.parametrize("model", ["lenet5", "wide_cnn"])
+def test_profile_step_lists_pytorchs_channels_last_operators_for_each_small_cnn(model, capsys):
+    pytest.importorskip("torch")
+    profile_step = _benchmark_module("profile_step")
+    from tinyfn import models
+
+    args = profile_step.parse_args(["--model", model, "--batch-size", "4", "--reps", "2"])
+    profile_step.torch_profile(args, models.get_model(model))
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("PyTorch "))
+    assert "eager, channels-last" in header, header
+    assert ("without its dropout" in header) == (model == "wide_cnn"), header  # the wide CNN's dropout is left out
+    ops = {line.split()[0] for line in lines if line.startswith("  ")}
+    assert {"aten::mkldnn_convolution", "aten::convolution_backward"} <= ops, ops
