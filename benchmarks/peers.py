@@ -271,7 +271,7 @@ def torch_eager(model, params, x, y, lr, device, specs, channels_last=False):
             m = m()
         mods.append(m)
     net = nn.Sequential(*mods).to(dev)
-    xt, yt = torch.from_numpy(np.asarray(x)).to(dev), torch.from_numpy(np.asarray(y)).long().to(dev)
+    xt, yt = torch.from_numpy(np.array(x)).to(dev), torch.from_numpy(np.array(y)).long().to(dev)
     if channels_last:
         net, xt = net.to(memory_format=torch.channels_last), xt.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
