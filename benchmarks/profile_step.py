@@ -202,7 +202,7 @@ def torch_profile(args, model):
         kept = [(layer, p) for layer, p in zip(model.children, params) if layer.name != "Dropout"]
         net, net_params = serial(*(layer for layer, _ in kept)), tuple(p for _, p in kept)
         specs = peers.layer_specs(net, net_params, (None, 1, 28, 28))
-        run = peers.torch_channels_last(net, net_params, jnp.asarray(x), jnp.asarray(y), 0.01, jax.devices()[0], specs)
+        run = peers.torch_channels_last(net, net_params, x, y, 0.01, jax.devices()[0], specs)
         layout = "channels-last" + (", without its dropout" if len(kept) < len(params) else "")
     for _ in range(3):
         run()
