@@ -1,7 +1,7 @@
 """Time one AdamW training step of ``tinyfn.models.resnet`` against its peers, interleaved in one process.
 
-    python benchmarks/resnet_step.py [--batch-size 128] [--width 24] [--blocks 1,1,3] [--first-stride 1]
-        [--stem-stride 2] [--steps 10] [--rounds 10]
+    python benchmarks/resnet_step.py [--batch-size 128] [--image-size 28] [--width 24] [--blocks 1,1,3]
+        [--first-stride 1] [--stem-stride 2] [--steps 10] [--rounds 10]
 
 The network defaults to ``models.resnet()``'s (the recipe's model); ``--width 20
 --blocks 2`` is the one before it, ``--width 16 --blocks 2 --first-stride 2 --stem-stride 1`` the one before that.
@@ -47,6 +47,9 @@ def parse_args(argv=None):
     default = {k: v.default for k, v in inspect.signature(models.resnet).parameters.items()}
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument(
+        "--image-size", type=int, default=28, help="square inputs of this size (smaller: progressive resizing's steps)"
+    )
     ap.add_argument("--width", type=int, default=default["width"])
     ap.add_argument(
         "--blocks",
@@ -233,9 +236,9 @@ def main(argv=None):
     model = models.resnet(
         width=args.width, blocks_per_stage=args.blocks, first_stride=args.first_stride, stem_stride=args.stem_stride
     )
-    _, params, state = init_with_state(model, jax.random.key(0), (None, 1, 28, 28))
+    _, params, state = init_with_state(model, jax.random.key(0), (None, 1, args.image_size, args.image_size))
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch_size, 1, 28, 28)).astype(np.float32)
+    x = rng.standard_normal((args.batch_size, 1, args.image_size, args.image_size)).astype(np.float32)
     y = rng.integers(0, 10, args.batch_size).astype(np.int32)
     xj, yj = jnp.asarray(x), jnp.asarray(y)
     optimizer = train.adamw(1e-3, weight_decay=5e-2)

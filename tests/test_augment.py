@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinyfn.train.augment import compose, random_crop, random_flip
+from tinyfn.train.augment import by_epoch, compose, random_crop, random_flip, resize
 
 X = jnp.arange(6 * 1 * 5 * 4, dtype=jnp.float32).reshape(6, 1, 5, 4)
 
@@ -47,3 +47,35 @@ def test_bad_arguments_raise():
         random_crop(0)
     with pytest.raises(TypeError, match="compose: argument 0 must be a function"):
         compose(3)
+
+
+def test_resize_matches_pytorchs_antialiased_bilinear_and_ignores_the_key():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((3, 2, 28, 28)).astype(np.float32)
+    for size in (16, 22, 7, 40):  # shrinking (antialiased) and enlarging
+        ours = jax.jit(resize(size))(jax.random.key(0), x)
+        theirs = torch.nn.functional.interpolate(
+            torch.from_numpy(x), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        ).numpy()
+        assert ours.shape == (3, 2, size, size) and ours.dtype == jnp.float32
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(ours, resize(size)(jax.random.key(9), x))  # deterministic
+    np.testing.assert_array_equal(resize(28)(jax.random.key(0), x), x)  # its own size: the batch as it is
+    with pytest.raises(ValueError, match="resize: size must be a positive int"):
+        resize(0)
+
+
+def test_by_epoch_takes_each_stage_from_its_first_epoch_until_the_next():
+    small, full = resize(3), random_flip()
+    schedule = by_epoch({4: full, 0: small, 6: None})
+    assert schedule.starts == (0, 4, 6)
+    assert [schedule.stage(e) for e in range(8)] == [0, 0, 0, 0, 1, 1, 2, 2]
+    assert schedule.at(3) is small and schedule.at(5) is full and schedule.at(100) is None
+    with pytest.raises(ValueError, match=r"by_epoch: the first stage must start at epoch 0, got starts \[2\]"):
+        by_epoch({2: small})
+    with pytest.raises(ValueError, match="by_epoch: each first epoch must be a non-negative integer, got -1"):
+        by_epoch({0: small, -1: full})
+    with pytest.raises(TypeError, match="by_epoch: the augmentation from epoch 3 must be a function"):
+        by_epoch({0: small, 3: "flip"})
+    with pytest.raises(TypeError, match="by_epoch: stages must be a non-empty dict"):
+        by_epoch([small])

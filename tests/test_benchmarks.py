@@ -91,6 +91,7 @@ def test_the_resnet_benchmark_recipe_is_the_command_lines():
         ("crop_padding", "crop_padding"),
         ("decay", "decay"),
         ("tta", "tta"),
+        ("resize_schedule", "resize_schedule"),
     ]
     assert {a: RESNET_RECIPE[a] for a, _ in pairs} == {a: cli[b] for a, b in pairs}
     import inspect

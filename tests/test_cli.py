@@ -146,6 +146,31 @@ def test_crop_padding_zero_augments_with_flips_only_and_the_recipe_checks_it():
         check_recipe(dict(recipe, val_fraction=1.0), None)
 
 
+def test_resize_schedule_scales_each_stages_images_after_its_crops_and_flips_and_the_recipe_checks_it():
+    from tinyfn.cli.runs import check_recipe, make_augment, recipe_for, resize_stages
+    from tinyfn.train.augment import EpochSchedule
+
+    assert resize_stages("16:5,22:4") == ((16, 5), (22, 4)) and resize_stages("none") == ()
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    recipe = dict(recipe_for("embedded", "resnet"), resize_schedule="16:2,22:1")
+    schedule = make_augment(recipe, x.shape[1:])
+    assert isinstance(schedule, EpochSchedule) and schedule.starts == (0, 2, 3)
+    key = jax.random.key(3)
+    plain = make_augment(dict(recipe, resize_schedule="none"), x.shape[1:])  # the recipe's crops and flips
+    for epoch, size in ((0, 16), (1, 16), (2, 22)):
+        expected = jax.image.resize(plain(jax.random.split(key)[0], x), (4, 1, size, size), "linear")
+        np.testing.assert_allclose(schedule.at(epoch)(key, x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(schedule.at(3)(key, x), plain(key, x))  # the last stage: full size
+    unaugmented = make_augment(dict(recipe, augment=False), x.shape[1:])
+    assert unaugmented.at(3) is None and unaugmented.at(0)(key, x).shape == (4, 1, 16, 16)
+    assert make_augment(dict(recipe, augment=False, resize_schedule="none"), x.shape[1:]) is None
+    with pytest.raises(ValueError, match=r"--resize-schedule 16:10,22:5 spans 15 epochs of the run's 15: at least"):
+        check_recipe(dict(recipe, resize_schedule="16:10,22:5"), None)
+    for bad in ("16", "16:0", "a:3", "16:3,"):
+        with pytest.raises(ValueError, match=rf"--resize-schedule must be SIZE:EPOCHS pairs .* got '{bad}'"):
+            check_recipe(dict(recipe, resize_schedule=bad), None)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_decay_weights_leaves_batch_norm_and_biases_undecayed(optimizer):
     import jax.numpy as jnp

@@ -61,6 +61,7 @@ def _untouched(out, before):
         (["--model", "wide_cnn"], "--model wide_cnn contradicts the run's lenet5"),
         (["--augment"], "--augment contradicts the run's --no-augment"),
         (["--precision", "bf16"], "--precision bf16 contradicts the run's fp32"),
+        (["--resize-schedule", "16:1"], "--resize-schedule 16:1 contradicts the run's none"),
     ],
 )
 def test_resume_refuses_a_flag_that_contradicts_the_runs_recipe_and_touches_nothing(tmp_path, cli, flags, message):

@@ -273,3 +273,35 @@ def test_fit_trains_a_bf16_resnet_with_float32_batch_norm_statistics(small_data,
     assert all(moved)  # every running statistic was updated from the bf16 activations
     loaded = load_model(tmp_path)  # rebuilt computing in bf16 again, its state float32
     assert "bfloat16" in str(loaded.metadata["model"]["spec"]) and loaded.model_state is not None
+
+
+def test_an_epoch_schedule_trains_each_stage_at_its_size_and_resumes_across_the_change_bit_identically(
+    small_data, tmp_path
+):
+    from tinyfn.layers import GlobalAvgPool2D
+    from tinyfn.train.augment import by_epoch, resize
+
+    train, _ = small_data
+    model = serial(Conv2D(4, 3, stride=2), ReLU(), GlobalAvgPool2D(), Linear(10))  # takes any image size
+    _, params = model.init(jax.random.key(0), (None, 1, 28, 28))
+    sizes = []
+
+    def seen(size):  # resize(size), recording the shape it is traced with
+        def scale(key, x):
+            sizes.append(x.shape[-1])
+            return resize(size)(key, x)
+
+        return scale
+
+    kw = dict(epochs=2, batch_size=64, optimizer=sgd(0.05, momentum=0.9), key=jax.random.key(7), quiet=True)
+    staged = by_epoch({0: seen(14), 1: None})
+    straight, resumed = _straight_and_resumed(tmp_path, model, params, train, augment=staged, **kw)
+    chex.assert_trees_all_equal(straight.params, resumed.params)  # interrupted in epoch 2, after the change
+    assert sizes == [28, 28]  # one trace of the small stage per fit that trained epoch 1 (the resumed one did not)
+    # the same as epoch 1 with resize(14), then epoch 2 resumed from its checkpoint without augmentation
+    fit(model, params, train, **dict(kw, epochs=1), augment=resize(14), checkpoint_dir=tmp_path / "c")
+    by_hand = fit(model, params, train, **kw, augment=None, checkpoint_dir=tmp_path / "c", resume=True)
+    chex.assert_trees_all_equal(by_hand.params, straight.params)
+    all_small = fit(model, params, train, **kw, augment=resize(14))
+    with pytest.raises(AssertionError):  # the second stage did train at full size
+        chex.assert_trees_all_close(all_small.params, straight.params, rtol=1e-3, atol=1e-4)

@@ -24,6 +24,7 @@ __all__ = [
     "resumed_recipe",
     "make_optimizer",
     "make_augment",
+    "resize_stages",
     "check_recipe",
     "data_name",
     "run_dir",
@@ -43,6 +44,7 @@ _SGD = dict(
     schedule="cosine",
     augment=False,
     crop_padding=2,
+    resize_schedule="none",
     label_smoothing=0.0,
     tta="none",
     decay="all",
@@ -60,6 +62,7 @@ _ADAMW = dict(
     schedule="cosine",
     augment=True,
     crop_padding=1,
+    resize_schedule="none",
     label_smoothing=0.1,
     tta="flip",
     decay="weights",
@@ -189,23 +192,50 @@ def train_loss(recipe):
     return partial(softmax_cross_entropy, label_smoothing=eps) if eps else softmax_cross_entropy
 
 
+def resize_stages(text) -> tuple[tuple[int, int], ...]:
+    """``--resize-schedule``'s ``"SIZE:EPOCHS,..."`` as ``((size, epochs), ...)``; ``"none"`` (or empty): ``()``."""
+    text = str(text).strip()
+    if text in ("", "none"):
+        return ()
+    stages = []
+    for part in text.split(","):
+        size, sep, epochs = part.partition(":")
+        try:
+            stage = (int(size), int(epochs))
+        except ValueError:
+            stage = None
+        if not sep or stage is None or min(stage) < 1:
+            raise ValueError(
+                f"--resize-schedule must be SIZE:EPOCHS pairs of positive integers separated by commas (e.g. "
+                f"16:5,22:4) or 'none', got {text!r}"
+            )
+        stages.append(stage)
+    return tuple(stages)
+
+
 def make_augment(recipe, image_shape, normalization=(0.0, 1.0)):
     """``--augment``: random crops with ``crop_padding`` (``--crop-padding``; 0: none) and horizontal flips, or
-    ``None``.
+    ``None``; with a ``--resize-schedule``, an ``augment.by_epoch`` schedule that ends each stage's augmentation by
+    scaling the images to its size (the last stage, full size, has none).
 
     The crops pad with black: the pixel value 0 in the units of the normalised
     data, ``(0 - mean) / std`` for ``normalization = (mean, std)``.
     """
-    if not recipe["augment"]:
-        return None
-    from tinyfn.train.augment import compose, random_crop, random_flip
+    from tinyfn.train.augment import compose, progressive_resizing, random_crop, random_flip
 
+    stages = resize_stages(recipe.get("resize_schedule", "none"))
+    if not recipe["augment"] and not stages:
+        return None
     if len(image_shape) != 3:
-        raise ValueError(f"--augment needs images of shape (C, H, W), got {tuple(image_shape)}")
-    pad = recipe.get("crop_padding", 2)
-    mean, std = normalization
-    black = (0.0 - float(mean)) / float(std)
-    return compose(random_crop(padding=pad, fill=black), random_flip()) if pad else random_flip()
+        flag = "--augment" if recipe["augment"] else "--resize-schedule"
+        raise ValueError(f"{flag} needs images of shape (C, H, W), got {tuple(image_shape)}")
+    base = None
+    if recipe["augment"]:
+        pad = recipe.get("crop_padding", 2)
+        mean, std = normalization
+        black = (0.0 - float(mean)) / float(std)
+        base = compose(random_crop(padding=pad, fill=black), random_flip()) if pad else random_flip()
+    return progressive_resizing(base, stages) if stages else base
 
 
 def check_recipe(recipe, devices):
@@ -226,6 +256,12 @@ def check_recipe(recipe, devices):
     for flag, ok, expected in checks:
         if not ok:
             raise ValueError(f"--{flag} must be {expected}, got {recipe[flag.replace('-', '_')]!r}")
+    stages = resize_stages(recipe.get("resize_schedule", "none"))
+    if sum(epochs for _, epochs in stages) >= recipe["epochs"]:
+        raise ValueError(
+            f"--resize-schedule {recipe['resize_schedule']} spans {sum(e for _, e in stages)} epochs of the run's "
+            f"{recipe['epochs']}: at least the last epoch must train at full size, the size it is evaluated at"
+        )
     if devices is not None and devices < 1:
         raise ValueError(f"--devices must be a positive integer, got {devices}")
     if not 0 <= recipe["val_fraction"] < 1:

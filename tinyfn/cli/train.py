@@ -27,6 +27,7 @@ from tinyfn.cli.runs import (
     make_augment,
     make_optimizer,
     new_recipe,
+    resize_stages,
     resumed_recipe,
     run_dir,
     run_recipe,
@@ -206,6 +207,7 @@ def announce(recipe, data, setup, out):
     extras = "".join(
         (
             f", augmented ({crops})" if setup.augment else "",
+            f", resized {recipe['resize_schedule']} (size:epochs)" if resize_stages(recipe["resize_schedule"]) else "",
             f", label smoothing {recipe['label_smoothing']}" if recipe["label_smoothing"] else "",
             f", test-time views {recipe['tta']}" if recipe["tta"] != "none" else "",
             f", {recipe['precision']}" if recipe["precision"] != "fp32" else "",

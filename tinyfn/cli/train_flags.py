@@ -44,6 +44,13 @@ def data_and_model_flags(add):
         help=f"with --augment: pad by this many pixels, then crop back at a random offset ({_DEFAULT}; 0: flips only)",
     )
     add(
+        "--resize-schedule",
+        default=None,
+        metavar="SIZE:EPOCHS,...",
+        help="progressive resizing: train the first EPOCHS epochs on images scaled to SIZE x SIZE, then the next "
+        f"stage's, the rest at full size (e.g. 16:5,22:4; {_DEFAULT}; 'none': full size throughout)",
+    )
+    add(
         "--precision",
         choices=tuple(PRECISIONS),
         default=None,

@@ -11,6 +11,15 @@ with the constructors and combine them with ``compose``::
 ``fill`` is in the batch's own units: after ``data.normalize`` a black border is
 ``(0 - mean) / std``, not 0 (which is the mean grey).
 
+Progressive resizing (training the first epochs on smaller images, which are cheaper to step through, then the
+last ones at full size) is a schedule of augmentations by epoch for ``fit``::
+
+    augment = by_epoch({0: compose(random_crop(1), random_flip(), resize(16)),
+                        5: compose(random_crop(1), random_flip())})
+
+``resize`` is the one augmentation here that changes the batch's shape; the model must take either size (global
+average pooling before the classifier does).
+
 For test-time augmentation, ``identity`` and ``mirror`` are deterministic views
 of a batch; ``make_eval_step(..., views=FLIP_VIEWS)`` averages the model's
 class probabilities over them.
@@ -18,7 +27,8 @@ class probabilities over them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +36,19 @@ from jax import lax
 
 from tinyfn import _checks
 
-__all__ = ["random_crop", "random_flip", "compose", "identity", "mirror", "FLIP_VIEWS", "TTA_VIEWS"]
+__all__ = [
+    "random_crop",
+    "random_flip",
+    "resize",
+    "compose",
+    "by_epoch",
+    "progressive_resizing",
+    "EpochSchedule",
+    "identity",
+    "mirror",
+    "FLIP_VIEWS",
+    "TTA_VIEWS",
+]
 
 Augmentation = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -69,6 +91,81 @@ def random_crop(padding: int = 2, fill: float = 0.0) -> Augmentation:
         return jax.vmap(one)(padded, offsets)
 
     return crop
+
+
+def resize(size: int) -> Augmentation:
+    """Scale every image of the batch to ``size × size`` (bilinear; antialiased when shrinking): ``(N, C, H, W) ->
+    (N, C, size, size)``.
+
+    Deterministic (the key is unused). It changes the batch's shape, so the model
+    sees another resolution: with global average pooling before its classifier
+    its params fit both, and ``by_epoch`` trains the early epochs small and the
+    last ones at full size (progressive resizing). The step compiles once per size.
+    """
+    size = _checks.positive_int("size", size, op="resize")
+
+    def scale(key, x):
+        del key
+        x = _batch("resize", x)
+        n, c, h, w = x.shape
+        if (h, w) == (size, size):
+            return x
+        return jax.image.resize(x, (n, c, size, size), method="linear", antialias=True).astype(x.dtype)
+
+    return scale
+
+
+@dataclass(frozen=True)
+class EpochSchedule:
+    """Augmentations by epoch for ``fit``: ``starts[i]`` (0-based) is the first epoch of ``augmentations[i]``
+    (``None``: none), each in force until the next start. Build it with ``by_epoch``."""
+
+    starts: tuple[int, ...]
+    augmentations: tuple[Augmentation | None, ...]
+
+    def stage(self, epoch: int) -> int:
+        """The index of the 0-based ``epoch``'s stage."""
+        return max(i for i, start in enumerate(self.starts) if start <= epoch)
+
+    def at(self, epoch: int) -> Augmentation | None:
+        """The augmentation of the 0-based ``epoch``."""
+        return self.augmentations[self.stage(epoch)]
+
+
+def by_epoch(stages: Mapping[int, Augmentation | None]) -> EpochSchedule:
+    """``{first_epoch: augmentation}`` (0-based epochs, starting at 0; ``None``: no augmentation) as an
+    ``EpochSchedule``: ``fit(..., augment=by_epoch({0: small, 5: full}))`` trains epochs 0-4 with ``small`` and the
+    rest with ``full``, one compiled step per stage. A resumed run takes up the stage of its epoch."""
+    if not isinstance(stages, Mapping) or not stages:
+        raise TypeError(f"by_epoch: stages must be a non-empty dict {{first_epoch: augmentation}}, got {stages!r}")
+    for start, a in stages.items():
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"by_epoch: each first epoch must be a non-negative integer, got {start!r}")
+        if a is not None and not callable(a):
+            raise TypeError(
+                f"by_epoch: the augmentation from epoch {start} must be a function (key, x) -> x or None, got "
+                f"{type(a).__name__}"
+            )
+    if 0 not in stages:
+        raise ValueError(f"by_epoch: the first stage must start at epoch 0, got starts {sorted(stages)}")
+    starts = tuple(sorted(stages))
+    return EpochSchedule(starts, tuple(stages[s] for s in starts))
+
+
+def progressive_resizing(augmentation: Augmentation | None, stages) -> EpochSchedule:
+    """``stages`` ``((size, epochs), ...)`` as an ``EpochSchedule``: ``epochs`` epochs of ``augmentation`` (``None``:
+    none) followed by ``resize(size)``, stage after stage, then ``augmentation`` alone at full size for the rest.
+
+    ``progressive_resizing(crop_flip, ((16, 6), (22, 4)))`` is ``by_epoch({0: compose(crop_flip, resize(16)),
+    6: compose(crop_flip, resize(22)), 10: crop_flip})``: the command line's ``--resize-schedule 16:6,22:4``.
+    """
+    schedule, first = {}, 0
+    for size, epochs in stages:
+        epochs = _checks.positive_int("epochs", epochs, op="progressive_resizing")
+        schedule[first] = resize(size) if augmentation is None else compose(augmentation, resize(size))
+        first += epochs
+    schedule[first] = augmentation
+    return by_epoch(schedule)
 
 
 def compose(*augmentations: Augmentation) -> Augmentation:

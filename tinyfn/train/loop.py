@@ -13,7 +13,9 @@ one); its state is checkpointed and resumed too. ``opt_state`` and ``model_state
 (a checkpoint's momentum, Adam's moments, batch norm's statistics: ``load_checkpoint(path, like=Checkpoint(params,
 optimizer.init(params), model_state=state))``), checked against ``optimizer.init(params)`` and the model's initial
 state: a mismatch is a ``ValueError`` naming the argument. ``augment`` (``(key, x) -> x``, e.g.
-``augment.compose(random_crop(2), random_flip())``) runs on the device inside the compiled step. ``eval_loss_fn``
+``augment.compose(random_crop(2), random_flip())``) runs on the device inside the compiled step; an
+``augment.by_epoch({0: a, 5: b})`` schedule changes it at the epochs given (progressive resizing: ``augment.resize``).
+``eval_loss_fn``
 (default ``loss_fn``) is the loss reported on ``eval_data``. ``update_extra_args`` (``metrics -> dict``): keyword
 arguments of the optimizer's update (optax's extra args), see ``make_train_step``. ``train_data`` may be an iterable
 of ``(x, y)`` batches instead of arrays (``batch_size`` is then the iterable's, ``mesh`` is refused and labels are
@@ -24,7 +26,8 @@ not range-checked): ``tinyfn.train.batches`` says what shuffling and resuming me
 Order and keys: each epoch visits ``len(train_data) // batch_size`` batches (the remainder is dropped) in the order
 ``permutation(fold_in(key, epoch))`` (an iterable of batches: one pass of it, in its order); the key of each step's
 dropout (and augmentation) is ``fold_in(fold_in(key, epoch), batch)``. So a key reproduces a run exactly, and a
-resumed run matches an uninterrupted one bit for bit. The step is compiled once for the whole run.
+resumed run matches an uninterrupted one bit for bit. The step is compiled once for the whole run (once per stage of
+an ``augment.by_epoch`` schedule).
 
 Reporting: ``callbacks`` are called with a ``StepInfo`` after every step, ``epoch_callbacks`` with an ``EpochSummary``
 after every epoch. Unless ``quiet``, a tqdm progress bar runs during each epoch and, when ``epoch_callbacks`` is not
@@ -68,6 +71,7 @@ import jax
 
 from tinyfn.losses import softmax_cross_entropy
 from tinyfn.train import parallel
+from tinyfn.train.augment import EpochSchedule
 from tinyfn.train.checkpoint import CHECKPOINT_NAME
 from tinyfn.train.evaluation import EvalResult, evaluate
 from tinyfn.train.fit_args import check_fit_arguments, starting_states
@@ -277,7 +281,9 @@ def _epochs(run: Run, source, *, epochs, saver, evaluate_now, epoch_callbacks, w
     stopped = watch.exhausted(run)  # a resumed run that had already stopped early trains no more
     with DeferredSignals() as signals:
         while run.epoch < epochs and not stopped:
-            rate, epoch_time = _train_epoch(run, source, epochs=epochs, saver=saver, signals=signals, **step_kw)
+            kw = dict(step_kw, train_step=step_kw["train_steps"](run.epoch))
+            del kw["train_steps"]
+            rate, epoch_time = _train_epoch(run, source, epochs=epochs, saver=saver, signals=signals, **kw)
             wall_time = lambda: time.perf_counter() - t_start  # noqa: E731
             summary = _close_epoch(
                 run, rate=rate, epoch_time=epoch_time, evaluate_now=evaluate_now, epochs=epochs, wall_time=wall_time
@@ -293,6 +299,27 @@ def _epochs(run: Run, source, *, epochs, saver, evaluate_now, epoch_callbacks, w
                 )
         best = run.history["best_epoch"][-1] if run.history.get("best_epoch") else None
         return FitResult(run.params, run.history, run.model_state, best_epoch=best, stopped_early=stopped)
+
+
+def _train_steps(augment, *step_args, **step_kw):
+    """``epoch -> train step``: one step for the run, or with an ``augment.EpochSchedule`` one per stage (each
+    made, and compiled, when its first epoch comes)."""
+
+    def make_step(a):
+        return make_train_step(*step_args, with_state=True, augment=a, **step_kw)
+
+    if not isinstance(augment, EpochSchedule):
+        step = make_step(augment)
+        return lambda epoch: step
+    made = {}
+
+    def step_at(epoch):
+        stage = augment.stage(epoch)
+        if stage not in made:
+            made[stage] = make_step(augment.augmentations[stage])
+        return made[stage]
+
+    return step_at
 
 
 def fit(
@@ -339,11 +366,9 @@ def fit(
     run = _start(model, params, optimizer, source, key, opt_state, model_state, resume, ckpt_path)
     metadata = _with_model_record(metadata, model, source.x_shape)
     saver = Saver(ckpt_path, key=key, metadata=metadata, epochs=epochs, source=source)
-    train_step = make_train_step(
-        model, loss_fn, optimizer, mesh=mesh, with_state=True, augment=augment, update_extra_args=update_extra_args
-    )
+    train_steps = _train_steps(augment, model, loss_fn, optimizer, mesh=mesh, update_extra_args=update_extra_args)
     csv_path = directory / METRICS_CSV if log_csv is None and directory is not None else log_csv or None
-    step_kw = dict(train_step=train_step, key=key, on_nonfinite=on_nonfinite, callbacks=callbacks, quiet=quiet)
+    step_kw = dict(train_steps=train_steps, key=key, on_nonfinite=on_nonfinite, callbacks=callbacks, quiet=quiet)
     return _epochs(
         _replicated(run, mesh),
         source,
