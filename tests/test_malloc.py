@@ -84,3 +84,34 @@ def test_the_allocator_tuning_has_one_name():
 
     assert tinyfn.tune_allocator is tinyfn._malloc.tune_allocator
     assert not hasattr(tinyfn.train, "keep_freed_memory")  # the name deprecated before 0.1.0 is gone
+
+
+def test_the_im2col_chunk_limit_doubles_once_the_allocator_is_tuned_and_never_passes_its_mmap_threshold(
+    monkeypatch,
+):
+    import jax
+    import jax.numpy as jnp
+
+    from tinyfn import _malloc
+    from tinyfn.layers import conv2d, kernels
+
+    # LeNet-5's first conv at batch 512: X* is 25 x 512·28·28 floats, 40 MB, between the two limits
+    x = jax.ShapeDtypeStruct((512, 1, 28, 28), jnp.float32)
+    w = jax.ShapeDtypeStruct((6, 1, 5, 5), jnp.float32)
+
+    def forward_path():
+        with kernels.record_paths() as paths:
+            jax.make_jaxpr(lambda x, w: conv2d(x, w, padding=2, formulation="im2col"))(x, w)
+        return [path for _, product, path in paths if product == "W X*"]
+
+    limits = {}
+    for threshold in (None, 256 << 20, 16 << 20):  # glibc's own; tune_allocator()'s; a threshold below 32 MiB
+        monkeypatch.setitem(_malloc._state, "mmap_threshold", threshold)
+        limits[threshold] = (kernels.default_chunk_bytes(), forward_path())
+    assert limits[None] == (32 << 20, ["im2col-chunked"])
+    assert limits[256 << 20] == (64 << 20, ["im2col"])
+    assert limits[16 << 20] == (32 << 20, ["im2col-chunked"])  # never below glibc's own 32 MiB either
+    monkeypatch.setitem(_malloc._state, "mmap_threshold", 256 << 20)
+    with kernels.record_paths() as paths:  # an explicit chunk_bytes still wins
+        jax.make_jaxpr(lambda x, w: conv2d(x, w, padding=2, formulation="im2col", chunk_bytes=32 << 20))(x, w)
+    assert [path for _, product, path in paths if product == "W X*"] == ["im2col-chunked"]

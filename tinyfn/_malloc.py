@@ -28,7 +28,7 @@ import sys
 __all__ = ["tune_allocator", "allocator_tuned", "tuned"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-_state = {"tuned": False}
+_state = {"tuned": False, "mmap_threshold": None}
 
 
 def _mallopt():
@@ -49,7 +49,9 @@ def tune_allocator(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 3
     for every thread of the process, and freed memory kept rather than returned
     to the OS. Call it before the first JAX computation (XLA's threads pick
     their arenas when they start). ``TINYFN_MALLOPT=0`` in the environment
-    turns the call into a no-op that returns ``False``.
+    turns the call into a no-op that returns ``False``. Once it has taken
+    effect, the ``im2col`` ops traced afterwards build ``X*`` of up to 64 MiB at
+    once instead of 32 (``tinyfn.layers.kernels.default_chunk_bytes``).
     """
     return False if _opted_out() else _apply(mmap_threshold, trim_threshold)
 
@@ -60,13 +62,19 @@ def _apply(mmap_threshold: int, trim_threshold: int) -> bool:
         return False
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, int(mmap_threshold)), (_M_TRIM_THRESHOLD, int(trim_threshold)))
     ok = all(mallopt(option, value) == 1 for option, value in settings)
-    _state["tuned"] = _state["tuned"] or ok
+    if ok:
+        _state["tuned"], _state["mmap_threshold"] = True, int(mmap_threshold)
     return ok
 
 
 def allocator_tuned() -> bool:
     """Whether ``tune_allocator()`` has taken effect in this process."""
     return _state["tuned"]
+
+
+def mmap_threshold() -> int | None:
+    """The mmap threshold the last effective ``tune_allocator()`` set, in bytes (``None``: glibc's own)."""
+    return _state["mmap_threshold"]
 
 
 def _opted_out() -> bool:

@@ -29,8 +29,10 @@ from tinyfn.layers.kernels import direct, im2col, pooling, xla
 from tinyfn.layers.kernels.choice import (
     CHUNK_BYTES as CHUNK_BYTES,
     FORMULATIONS,
+    TUNED_CHUNK_BYTES as TUNED_CHUNK_BYTES,
     Plan,
     check_options as check_options,
+    default_chunk_bytes as default_chunk_bytes,
     default_formulation as default_formulation,
     formulation as formulation,
     gemm_degenerates as gemm_degenerates,

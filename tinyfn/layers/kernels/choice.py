@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import jax
 
-from tinyfn import _checks
+from tinyfn import _checks, _malloc
 
 FORMULATIONS = ("im2col", "xla", "direct")
 
@@ -24,8 +24,15 @@ CHUNK_BYTES = 32 * 2**20
 batch goes through the GEMMs in chunks (and the backward rebuilds each chunk's ``X*``). 32 MiB is
 glibc's largest dynamic mmap threshold, so with glibc's default allocator settings an ``X*`` this
 size is reused from the heap instead of being mapped and faulted in on every step. After
-``tinyfn.tune_allocator()`` a larger limit can pay (``benchmarks/README.md``); pass ``chunk_bytes=``
-to the ops or layers for that."""
+``tinyfn.tune_allocator()`` the default is ``TUNED_CHUNK_BYTES`` (``default_chunk_bytes``);
+``chunk_bytes=`` on the ops or layers overrides either."""
+
+TUNED_CHUNK_BYTES = 64 * 2**20
+"""The default chunk limit once ``tinyfn.tune_allocator()`` has raised glibc's mmap threshold (to 256 MiB;
+never above the threshold it set). Measured (``benchmarks/README.md``): LeNet-5's step at batch 512 about
+0.77 times the 32 MiB limit's (one ``X*`` of 40 MB instead of two chunks), the wide CNN's and the ResNet's
+at batch 512 level or faster; 128 MiB no faster than 64, and 256 MiB let the wide CNN's 115 MB ``X*`` fault
+in again on every step."""
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("tinyfn_formulation", default=None)
 
@@ -87,12 +94,22 @@ def gemm_degenerates(c: int, k: int, kernel) -> bool:
     return k == 1 or c * kernel[0] * kernel[1] == 1
 
 
+def default_chunk_bytes() -> int:
+    """The chunk limit of an op called without ``chunk_bytes``, decided when it is traced: ``CHUNK_BYTES``,
+    or ``TUNED_CHUNK_BYTES`` (at most the mmap threshold set) once ``tinyfn.tune_allocator()`` has taken
+    effect in this process."""
+    threshold = _malloc.mmap_threshold()
+    return CHUNK_BYTES if threshold is None else max(CHUNK_BYTES, min(TUNED_CHUNK_BYTES, threshold))
+
+
 def check_options(op: str, name: str | None, chunk_bytes: int | None) -> tuple[str | None, int]:
-    """``formulation`` (one of ``FORMULATIONS`` or ``None``) and ``chunk_bytes`` (``None``: ``CHUNK_BYTES``),
-    checked."""
+    """``formulation`` (one of ``FORMULATIONS`` or ``None``) and ``chunk_bytes`` (``None``:
+    ``default_chunk_bytes()``), checked."""
     if name is not None:
         _check_name(name, op)
-    return name, CHUNK_BYTES if chunk_bytes is None else _checks.positive_int("chunk_bytes", chunk_bytes, op=op)
+    if chunk_bytes is None:
+        return name, default_chunk_bytes()
+    return name, _checks.positive_int("chunk_bytes", chunk_bytes, op=op)
 
 
 def plan(op: str, name: str | None, chunk_bytes: int | None, arrays, w_shape=None) -> Plan:
