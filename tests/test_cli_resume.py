@@ -212,3 +212,11 @@ def test_the_default_recipe_keeps_the_best_validation_epoch_tests_it_and_logs_ea
     )
     assert main(["evaluate", str(out), "--last"]) == 0
     assert capsys.readouterr().out.startswith(f"{out / 'checkpoint.safetensors'} on ")
+
+
+def test_a_resize_schedule_the_model_cannot_take_is_refused_before_anything_is_written(tmp_path, cli):
+    out = tmp_path / "run"
+    status, err = cli("train", "--model", "lenet5", "--epochs", "2", "--resize-schedule", "16:1", "--out", str(out))
+    assert status == 2, err
+    assert "--resize-schedule 16:1: --model lenet5 cannot take 16x16 images: its params at that size differ" in err
+    assert not out.exists()  # refused from the shapes alone, before the run directory or its command

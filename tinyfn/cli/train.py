@@ -50,6 +50,7 @@ def run(args) -> int:
     recipe, out, prior = plan_run(args)
     data = load_data(recipe)
     model = build_model(recipe, len(data.classes))
+    check_resize_schedule(model, recipe, tuple(int(d) for d in data.train[0].shape[1:]))
     command = "python -m tinyfn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if is_writer():  # the run is known to be valid: only now is anything written (with several hosts, by process 0)
         record_command(out, command, append=args.resume)
@@ -194,6 +195,37 @@ def make_setup(args, recipe, data, model, out, prior, command) -> SimpleNamespac
         formulation=lambda: contextlib.nullcontext() if chosen == "auto" else formulation(chosen),
         formulation_name=chosen,
     )
+
+
+def check_resize_schedule(model, recipe, input_shape):
+    """``--resize-schedule``: refuse, before anything is written, a model whose params do not fit every stage's
+    image size (a ``Flatten`` into a ``Linear``, say), from the shapes alone (no params are drawn)."""
+    import jax
+
+    from tinyfn.layers import init_with_state
+
+    stages = resize_stages(recipe["resize_schedule"])
+    if not stages:
+        return
+
+    def param_shapes(shape):
+        params = jax.eval_shape(lambda k: init_with_state(model, k, shape)[1], jax.random.key(0))
+        return jax.tree_util.tree_map(lambda a: a.shape, params)
+
+    full = param_shapes((None, *input_shape))
+    for size, _ in stages:
+        try:
+            small = param_shapes((None, input_shape[0], size, size))
+        except (ValueError, TypeError) as exc:
+            small, why = None, f": {exc}"
+        if small == full:
+            continue
+        why = why if small is None else ": its params at that size differ from those at full size"
+        raise ValueError(
+            f"--resize-schedule {recipe['resize_schedule']}: --model {recipe['model']} cannot take "
+            f"{size}x{size} images{why} (progressive resizing needs a model that pools globally before its "
+            "classifier, such as resnet)"
+        )
 
 
 def announce(recipe, data, setup, out):
