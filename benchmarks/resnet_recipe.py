@@ -149,20 +149,17 @@ def main(argv=None):
     chosen = {"crop+flip": (crop, flip), "flip": (flip,), "crop": (crop,)}
     augment = None if args.no_augment else train.augment.compose(*chosen[args.augment])
     schedule = train.augment.progressive_resizing(augment, resize_stages(args.resize_schedule))
-    batch_steps = {}  # one jitted step per stage of the schedule
 
-    def train_batch_at(epoch):
-        stage = schedule.stage(epoch)
-        if stage not in batch_steps:
-            augment_now = schedule.augmentations[stage]
+    @functools.cache
+    def train_batch_of(stage):  # one jitted step per stage of the schedule
+        augment_now = schedule.augmentations[stage]
 
-            @jax.jit
-            def train_batch(params, state, opt_state, x, y, key):
-                k_aug, k_step = jax.random.split(key)
-                return make_step(params, state, opt_state, augment_now(k_aug, x) if augment_now else x, y, k_step)
+        @jax.jit
+        def train_batch(params, state, opt_state, x, y, key):
+            k_aug, k_step = jax.random.split(key)
+            return make_step(params, state, opt_state, augment_now(k_aug, x) if augment_now else x, y, k_step)
 
-            batch_steps[stage] = train_batch
-        return batch_steps[stage]
+        return train_batch
 
     eval_step = train.make_eval_step(model, softmax_cross_entropy)
     print(
@@ -175,7 +172,7 @@ def main(argv=None):
     for epoch in range(args.epochs):
         order = rng.permutation(len(y_train))
         n_steps = steps_per_epoch if args.max_steps is None else min(args.max_steps, steps_per_epoch)
-        train_batch = train_batch_at(epoch)
+        train_batch = train_batch_of(schedule.stage(epoch))
         t0 = t_first = time.perf_counter()
         for b in range(n_steps):
             idx = order[b * args.batch_size : (b + 1) * args.batch_size]

@@ -28,7 +28,7 @@ import sys
 __all__ = ["tune_allocator", "allocator_tuned", "tuned"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-_state = {"tuned": False, "mmap_threshold": None}
+_state = {"mmap_threshold": None}  # set by the last tune_allocator() that took effect
 
 
 def _mallopt():
@@ -63,13 +63,13 @@ def _apply(mmap_threshold: int, trim_threshold: int) -> bool:
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, int(mmap_threshold)), (_M_TRIM_THRESHOLD, int(trim_threshold)))
     ok = all(mallopt(option, value) == 1 for option, value in settings)
     if ok:
-        _state["tuned"], _state["mmap_threshold"] = True, int(mmap_threshold)
+        _state["mmap_threshold"] = int(mmap_threshold)
     return ok
 
 
 def allocator_tuned() -> bool:
     """Whether ``tune_allocator()`` has taken effect in this process."""
-    return _state["tuned"]
+    return _state["mmap_threshold"] is not None
 
 
 def mmap_threshold() -> int | None:

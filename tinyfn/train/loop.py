@@ -63,6 +63,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -303,23 +304,15 @@ def _epochs(run: Run, source, *, epochs, saver, evaluate_now, epoch_callbacks, w
 
 def _train_steps(augment, *step_args, **step_kw):
     """``epoch -> train step``: one step for the run, or with an ``augment.EpochSchedule`` one per stage (each
-    made, and compiled, when its first epoch comes)."""
+    made when first asked for; compiled when first called)."""
+    schedule = augment if isinstance(augment, EpochSchedule) else EpochSchedule((0,), (augment,))
 
-    def make_step(a):
-        return make_train_step(*step_args, with_state=True, augment=a, **step_kw)
+    @functools.cache
+    def step_of(stage):
+        return make_train_step(*step_args, with_state=True, augment=schedule.augmentations[stage], **step_kw)
 
-    if not isinstance(augment, EpochSchedule):
-        step = make_step(augment)
-        return lambda epoch: step
-    made = {}
-
-    def step_at(epoch):
-        stage = augment.stage(epoch)
-        if stage not in made:
-            made[stage] = make_step(augment.augmentations[stage])
-        return made[stage]
-
-    return step_at
+    step_of(0)  # the arguments checked now, before any epoch
+    return lambda epoch: step_of(schedule.stage(epoch))
 
 
 def fit(
