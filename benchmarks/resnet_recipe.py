@@ -1,7 +1,8 @@
-"""Train ``tinyfn.models.resnet`` with batch norm, AdamW, a cosine schedule and augmentation, timing every epoch.
+"""Train ``tinyfn.models.resnet`` (batch norm, AdamW or SGD, a cosine schedule, augmentation), timing every epoch.
 
     python benchmarks/resnet_recipe.py --data fashion-mnist [--epochs 15] [--width 24] [--blocks 1,1,3]
-        [--first-stride 1] [--stem-stride 2] [--batch-size 128] [--lr 4e-3] [--decay {all,weights}]
+        [--first-stride 1] [--stem-stride 2] [--batch-size 128] [--optimizer {adamw,sgd}] [--momentum 0.9]
+        [--lr 4e-3] [--weight-decay 5e-2] [--decay {all,weights}]
         [--augment {crop+flip,flip,crop}] [--crop-padding 1] [--fill {background,zero}] [--no-augment]
         [--label-smoothing 0.1] [--tta {flip,none}] [--resize-schedule 16:6,22:4] [--max-steps N] [--plot PNG]
 
@@ -53,6 +54,7 @@ RESNET_RECIPE = {
     # the training: AdamW (no decay on batch norm and biases), linear warm-up then a half cosine to 0,
     # random crops (padding 1, black) and flips, label smoothing 0.1
     "optimizer": "adamw",
+    "momentum": 0.9,  # --optimizer sgd's Nesterov momentum (the command line's --momentum); unused by AdamW
     "learning_rate": 4e-3,
     "weight_decay": 5e-2,
     # which params the weight decay applies to: all, or weights (filters and matrices: train.weights_only)
@@ -85,6 +87,8 @@ def parse_args(argv=None):
     ap.add_argument("--first-stride", type=int, default=r["first_stride"])
     ap.add_argument("--stem-stride", type=int, default=r["stem_stride"])
     ap.add_argument("--batch-size", type=int, default=r["batch_size"])
+    ap.add_argument("--optimizer", choices=("adamw", "sgd"), default=r["optimizer"])
+    ap.add_argument("--momentum", type=float, default=r["momentum"], help="SGD's Nesterov momentum (--optimizer sgd)")
     ap.add_argument("--lr", type=float, default=r["learning_rate"])
     ap.add_argument("--weight-decay", type=float, default=r["weight_decay"])
     ap.add_argument("--decay", choices=("all", "weights"), default=r["decay"])
@@ -132,15 +136,14 @@ def main(argv=None):
     )
     key = jax.random.key(args.seed)
     _, params, state = init_with_state(model, key, (None, *x_train.shape[1:]))
-    optimizer = train.adamw(
-        train.cosine(
-            args.lr,
-            steps_per_epoch * args.epochs,
-            warmup_steps=min(args.warmup_steps, steps_per_epoch * args.epochs - 1),
-        ),
-        weight_decay=args.weight_decay,
-        mask=train.weights_only if args.decay == "weights" else None,
+    lr = train.cosine(
+        args.lr, steps_per_epoch * args.epochs, warmup_steps=min(args.warmup_steps, steps_per_epoch * args.epochs - 1)
     )
+    decay = dict(weight_decay=args.weight_decay, mask=train.weights_only if args.decay == "weights" else None)
+    if args.optimizer == "sgd":  # L2 weight decay, as the command line's --optimizer sgd
+        optimizer = train.sgd(lr, momentum=args.momentum, nesterov=args.momentum > 0, **decay)
+    else:
+        optimizer = train.adamw(lr, **decay)
     opt_state = optimizer.init(params)
     loss = functools.partial(softmax_cross_entropy, label_smoothing=args.label_smoothing)
     step = make_step = train.make_train_step(model, loss, optimizer, donate=False)

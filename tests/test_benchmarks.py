@@ -88,6 +88,7 @@ def test_the_resnet_benchmark_recipe_is_the_command_lines():
         ("weight_decay", "weight_decay"),
         ("label_smoothing", "label_smoothing"),
         ("optimizer", "optimizer"),
+        ("momentum", "momentum"),
         ("crop_padding", "crop_padding"),
         ("decay", "decay"),
         ("tta", "tta"),
