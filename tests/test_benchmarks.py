@@ -109,6 +109,22 @@ def test_the_resnet_benchmark_recipe_is_the_command_lines():
 
 
 @pytest.mark.slow
+def test_resnet_recipe_trains_with_sgd_and_prints_a_parsable_last_line():
+    lines = _run(
+        "resnet_recipe.py",
+        *("--epochs", "1", "--max-steps", "2", "--batch-size", "32", "--optimizer", "sgd", "--lr", "0.1"),
+        *("--weight-decay", "5e-4", "--blocks", "1", "--stages", "2"),
+    )
+    m = re.fullmatch(
+        r"epoch_s=(\S+) projected_epoch_s=(\S+) test_accuracy=(\d\.\d+) test_accuracy_tta=(\d\.\d+) total_s=(\d+)",
+        lines[-1],
+    )
+    assert m, lines[-1]
+    assert 0 < float(m[3]) <= 1 and 0 < float(m[4]) <= 1
+    assert any(line.startswith("epoch 1:") for line in lines), lines
+
+
+@pytest.mark.slow
 def test_resnet_step_times_tinyfn_against_jax_autodiff_and_torch():
     lines = _run("resnet_step.py", "--steps", "1", "--rounds", "1", "--batch-size", "16")
     m = re.fullmatch(r"resnet tinyfn/jax-autodiff=(\d+\.\d+) tinyfn/torch=(\d+\.\d+|nan)", lines[-1])
