@@ -14,10 +14,10 @@ from its parent's at ``exec``); each child's peak resident set is the
    calls ``tinyfn.tune_allocator()`` first as the command line does (unless
    ``--no-tune-allocator``), builds ``models.resnet()`` and trains it with
    ``tinyfn.train.fit`` for one epoch over the first ``steps x batch`` images
-   (``fit`` shuffles them): ``steps`` steps of the recipe's optimizer
-   (``RECIPES["resnet"]``: SGD with Nesterov momentum, lr 0.1 on its cosine
-   schedule with warm-up over those steps, L2 weight decay 5e-4 on filters and
-   matrices), its random crops and flips and its label smoothing 0.1; no validation, no checkpoint, quiet.
+   (``fit`` shuffles them): ``steps`` steps of the recipe's AdamW
+   (``RECIPES["resnet"]``: lr 4e-3 on its cosine schedule with warm-up over
+   those steps, weight decay 5e-2 on filters and matrices), its random crops
+   and flips and its label smoothing 0.1; no validation, no checkpoint, quiet.
    Before training it writes its initial weights (numpy) for the next child.
 2. **PyTorch**: the same training set as one float32 tensor, the same net with
    the same initial weights (``resnet_step.torch_step`` from
@@ -51,7 +51,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILDREN = {
-    "tinyfn": "tinyfn: models.resnet(), fit, the recipe's optimizer, crops, flips",
+    "tinyfn": "tinyfn: models.resnet(), fit, the recipe's AdamW, crops, flips",
     "torch": "PyTorch: the same net, channels-last, AdamW",
     "imports": "PyTorch child's imports alone (torch, jax, tinyfn)",
 }

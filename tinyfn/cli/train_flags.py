@@ -22,8 +22,8 @@ def data_and_model_flags(add):
         "--model",
         default=None,
         help="a model of tinyfn.models.MODELS: lenet5, wide_cnn, resnet, vit (default: lenet5 on "
-        "embedded data, wide_cnn on full data; resnet and vit bring their own recipes: SGD with Nesterov momentum "
-        "(resnet) or AdamW (vit), cosine with warm-up, augmentation)",
+        "embedded data, wide_cnn on full data; resnet and vit bring their own recipes: AdamW, cosine with warm-up, "
+        "augmentation)",
     )
     add(
         "--optimizer",
